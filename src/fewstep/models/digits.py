@@ -1,0 +1,26 @@
+"""Exact models built on scikit-learn's 8x8 digits (shipped as package data), scaled to [-1, 1]."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from fewstep.models.digits_data import digits_data
+from fewstep.models.exact import GMM, Empirical
+
+_DATA = Path(__file__).resolve().parent / "data"
+DIGITS_SHAPE = (1, 8, 8)
+
+
+def digits_gmm(**kw) -> GMM:
+    """A 16-component full-covariance Gaussian mixture fitted to the digits by
+    ``scripts/fit_digits_gmm.py``; its denoiser is the exact posterior mean of that mixture."""
+    p = load_file(str(_DATA / "digits_gmm.safetensors"))
+    return GMM(p["weights"], p["means"], p["covariances"], shape=DIGITS_SHAPE, name="digits-gmm", **kw)
+
+
+def digits_empirical(split: str = "all", **kw) -> Empirical:
+    """The optimal denoiser of the 1,797-image digits set (or one split of it)."""
+    x, _ = digits_data(split)
+    return Empirical(x.double(), shape=DIGITS_SHAPE, name="digits-empirical", **kw)
