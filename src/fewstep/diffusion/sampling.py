@@ -1,0 +1,185 @@
+"""The driver: ``solve`` runs a registered solver over a grid; ``sample`` is the public entry point."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from fewstep.diffusion.denoiser import Denoiser
+from fewstep.diffusion.schedules import as_list, check_sigmas, get_sigmas
+from fewstep.diffusion.solvers import get_solver
+from fewstep.diffusion.solvers._core import ddim_step
+
+Tensor = torch.Tensor
+
+
+class ModelOutputError(FloatingPointError):
+    """The model returned NaN or Inf."""
+
+
+class Evaluator:
+    """``D(x, sigma)`` as the solvers see it: fixed ``cond``, the state's dtype, NaN/Inf checks naming
+    the step, and the analytic first step (AFS, Zhou et al., arXiv 2312.00094), which replaces the
+    first evaluation by ``eps = x / sqrt(1 + sigma^2)``."""
+
+    def __init__(self, model: Denoiser, sigmas: Sequence[float], cond: Mapping[str, Any] | None, afs: bool):
+        self.model, self.sigmas, self.cond, self.afs_pending = model, sigmas, cond, afs
+        self.calls = 0
+
+    def __call__(self, x: Tensor, sigma: float) -> Tensor:
+        if self.afs_pending:
+            self.afs_pending = False
+            return x - sigma * x / math.sqrt(1 + sigma * sigma)
+        self.calls += 1
+        out = self.model(x, sigma, self.cond).to(x.dtype)
+        if not torch.isfinite(out).all():
+            step = next((i for i in range(len(self.sigmas) - 1) if self.sigmas[i + 1] < sigma <= self.sigmas[i]), 0)
+            raise ModelOutputError(f"the model returned NaN or Inf at step {step} (sigma = {sigma:.6g}); "
+                                   "check the model, its dtype, or the sigma range")
+        return out
+
+
+def solve(model: Denoiser, x: Tensor, sigmas: Any, solver: str = "dpmpp_2m", *, cond: Mapping[str, Any] | None = None,
+          afs: bool = False, denoise_to_zero: bool = False, float64: bool = False, callback: Callable | None = None,
+          return_trajectory: bool = False, **options: Any):
+    """Integrate the probability-flow ODE of ``model`` from ``x`` (at ``sigmas[0]``) along ``sigmas``.
+
+    Args:
+        model: a ``Denoiser``.
+        x: the initial state ``[B, ...]``; when ``sigmas[0] = inf`` it holds unit noise.
+        sigmas: a strictly decreasing grid, ending at 0 or at a positive sigma.
+        solver: a registered solver name; ``options`` are its options (e.g. ``order=3``).
+        afs: replace the first evaluation by the analytic first step (saves one NFE).
+        denoise_to_zero: when the grid ends above 0, finish with ``x = D(x, sigma_last)`` (+1 NFE).
+        float64: keep the state in float64 (the model still computes in its own dtype).
+        callback: called after each evaluation with k-diffusion's dict keys.
+        return_trajectory: also return the list of states, one per grid point.
+
+    Returns:
+        The final state, or ``(state, trajectory)``.
+    """
+    info = get_solver(solver)
+    _check_solver_options(info, options)
+    grid = as_list(check_sigmas(sigmas))
+    if float64:
+        x = x.double()
+    ev = Evaluator(model, grid, cond, afs)
+    traj = [x] if return_trajectory else None
+    if math.isinf(grid[0]):  # zero terminal SNR: take the first step in the x0 form
+        d = ev(x, grid[0])
+        if callback is not None:
+            callback({"x": x, "i": 0, "sigma": grid[0], "sigma_hat": grid[0], "denoised": d})
+        x = d if grid[1] == 0 else grid[1] * x + d
+        grid = grid[1:]
+        if traj is not None:
+            traj.append(x)
+    if len(grid) > 1:
+        cb = callback
+        if traj is not None:
+            def cb(payload, _user=callback):
+                if payload["i"] > 0:
+                    traj.append(payload["x"])
+                if _user is not None:
+                    _user(payload)
+        x = info.fn(ev, x, grid, callback=cb, **options)
+        if traj is not None:
+            traj.append(x)
+    if denoise_to_zero and grid[-1] > 0:
+        x = ev(x, grid[-1])
+    return (x, traj) if return_trajectory else x
+
+
+def _check_solver_options(info, options: Mapping[str, Any]) -> None:
+    params = inspect.signature(info.fn).parameters
+    allowed = {k: p.default for k, p in params.items() if p.kind == p.KEYWORD_ONLY and k != "callback"}
+    bad = set(options) - set(allowed)
+    if bad:
+        valid = ", ".join(f"{k}={v!r}" for k, v in allowed.items()) or "none"
+        raise ValueError(f"unknown option(s) {sorted(bad)} for solver {info.name!r}; valid options: {valid}")
+
+
+def plan_steps(solver: str, nfe: int, *, final_zero: bool = True, afs: bool = False, denoise_to_zero: bool = False,
+               infinite_start: bool = False) -> int:
+    """The most steps ``solver`` can take with at most ``nfe`` model evaluations."""
+    info = get_solver(solver)
+    if not isinstance(nfe, int) or nfe < 1:
+        raise ValueError(f"nfe must be a positive integer; got {nfe!r}")
+
+    def cost(n: int) -> int:
+        c = (1 + info.evals(n - 1, final_zero)) if infinite_start else info.evals(n, final_zero)
+        return c - int(afs) + int(denoise_to_zero and not final_zero)
+
+    n = 0
+    while cost(n + 1) <= nfe:
+        n += 1
+    if n == 0:
+        raise ValueError(f"nfe={nfe} is too small for solver {solver!r}: one step costs {cost(1)} evaluations")
+    return n
+
+
+def seeded_noise(seeds: Sequence[int], shape: Sequence[int], dtype=torch.float32, device=None) -> Tensor:
+    """Standard-normal noise with one generator per sample, so a seed's noise never depends on the batch."""
+    rows = [torch.randn(tuple(shape), generator=torch.Generator().manual_seed(int(s)), dtype=torch.float64)
+            for s in seeds]
+    return torch.stack(rows).to(dtype=dtype, device=device)
+
+
+def sample(model: Denoiser, *, solver: str = "dpmpp_2m", nfe: int = 10, schedule: str | None = None,
+           batch: int | None = None, seed: int = 0, seeds: Sequence[int] | None = None, noise: Tensor | None = None,
+           cond: Mapping[str, Any] | None = None, shape: Sequence[int] | None = None,
+           solver_options: Mapping[str, Any] | None = None, schedule_options: Mapping[str, Any] | None = None,
+           sigma_min: float | None = None, sigma_max: float | None = None, final: str = "zero", afs: bool = False,
+           denoise_to_zero: bool = False, float64: bool = False, dtype: torch.dtype = torch.float32,
+           callback: Callable | None = None, return_trajectory: bool = False):
+    """Draw samples from ``model`` with ``solver`` using **at most** ``nfe`` model evaluations.
+
+    Args:
+        model: a ``Denoiser`` (from ``fewstep.load_model`` or an adapter).
+        solver: a name from ``fewstep.list_solvers()``.
+        nfe: the evaluation budget; the number of steps is the largest that fits it.
+        schedule: a name from ``fewstep.list_schedules()``; by default ``karras``, or ``discrete``
+            (trailing) for discrete-time models and ``time_uniform`` when ``sigma_max`` is infinite.
+        batch, seed, seeds: sample ``i`` uses seed ``seeds[i]`` (default ``seed + i``) with its own
+            generator, so a seed's sample is the same at every batch size.
+        noise: standard-normal noise ``[B, *shape]`` to use instead; sampling starts at
+            ``x = sigma_max * noise`` (or ``noise`` itself when ``sigma_max = inf``).
+        cond: model keywords, passed to every evaluation.
+        solver_options, schedule_options: options of the solver and the schedule.
+        afs, denoise_to_zero, float64, callback, return_trajectory: see ``solve``.
+
+    Returns:
+        Samples in data space ``[B, *shape]`` (and the trajectory when asked).
+    """
+    if not isinstance(model, Denoiser):
+        raise TypeError(f"model must be a fewstep Denoiser (see fewstep.load_model); got {type(model).__name__}")
+    if schedule is None:
+        if getattr(model.process, "num_train_timesteps", None) is not None:
+            schedule = "discrete"
+        elif math.isinf(model.sigma_max) and sigma_max is None:
+            schedule = "time_uniform"
+        else:
+            schedule = "karras"
+    top = float(model.sigma_max if sigma_max is None else sigma_max)
+    if schedule == "discrete":
+        top = float(model.sigma_max)
+    n_steps = plan_steps(solver, nfe, final_zero=final == "zero", afs=afs, denoise_to_zero=denoise_to_zero,
+                         infinite_start=math.isinf(top) and schedule != "explicit")
+    sigmas = get_sigmas(schedule, n_steps, model, final=final, sigma_min=sigma_min, sigma_max=sigma_max,
+                        **dict(schedule_options or {}))
+    if noise is None:
+        shape = tuple(shape or model.shape or ())
+        if not shape:
+            raise ValueError("this model does not know its data shape; pass shape=(...) or noise=...")
+        if seeds is None:
+            seeds = range(seed, seed + (batch or 1))
+        noise = seeded_noise(list(seeds), shape, dtype=dtype)
+    elif not torch.is_tensor(noise):
+        raise TypeError("noise must be a tensor of standard-normal values [B, *shape]")
+    s0 = float(sigmas[0])
+    x = noise if math.isinf(s0) else s0 * noise
+    return solve(model, x, sigmas, solver, cond=cond, afs=afs, denoise_to_zero=denoise_to_zero, float64=float64,
+                 callback=callback, return_trajectory=return_trajectory, **dict(solver_options or {}))

@@ -1,0 +1,19 @@
+"""Deterministic (and later stochastic) solvers, looked up by name in one registry.
+
+Each solver is a small function ``fn(D, x, sigmas, *, callback=None, **options) -> x`` over a
+shared time grid; ``D(x, sigma)`` is the evaluator the driver builds around the model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fewstep.diffusion.solvers import adams, basic, dpm, unipc  # noqa: F401  (register themselves)
+from fewstep.diffusion.solvers._core import SOLVERS, SolverInfo, get_solver, register
+
+__all__ = ["SOLVERS", "SolverInfo", "get_solver", "list_solvers", "register"]
+
+
+def list_solvers() -> dict[str, dict[str, Any]]:
+    """Every registered solver with its info (order, evaluations per step, paper, options)."""
+    return {name: info.describe() for name, info in sorted(SOLVERS.items())}

@@ -1,0 +1,76 @@
+"""Euler/DDIM, EDM's Heun, and two cheap multistep corrections of DDIM."""
+
+from __future__ import annotations
+
+import math
+
+from fewstep.diffusion.solvers._core import ddim_step, emit, register
+
+
+@register("ddim", order=1, paper="Song et al., DDIM, arXiv 2010.02502 (Eq. 12 with eta = 0)")
+def ddim(D, x, sigmas, *, callback=None):
+    """Deterministic DDIM: ``x' = (s'/s) x - expm1(-h) D`` (= Euler in sigma = DPM-Solver-1)."""
+    for i, (s, s_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+        d = D(x, s)
+        emit(callback, i, x, s, d)
+        x = ddim_step(x, s, s_next, d)
+    return x
+
+
+register("euler", order=1, paper="Karras et al., EDM, arXiv 2206.00364 (Euler in sigma; same as ddim)", fn=ddim)
+
+
+@register("heun", order=2, kind="singlestep", evals_per_step=2, final_evals=1,
+          paper="Karras et al., EDM, arXiv 2206.00364, Algorithm 1")
+def heun(D, x, sigmas, *, callback=None):
+    """EDM Algorithm 1: Euler predictor, trapezoidal corrector; the step to sigma = 0 is Euler (2N-1 NFE)."""
+    for i, (t_cur, t_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+        denoised = D(x, t_cur)
+        emit(callback, i, x, t_cur, denoised)
+        d_cur = (x - denoised) / t_cur
+        x_next = x + (t_next - t_cur) * d_cur
+        if t_next > 0:  # 2nd-order correction
+            d_prime = (x_next - D(x_next, t_next)) / t_next
+            x_next = x + (t_next - t_cur) * (0.5 * d_cur + 0.5 * d_prime)
+        x = x_next
+    return x
+
+
+@register("gradient_estimation", order=1, options={"gamma": 2.0},
+          paper="Permenter & Yuan, arXiv 2306.04848 (gradient-estimation sampler)",
+          notes="gamma = 1 is DDIM; the extrapolation by one previous step keeps first order")
+def gradient_estimation(D, x, sigmas, *, callback=None, gamma: float = 2.0):
+    """``eps_bar_i = gamma eps_i + (1 - gamma) eps_{i-1}``, ``x' = x + (s' - s) eps_bar_i`` (first step DDIM)."""
+    eps_prev = None
+    for i, (s, s_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+        d = D(x, s)
+        emit(callback, i, x, s, d)
+        eps = (x - d) / s
+        eps_bar = eps if eps_prev is None else gamma * eps + (1 - gamma) * eps_prev
+        x = x + (s_next - s) * eps_bar
+        eps_prev = eps
+    return x
+
+
+def _abar(s: float) -> float:
+    return 1.0 / (1.0 + s * s)
+
+
+@register("ddim_accelerated", order=2,
+          paper="Li et al., Accelerating Convergence of Score-Based Diffusion Models, Provably, arXiv 2403.03852",
+          notes="eps is taken linear in abar = 1/(1+sigma^2) through the last two points and integrated exactly")
+def ddim_accelerated(D, x, sigmas, *, callback=None):
+    """Deterministic accelerated sampler, in sigma space:
+    ``x' = x + (s'-s) eps_i + (eps_{i-1}-eps_i)/(a_{i-1}-a_i) [atan s' - atan s - a_i (s'-s)]``, ``a = 1/(1+s^2)``."""
+    eps_prev = s_prev = None
+    for i, (s, s_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+        d = D(x, s)
+        emit(callback, i, x, s, d)
+        eps = (x - d) / s
+        x_next = x + (s_next - s) * eps
+        if eps_prev is not None:
+            a_i, a_prev = _abar(s), _abar(s_prev)
+            coef = (math.atan(s_next) - math.atan(s) - a_i * (s_next - s)) / (a_prev - a_i)
+            x_next = x_next + coef * (eps_prev - eps)
+        x, eps_prev, s_prev = x_next, eps, s
+    return x
