@@ -38,11 +38,17 @@ class ExactDenoiser(Denoiser):
     def denoise(self, x, sigma, cond):
         if cond:
             raise ValueError(f"the exact model {self.name!r} is unconditional; got cond keys {sorted(cond)}")
-        if torch.isinf(sigma).any():
-            # x holds the unit noise; the posterior mean at zero SNR is the data mean.
-            raise ValueError(f"the exact model {self.name!r} has a finite sigma_max = {self.sigma_max}")
         flat = x.reshape(x.shape[0], -1)
+        inf = torch.isinf(sigma)
+        if inf.any():  # x holds unit noise there; the posterior mean at zero SNR is the data mean
+            safe = torch.where(inf, torch.ones_like(sigma), sigma)
+            out = torch.where(inf[:, None], self.data_mean().to(x)[None], self._denoise_flat(flat, safe))
+            return out.reshape(x.shape)
         return self._denoise_flat(flat, sigma).reshape(x.shape)
+
+    def data_mean(self) -> Tensor:
+        """The mean of the data distribution, flat ``[dim]`` (float64)."""
+        raise NotImplementedError
 
     def _denoise_flat(self, x: Tensor, sigma: Tensor) -> Tensor:
         raise NotImplementedError
@@ -64,6 +70,9 @@ class Gauss(ExactDenoiser):
     def _denoise_flat(self, x, sigma):
         mu, s2 = self.mean.to(x), (self.std**2).to(x)
         return mu + s2 / (s2 + bcast(sigma, x) ** 2) * (x - mu)
+
+    def data_mean(self):
+        return self.mean
 
     def ode_solution(self, x: Tensor, sigma_from: float | Tensor, sigma_to: float | Tensor) -> Tensor:
         """The exact PF-ODE flow: ``x(sigma_to) = mu + sqrt((s^2+sigma_to^2)/(s^2+sigma_from^2)) (x - mu)``."""
@@ -122,6 +131,9 @@ class GMM(ExactDenoiser):
         shrunk = torch.einsum("kij,bkj->bki", U, z * lam[None] / var)  # U diag(l/(l+s^2)) U^T (x - mu)
         return torch.einsum("bk,bki->bi", post, mu[None] + shrunk)
 
+    def data_mean(self):
+        return self.log_w.exp() @ self.means
+
     def sample_data(self, n, generator=None, dtype=torch.float64):
         k = torch.multinomial(self.log_w.exp(), n, replacement=True, generator=generator)
         z = torch.randn(n, self.means.shape[1], generator=generator, dtype=torch.float64)
@@ -152,6 +164,9 @@ class Empirical(ExactDenoiser):
             w = torch.softmax(-d2 / (2 * sb[:, None] ** 2), dim=1)
             out.append(w @ y)
         return torch.cat(out)
+
+    def data_mean(self):
+        return self.data.mean(0)
 
     def sample_data(self, n, generator=None, dtype=torch.float64):
         idx = torch.randint(self.data.shape[0], (n,), generator=generator)
