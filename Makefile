@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 demo: setup
-	$(VENV)/bin/fewstep demo
+	$(VENV)/bin/fewstep sample --force
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider

@@ -13,7 +13,7 @@ import sys
 # subcommand name -> module that implements it (imported only when that subcommand runs,
 # except for its tiny argument definitions).
 SUBCOMMANDS: dict[str, str] = {
-    "demo": "fewstep.commands.demo",
+    "sample": "fewstep.commands.sample",
     "list": "fewstep.commands.listing",
 }
 

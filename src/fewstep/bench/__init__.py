@@ -1,0 +1,1 @@
+"""Benchmark harness, reports and pictures (``fewstep bench``)."""

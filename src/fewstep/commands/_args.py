@@ -1,0 +1,62 @@
+"""Argument parsing shared by the subcommands: seed ranges, name lists, output paths."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0-63"``, ``"1,5,9"`` or a mix such as ``"0-3,10"``; seeds are non-negative and unique."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                a, b = (int(v) for v in part.split("-", 1))
+                if b < a:
+                    raise ValueError(f"the seed range {part!r} is empty: its end is below its start")
+                seeds.extend(range(a, b + 1))
+            else:
+                seeds.append(int(part))
+        except ValueError as exc:
+            if "seed range" in str(exc):
+                raise
+            raise ValueError(f"bad seeds {text!r}: write a range like 0-63, a list like 1,5,9, or a mix") from None
+    if any(s < 0 for s in seeds):
+        raise ValueError(f"seeds must be non-negative; got {text!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds repeat in {text!r}")
+    return seeds
+
+
+def parse_names(text: str, valid: Iterable[str], what: str) -> list[str]:
+    """A comma-separated list of names, each checked against ``valid``."""
+    valid = list(valid)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ValueError(f"no {what} given; choose from {', '.join(valid)}")
+    for n in names:
+        if n not in valid:
+            raise ValueError(f"unknown {what[:-1] if what.endswith('s') else what} {n!r}; choose from {', '.join(valid)}")
+    return names
+
+
+def parse_ints(text: str, what: str, minimum: int = 1) -> list[int]:
+    try:
+        vals = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"bad {what} {text!r}: give comma-separated integers like 3,4,5") from None
+    if not vals or any(v < minimum for v in vals):
+        raise ValueError(f"{what} must be integers >= {minimum}; got {text!r}")
+    return vals
+
+
+def claim_outputs(paths: Iterable[Path], force: bool) -> None:
+    """Refuse to overwrite existing files unless ``force``; create parent folders."""
+    paths = list(paths)
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not force:
+        raise ValueError(f"refusing to overwrite {', '.join(existing)}; pass --force or choose another --out")
+    for p in paths:
+        p.parent.mkdir(parents=True, exist_ok=True)
