@@ -14,6 +14,7 @@ import sys
 # except for its tiny argument definitions).
 SUBCOMMANDS: dict[str, str] = {
     "sample": "fewstep.commands.sample",
+    "bench": "fewstep.commands.bench",
     "list": "fewstep.commands.listing",
 }
 

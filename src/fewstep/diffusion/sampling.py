@@ -181,5 +181,6 @@ def sample(model: Denoiser, *, solver: str = "dpmpp_2m", nfe: int = 10, schedule
         raise TypeError("noise must be a tensor of standard-normal values [B, *shape]")
     s0 = float(sigmas[0])
     x = noise if math.isinf(s0) else s0 * noise
-    return solve(model, x, sigmas, solver, cond=cond, afs=afs, denoise_to_zero=denoise_to_zero, float64=float64,
-                 callback=callback, return_trajectory=return_trajectory, **dict(solver_options or {}))
+    with torch.no_grad():
+        return solve(model, x, sigmas, solver, cond=cond, afs=afs, denoise_to_zero=denoise_to_zero, float64=float64,
+                     callback=callback, return_trajectory=return_trajectory, **dict(solver_options or {}))

@@ -19,6 +19,7 @@ import torch
 
 from fewstep.diffusion.reference import reference_solution
 from fewstep.diffusion.sampling import seeded_noise
+from fewstep.metrics.paired import rmse
 
 
 def cache_dir() -> Path:
@@ -53,13 +54,6 @@ def reference_samples(model, seeds: Sequence[int], *, sigma_max: float | None = 
         torch.save({"x": half, "tol_check": tol_check, "seeds": seeds, "sigma_max": top}, tmp)
         tmp.replace(path)
     return half, tol_check
-
-
-def rmse(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Root of the mean over samples and coordinates of the squared difference."""
-    if a.shape != b.shape:
-        raise ValueError(f"rmse needs paired samples of one shape; got {tuple(a.shape)} and {tuple(b.shape)}")
-    return float((a.double() - b.double()).pow(2).mean().sqrt())
 
 
 def rmse_ref(model, samples: torch.Tensor, seeds: Sequence[int], *, sigma_max: float | None = None,

@@ -1,0 +1,192 @@
+"""The benchmark: every (model, solver, schedule, NFE) on the same noise, against exact answers.
+
+One row per configuration: every requested metric, the NFE actually used (counted), wall time
+(after a warm-up pass), device and versions. Peers' samplers run on the same wrapped model and
+noise when asked.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+METRICS = ("rmse_ref", "fd", "fd_pixels", "sw", "precision", "recall")
+SIGMA_CAP = 80.0  # start of sigma-space schedules for models whose sigma_max is infinite
+
+
+@dataclass
+class BenchSpec:
+    models: Sequence[str]
+    solvers: Sequence[str]
+    schedules: Sequence[str] = ("karras",)
+    nfes: Sequence[int] = (3, 4, 5, 6, 8, 10)
+    metrics: Sequence[str] = ("rmse_ref", "fd")
+    seeds: Sequence[int] = tuple(range(256))
+    peers: Sequence[str] = ()
+    recipes: Sequence[str] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def versions() -> dict[str, str]:
+    import numpy
+
+    import fewstep
+
+    return {"fewstep": fewstep.__version__, "torch": torch.__version__, "numpy": numpy.__version__,
+            "python": platform.python_version()}
+
+
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+class DataReference:
+    """Held-out data for distribution metrics: the digits held-out split, or exact-model samples."""
+
+    def __init__(self, model, n: int = 2000):
+        from fewstep.models.exact import ExactDenoiser
+
+        self.is_digits = model.shape == (1, 8, 8)
+        if self.is_digits:
+            from fewstep.models.digits_data import digits_data
+
+            self.data = digits_data("heldout")[0].double().reshape(-1, 1, 8, 8)
+        elif isinstance(model, ExactDenoiser):
+            self.data = model.sample_data(n, torch.Generator().manual_seed(10**6))
+        else:
+            self.data = None
+        self._features = None
+
+    def features(self):
+        from fewstep.metrics import digits_features
+
+        if self._features is None:
+            self._features = digits_features(self.data.float()).double()
+        return self._features
+
+
+def compute_metrics(names: Sequence[str], samples: torch.Tensor, ref_x: torch.Tensor | None,
+                    data: DataReference) -> dict[str, float]:
+    from fewstep import metrics as M
+
+    out: dict[str, float] = {}
+    flat = samples.double().reshape(samples.shape[0], -1)
+    for name in names:
+        if name == "rmse_ref":
+            out[name] = M.rmse(samples, ref_x) if ref_x is not None else math.nan
+        elif data.data is None:
+            out[name] = math.nan
+        elif name == "fd":
+            out[name] = (float(M.fd(M.digits_features(samples.float()).double(), data.features())) if data.is_digits
+                         else float(M.fd(flat, data.data.reshape(data.data.shape[0], -1))))
+        elif name == "fd_pixels":
+            out[name] = float(M.fd(flat, data.data.reshape(data.data.shape[0], -1)))
+        elif name == "sw":
+            out[name] = float(M.sw(flat, data.data.reshape(data.data.shape[0], -1),
+                                   generator=torch.Generator().manual_seed(0)))
+        elif name in ("precision", "recall"):
+            if "precision" not in out:
+                p, r = M.precision_recall(data.data.reshape(data.data.shape[0], -1), flat, k=3)
+                out["precision"], out["recall"] = float(p), float(r)
+        else:
+            raise ValueError(f"unknown metric {name!r}; choose from {', '.join(METRICS)}")
+    return {k: out[k] for k in names}
+
+
+def run_bench(spec: BenchSpec, progress: bool = True, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Run every configuration of ``spec``; returns one row per configuration (rank 0 only)."""
+    from tqdm import tqdm
+
+    from fewstep.bench.distributed import is_main, sharded
+    from fewstep.diffusion.denoiser import CountingDenoiser
+    from fewstep.diffusion.sampling import sample
+    from fewstep.metrics.reference import reference_samples
+    from fewstep.models import load_model
+
+    main = is_main()
+    rows: list[dict[str, Any]] = []
+    configs = [(m, sv, sc, n) for m in spec.models for sv in spec.solvers for sc in spec.schedules for n in spec.nfes]
+    bar = tqdm(total=len(configs), disable=not (progress and main), desc="bench", unit="cfg")
+    common = {"device": device_name(), "versions": versions(), "seeds": len(spec.seeds)}
+    for model_name in spec.models:
+        model = CountingDenoiser(load_model(model_name))
+        data = DataReference(model.inner) if main else None
+        refs: dict[float, torch.Tensor] = {}
+        for solver in spec.solvers:
+            for schedule in spec.schedules:
+                for nfe in spec.nfes:
+                    kw = dict(solver=solver, nfe=nfe, schedule=schedule)
+                    if math.isinf(model.sigma_max) and schedule in ("karras", "logsnr", "exponential"):
+                        kw["sigma_max"] = SIGMA_CAP
+                    row = {"model": model_name, "solver": solver, "schedule": schedule, "nfe_budget": nfe,
+                           "source": "fewstep", **common}
+                    try:
+                        sample(model, seeds=spec.seeds[:2], **kw)  # warm-up pass
+                    except ValueError as exc:  # e.g. an NFE below the solver's minimum
+                        row.update(error=str(exc))
+                        rows.append(row) if main else None
+                        bar.update()
+                        continue
+                    model.reset()
+                    t0 = time.perf_counter()
+                    x = sharded(lambda ids: sample(model, seeds=ids, **kw), spec.seeds)
+                    row["wall_s"] = time.perf_counter() - t0
+                    row["nfe"] = model.calls  # this rank's calls: one per evaluation of its batch
+                    if main:
+                        top = kw.get("sigma_max", model.sigma_max)
+                        if "rmse_ref" in spec.metrics and top not in refs:
+                            refs[top], row_tol = reference_samples(model.inner, spec.seeds, sigma_max=top)
+                            log(f"reference for {model_name} from sigma {top:g}: tolerance check {row_tol:.2e}")
+                        row.update(compute_metrics(spec.metrics, x, refs.get(top), data))
+                        rows.append(row)
+                    bar.update()
+    bar.close()
+    return rows
+
+
+def solver_overhead(solvers: Sequence[str], model_name: str = "digits-edm", n_steps: int = 10,
+                    batch: int = 256, repeats: int = 5) -> dict[str, float]:
+    """Per-step solver time as a fraction of one model evaluation: the solver runs once with the
+    real model and once with a free stand-in (it returns its input), on the same grid and batch."""
+    from fewstep.diffusion.denoiser import Denoiser
+    from fewstep.diffusion.sampling import seeded_noise, solve
+    from fewstep.diffusion.schedules import get_sigmas
+    from fewstep.diffusion.solvers import get_solver
+    from fewstep.models import load_model
+
+    model = load_model(model_name)
+
+    class Free(Denoiser):
+        def denoise(self, x, sigma, cond):
+            return x * 0.5
+
+    free = Free(model.process)
+    noise = seeded_noise(range(batch), model.shape)
+    sig = get_sigmas("karras", n_steps, model, sigma_max=min(model.sigma_max, SIGMA_CAP))
+    x = noise * float(sig[0])
+
+    def best(fn):
+        fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    with torch.no_grad():
+        t_eval = best(lambda: model(x, float(sig[0])))
+        out = {}
+        for s in solvers:
+            evals = get_solver(s).evals(n_steps, True)
+            t_free = best(lambda: solve(free, x, sig, s))
+            out[s] = (t_free - evals * best(lambda: free(x, 1.0))) / n_steps / t_eval
+    return out
