@@ -16,6 +16,8 @@ SUBCOMMANDS: dict[str, str] = {
     "sample": "fewstep.commands.sample",
     "bench": "fewstep.commands.bench",
     "list": "fewstep.commands.listing",
+    "generate": "fewstep.commands.generate",
+    "bench-lm": "fewstep.commands.bench_lm",
 }
 
 

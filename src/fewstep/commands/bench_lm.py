@@ -1,0 +1,217 @@
+"""``fewstep bench-lm``: fewstep's decoding against transformers' on the bundled pair, side by side.
+
+Every configuration runs the same prompts with the same per-prompt seeds. Target and draft calls are
+counted by forward hooks on the models themselves, the same way for both libraries. transformers'
+assisted generation runs with the same draft length (constant schedule, no confidence cut-off) and
+with its defaults. Configurations are interleaved over ``--repeats`` to spread machine noise; the
+wall-clock rate is the median over repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+PROMPTS = ("The for statement", "A class definition defines", "The import statement", "Exceptions can be raised",
+           "The while statement is used", "Function definitions", "Augmented assignment", "The del statement",
+           "Comparisons", "Boolean operations", "The with statement", "Lambda expressions")
+BEGIN, END = "<!-- lm:begin -->", "<!-- lm:end -->"
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("bench-lm", help="benchmark speculative sampling against transformers",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("--sampler", default="temperature=1", help="processor chain, in transformers' order")
+    p.add_argument("--gamma", type=int, default=4)
+    p.add_argument("--batch", type=int, default=4, help="batch size of the batched configurations")
+    p.add_argument("--prompts", type=int, default=8, help=f"how many of the {len(PROMPTS)} built-in prompts")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--json", action="store_true", help="print one JSON object per configuration")
+    p.add_argument("--update-docs", type=Path, default=None, metavar="PATH",
+                   help="rewrite the lm section of this markdown file (docs/benchmarks.md)")
+
+
+class Counter:
+    """Counts forward calls of a module through a pre-hook."""
+
+    def __init__(self, module) -> None:
+        self.calls = 0
+        module.register_forward_pre_hook(self._hook)
+
+    def _hook(self, *_) -> None:
+        self.calls += 1
+
+
+def _configs(args, target, draft, fr_draft, hf_target, hf_draft, sampler):
+    from fewstep.lm import generate, speculative_generate
+
+    b, g = args.batch, args.gamma
+    spec = dict(sampler=sampler, gamma=g)
+    return [
+        ("fewstep", "plain", 1, lambda p, gens: generate(target, p, sampler, **gens)),
+        ("transformers", "plain", 1, lambda p, gens: _hf(hf_target, None, p, sampler, gens)),
+        ("fewstep", f"speculative gamma={g}", 1, lambda p, gens: speculative_generate(target, draft, p, **spec, **gens)),
+        ("transformers", f"assisted gamma={g} constant", 1, lambda p, gens: _hf(hf_target, hf_draft, p, sampler, gens, g)),
+        ("transformers", "assisted (defaults)", 1, lambda p, gens: _hf(hf_target, hf_draft, p, sampler, gens)),
+        ("fewstep", f"speculative gamma={g} k=2 drafts", 1,
+         lambda p, gens: speculative_generate(target, draft, p, **spec, num_drafts=2, **gens)),
+        ("fewstep", f"speculative gamma={g} FR-Spec draft vocab 256", 1,
+         lambda p, gens: speculative_generate(target, fr_draft, p, **spec, **gens)),
+        ("fewstep", "plain", b, lambda p, gens: generate(target, p, sampler, **gens)),
+        ("fewstep", f"speculative gamma={g}", b, lambda p, gens: speculative_generate(target, draft, p, **spec, **gens)),
+        ("transformers", f"assisted gamma={g} constant", b, lambda p, gens: _hf(hf_target, hf_draft, p, sampler, gens, g)),
+    ]
+
+
+def _hf(model, assistant, prompts, sampler, gens, gamma=None):
+    """transformers' generate (assisted when ``assistant`` is given), same sampler, seeded per call."""
+    import torch
+
+    from fewstep.lm.decoding import left_pad
+
+    tokens, valid = left_pad(prompts)
+    kwargs = dict(max_new_tokens=gens["max_new_tokens"], min_new_tokens=gens["max_new_tokens"], pad_token_id=0,
+                  **sampler.to_hf())
+    if assistant is not None:
+        config = assistant.generation_config
+        config.num_assistant_tokens = gamma or 20  # 20, constant and 0.4: transformers' defaults
+        config.num_assistant_tokens_schedule = "constant"
+        config.assistant_confidence_threshold = 0.0 if gamma else 0.4
+        kwargs["assistant_model"] = assistant
+    torch.manual_seed(gens["generator"][0].initial_seed())
+    out = model.generate(input_ids=tokens, attention_mask=valid.long(), **kwargs)
+    return out[:, tokens.shape[1]:].tolist()
+
+
+def _run_config(runner, encoded, batch, args):
+    import torch
+
+    tokens, start = 0, time.perf_counter()
+    stats = []
+    for i in range(0, len(encoded), batch):
+        gens = [torch.Generator().manual_seed(i + j) for j in range(batch)]
+        result = runner(encoded[i : i + batch], {"generator": gens, "max_new_tokens": args.max_new_tokens})
+        rows = result if isinstance(result, list) else result.tokens
+        tokens += sum(map(len, rows))
+        if not isinstance(result, list):
+            stats.append(result.stats)
+    return tokens, time.perf_counter() - start, stats
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    import transformers
+
+    from fewstep.lm import Sampler, load_bundled, load_tokenizer
+
+    for name in ("gamma", "batch", "prompts", "max_new_tokens", "repeats", "threads"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.prompts > len(PROMPTS) or args.prompts % args.batch:
+        raise ValueError(f"--prompts must be at most {len(PROMPTS)} and a multiple of --batch, "
+                         f"got {args.prompts} and {args.batch}")
+    sampler = Sampler.parse(args.sampler)
+    sampler.to_hf()  # raises unless transformers can apply the same chain
+    torch.set_num_threads(args.threads)
+    tok = load_tokenizer()
+    encoded = [tok.encode(text).ids for text in PROMPTS[: args.prompts]]
+    target, draft, fr_draft = load_bundled("target"), load_bundled("draft"), load_bundled("draft", 256)
+    hf_target, hf_draft = target.model, draft.model
+    target_calls, draft_calls = Counter(hf_target.base_model), Counter(hf_draft.base_model)
+    configs = _configs(args, target, draft, fr_draft, hf_target, hf_draft, sampler)
+    results = {i: dict(seconds=[], tokens=0, target=0, draft=0, stats=[]) for i in range(len(configs))}
+    refused = {}
+    for repeat in range(args.repeats + 1):  # repeat 0 is the warm-up and is not recorded
+        for i, (_, _, batch, runner) in enumerate(configs):
+            if i in refused:
+                continue
+            t0, d0 = target_calls.calls, draft_calls.calls
+            try:
+                tokens, seconds, stats = _run_config(runner, encoded, batch, args)
+            except ValueError as exc:  # transformers refuses (assisted generation at batch size > 1)
+                refused[i] = str(exc).splitlines()[0]
+                continue
+            if repeat:
+                r = results[i]
+                r["seconds"].append(seconds)
+                r["tokens"], r["target"], r["draft"] = tokens, target_calls.calls - t0, draft_calls.calls - d0
+                r["stats"] = stats
+    rows = [_row(configs[i], results[i], refused.get(i), args) for i in range(len(configs))]
+    env = dict(torch=torch.__version__, transformers=transformers.__version__, python=platform.python_version(),
+               machine=platform.machine(), threads=args.threads, command="fewstep " + " ".join(sys.argv[1:]))
+    if args.json:
+        for row in rows:
+            print(json.dumps({**row, **env}))
+    else:
+        print(_table(rows))
+    if args.update_docs is not None:
+        _update_docs(args.update_docs, rows, env, args)
+    return 0
+
+
+def _row(config, result, refused, args) -> dict:
+    engine, name, batch, _ = config
+    row = dict(engine=engine, config=name, batch=batch, sampler=args.sampler, max_new_tokens=args.max_new_tokens)
+    if refused:
+        return {**row, "status": f"refused: {refused}"}
+    tokens, target, draft = result["tokens"], result["target"], result["draft"]
+    accepted = sum(s.accepted_tokens for s in result["stats"])
+    drafted = sum(s.draft_tokens for s in result["stats"])
+    rounds = target if draft else 0  # every target call of a speculative run is one round (prefill included)
+    return {**row, "status": "ok", "tokens": tokens,
+            "tokens_per_second": statistics.median(tokens / s for s in result["seconds"]),
+            "target_calls_per_token": target / tokens, "draft_calls_per_token": draft / tokens,
+            "tokens_per_target_call": tokens / target if rounds else None,
+            # transformers does not report acceptance: a round emits accepted + 1 tokens, every draft call proposes one
+            "acceptance_rate": (accepted / drafted if drafted else (tokens - target) / draft) if draft else None,
+            "acceptance_per_position": _per_position(result["stats"])}
+
+
+def _per_position(stats) -> list[float] | None:
+    if not stats or not stats[0].accepted_per_position:
+        return None
+    drafts = sum(s.drafts for s in stats)
+    return [round(sum(col) / drafts, 3) for col in zip(*(s.accepted_per_position for s in stats))]
+
+
+def _table(rows) -> str:
+    lines = ["| engine | configuration | batch | tokens/s | target calls/token | draft calls/token | "
+             "tokens/target call | acceptance rate |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["status"] != "ok":
+            lines.append(f"| {r['engine']} | {r['config']} | {r['batch']} | {r['status']} | | | | |")
+            continue
+        opt = lambda v: "" if v is None else f"{v:.3f}"  # noqa: E731
+        lines.append(f"| {r['engine']} | {r['config']} | {r['batch']} | {r['tokens_per_second']:.0f} | "
+                     f"{r['target_calls_per_token']:.3f} | {r['draft_calls_per_token']:.3f} | "
+                     f"{opt(r['tokens_per_target_call'])} | {opt(r['acceptance_rate'])} |")
+    return "\n".join(lines)
+
+
+def _update_docs(path: Path, rows, env, args) -> None:
+    per_position = next((r["acceptance_per_position"] for r in rows if r.get("acceptance_per_position")), None)
+    section = "\n".join([
+        BEGIN, "## Language-model decoding (`fewstep.lm`)", "",
+        f"Generated by `{env['command']}` (CPU, {env['machine']}, {env['threads']} torch thread(s), "
+        f"torch {env['torch']}, transformers {env['transformers']}, Python {env['python']}).",
+        f"Bundled pair (target ~1.4M parameters, draft ~0.12M), {args.prompts} prompts x {args.max_new_tokens} "
+        f"new tokens, sampler `{args.sampler}`, seeds 0..{args.prompts - 1} per prompt, median of "
+        f"{args.repeats} interleaved repeats after a warm-up. Calls are counted by forward hooks on both models.",
+        "", _table(rows), "",
+        f"Acceptance per draft position (fewstep, batch 1, gamma={args.gamma}): {per_position}.",
+        "transformers' acceptance rate is derived from call counts: (tokens - target calls) / draft calls.",
+        END])
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        text = head + section + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)

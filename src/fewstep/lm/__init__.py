@@ -1,0 +1,23 @@
+"""Language-model decoding: composable truncation samplers and exact speculative sampling.
+
+    from fewstep.lm import Sampler, load_bundled, speculative_generate
+    target, draft = load_bundled("target"), load_bundled("draft")
+    out = speculative_generate(target, draft, [[0, 17, 42]], "temperature=0.8,min_p=0.05", gamma=4)
+
+Only torch is imported here; transformers loads when a transformers model is loaded.
+"""
+
+from fewstep.lm.decoding import Generation, generate
+from fewstep.lm.metrics import DecodeStats
+from fewstep.lm.models import (CausalLM, TransformersLM, bundled_token_counts, count_tokens, frequent_tokens,
+                               load_bundled, load_tokenizer)
+from fewstep.lm.processors import ORDERS, PROCESSORS, Sampler, epsilon, eta, min_p, temperature, top_k, top_p, \
+    typical
+from fewstep.lm.speculative import selection_law, speculative_generate, verify
+
+__all__ = [
+    "CausalLM", "DecodeStats", "Generation", "ORDERS", "PROCESSORS", "Sampler", "TransformersLM",
+    "bundled_token_counts", "count_tokens", "epsilon", "eta", "frequent_tokens", "generate", "load_bundled",
+    "load_tokenizer", "min_p", "selection_law", "speculative_generate", "temperature", "top_k", "top_p",
+    "typical", "verify",
+]

@@ -1,0 +1,188 @@
+"""Speculative sampling: a cheap draft proposes, the target verifies, the output law is the target's.
+
+Single draft (Leviathan et al., arXiv 2211.17192; Chen et al., arXiv 2302.01318). Notation: target
+``p``, draft ``q``, both the *final* sampling distributions after each model's processors. The draft
+proposes ``x_1..x_gamma``; one target call scores them; ``x_i`` is accepted while ``u * q(x_i) < p(x_i)``
+(probability ``min(1, p/q)``); the first rejection resamples from ``norm(max(p - q, 0))``; when all
+are accepted a bonus token comes from the target's next distribution. Greedy decoding is the case
+where ``p`` and ``q`` are one-hot.
+
+Several drafts (canonical decomposition of Khisti et al., arXiv 2410.18234; SpecTr, arXiv 2310.15141).
+``k`` independent draft sequences share the prompt. At each position the ``m`` drafts still consistent
+with the accepted prefix carry i.i.d. tokens from ``q``. An importance-sampling step picks one of them,
+``Y``: scanning in order, take the first ``X_j`` that passes ``u * q(X_j) < min(q, p)(X_j)``, else the
+last one. The law of ``Y`` is, with ``a = min(1, p/q)`` and ``beta = sum min(p, q)``,
+
+    p_I = min(p, q) * (1 - (1 - beta)^m) / beta + (1 - beta)^(m - 1) * (q - min(p, q)),
+
+and ``Y`` then goes through single-draft verification against ``p_I`` instead of ``q``. Exactness
+needs nothing else; with ``m = 1`` it *is* the single-draft rule, and its acceptance
+``sum min(p, p_I)`` is never below single-draft's ``beta``.
+
+Reduced draft vocabulary (FR-Spec, arXiv 2502.14856): a draft whose ``vocab_ids`` restrict its LM head
+proposes only frequent tokens (``q = 0`` elsewhere); verification is unchanged and still exact, the
+other tokens come from the residual and bonus draws.
+
+Batches (EMS-SD, arXiv 2405.07542): every row keeps its own acceptance length; rejected slots become
+holes in the shared cache, so one target call per round serves all rows and none is re-run to
+re-align them. Finished rows leave the batch.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from fewstep.lm.decoding import (Generation, Generators, Rng, Stream, append, check_count, check_prompts,
+                                 full_probs, left_pad)
+from fewstep.lm.metrics import DecodeStats
+from fewstep.lm.models import CausalLM
+from fewstep.lm.processors import Sampler
+
+
+def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``max(p - q, 0)``, unnormalised; falls back to ``p`` where rounding left it empty."""
+    r = (p - q).clamp(min=0)
+    return torch.where(r.sum(-1, keepdim=True) > 0, r, p)
+
+
+def selection_law(p: torch.Tensor, q: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """``p_I``: the law of the token picked among ``m`` i.i.d. drafts by the scan above (arXiv 2410.18234)."""
+    overlap = torch.minimum(p, q)
+    beta = overlap.sum(-1, keepdim=True)
+    m = m[:, None].to(p.dtype)
+    miss = 1 - beta
+    gain = torch.where(beta > 0, (1 - miss**m) / beta.clamp(min=torch.finfo(p.dtype).tiny), m)
+    law = overlap * gain + miss ** (m - 1) * (q - overlap)
+    return torch.where(m == 1, q, law)
+
+
+def _pick(x: torch.Tensor, alive: torch.Tensor, p: torch.Tensor, q: torch.Tensor, rng: Rng) -> torch.Tensor:
+    """Importance-sampling step over the alive drafts ``x`` [B, k]: first that passes, else the last alive."""
+    rows = torch.arange(x.shape[0])[:, None]
+    passed = alive & (rng.uniform(*x.shape) * q[rows, x] < torch.minimum(p, q)[rows, x])
+    order = torch.arange(x.shape[1])
+    first = torch.where(passed, order, x.shape[1]).amin(1)
+    last = torch.where(alive, order, -1).amax(1)
+    return torch.where(first < x.shape[1], first, last)
+
+
+def verify(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, rng: Rng):
+    """Verify ``k`` draft sequences per row.
+
+    Args:
+        p: target probabilities [B, k, gamma + 1, V] (position ``i`` scores draft token ``i``).
+        q: draft probabilities [B, k, gamma, V], those the drafts were sampled from.
+        drafts: draft tokens [B, k, gamma].
+
+    Returns:
+        (n, token, path, accepted): accepted count [B], the corrected or bonus token [B], the index of
+        a draft whose first ``n`` tokens are the accepted ones [B], and per-position acceptance [B, gamma].
+    """
+    batch, k, gamma = drafts.shape
+    rows = torch.arange(batch)
+    alive = torch.ones(batch, k, dtype=torch.bool)
+    running = torch.ones(batch, dtype=torch.bool)
+    token = torch.zeros(batch, dtype=torch.long)
+    accepted = torch.zeros(batch, gamma, dtype=torch.bool)
+    for i in range(gamma):
+        path = alive.to(torch.int8).argmax(1)  # alive drafts share the prefix, so any one's p, q will do
+        p_i, q_i, x = p[rows, path, i], q[rows, path, i], drafts[:, :, i]
+        if k == 1:
+            y, law = x[:, 0], q_i
+        else:
+            y = x[rows, _pick(x, alive, p_i, q_i, rng)]
+            law = selection_law(p_i, q_i, alive.sum(1))
+        ok = running & (rng.uniform(batch, 1)[:, 0] * law[rows, y] < p_i[rows, y])
+        rejected = running & ~ok
+        if rejected.any():
+            token = torch.where(rejected, rng.sample(residual(p_i, law)), token)
+        accepted[:, i] = ok
+        alive = torch.where(ok[:, None], alive & (x == y[:, None]), alive)
+        running = ok
+    path = alive.to(torch.int8).argmax(1)
+    if running.any():
+        token = torch.where(running, rng.sample(p[rows, path, gamma]), token)
+    return accepted.sum(1), token, path, accepted
+
+
+def speculative_generate(target: CausalLM, draft: CausalLM, prompts: Any, sampler: str | Sampler = "", *,
+                         draft_sampler: str | Sampler | None = None, gamma: int = 4, num_drafts: int = 1,
+                         max_new_tokens: int = 64, generator: Generators = None,
+                         eos_token_id: int | None = None) -> Generation:
+    """Sample from ``target`` (after ``sampler``) with ``draft`` proposing ``gamma`` tokens a round.
+
+    Args:
+        target, draft: ``CausalLM`` models over the same token ids (the draft may have ``vocab_ids``).
+        prompts: list of token-id lists, or a [batch, length] LongTensor; any batch size.
+        sampler: the target's processor chain; the output follows exactly this distribution.
+        draft_sampler: the draft's chain (default: the same); any choice keeps the output exact.
+        gamma: draft tokens per round. num_drafts: independent draft sequences per row (``k``).
+        generator: one ``torch.Generator`` per prompt, or one for the batch.
+    """
+    sampler = Sampler.parse(sampler)
+    draft_sampler = sampler if draft_sampler is None else Sampler.parse(draft_sampler)
+    if target.vocab_size != draft.vocab_size:
+        raise ValueError(f"target and draft must share a vocabulary, got sizes {target.vocab_size} "
+                         f"and {draft.vocab_size}")
+    prompts = check_prompts(prompts, target.vocab_size)
+    gamma, k = check_count("gamma", gamma), check_count("num_drafts", num_drafts)
+    check_count("max_new_tokens", max_new_tokens)
+    start = time.perf_counter()
+    batch = len(prompts)
+    tgt, dft, rng = Stream(target, batch), Stream(draft, batch), Rng(generator, batch)
+    rows = list(range(batch))
+    out: list[list[int]] = [[] for _ in prompts]
+    tokens_t, valid_t = left_pad(prompts)  # what each cache has not seen yet: the prompts, at first
+    tokens_d, valid_d = tokens_t, valid_t
+    counts = dict(drafts=0, draft_tokens=0, accepted_tokens=0)
+    per_position = torch.zeros(gamma, dtype=torch.long)
+    while rows:
+        b = len(rows)
+        fan = torch.arange(b).repeat_interleave(k)
+        if k > 1:
+            tgt.select(fan), dft.select(fan)
+        krng = rng.select(fan) if k > 1 else rng
+        # 1. draft gamma tokens per row and draft sequence, keeping the probabilities they came from
+        tokens, valid, drafted, q = tokens_d[fan], valid_d[fan], [], []
+        for _ in range(gamma):
+            q.append(full_probs(draft, draft_sampler, dft.feed(tokens, valid)[:, -1]))
+            drafted.append(krng.sample(q[-1]))
+            tokens, valid = drafted[-1][:, None], None
+        drafted_t = torch.stack(drafted, 1)
+        # 2. one target call scores every draft position plus the bonus position
+        logits = tgt.feed(torch.cat([tokens_t[fan], drafted_t], 1),
+                          torch.cat([valid_t[fan], torch.ones_like(drafted_t, dtype=torch.bool)], 1))
+        p = full_probs(target, sampler, logits[:, -gamma - 1:])
+        v = p.shape[-1]
+        n, token, path, accepted = verify(p.view(b, k, gamma + 1, v), torch.stack(q, 1).view(b, k, gamma, v),
+                                          drafted_t.view(b, k, gamma), rng)
+        # 3. keep each row's accepted path; roll both caches back to it
+        if k > 1:
+            chosen = torch.arange(b) * k + path
+            tgt.select(chosen), dft.select(chosen)
+            drafted_t = drafted_t[chosen]
+        tgt.drop(gamma - n)
+        dft.drop(gamma - 1 - n.clamp(max=gamma - 1))  # the draft never saw its last proposal
+        counts["drafts"] += b
+        counts["draft_tokens"] += b * gamma
+        counts["accepted_tokens"] += int(n.sum())
+        per_position += accepted.sum(0)
+        tokens_t, valid_t = token[:, None], torch.ones(b, 1, dtype=torch.bool)
+        tokens_d = torch.stack([drafted_t[:, -1], token], 1)
+        valid_d = torch.stack([n == gamma, torch.ones(b, dtype=torch.bool)], 1)
+        emitted = torch.cat([drafted_t, token[:, None]], 1).tolist()
+        new = [seq[:m] + seq[-1:] for seq, m in zip(emitted, n.tolist())]
+        finished = append(out, rows, new, max_new_tokens, eos_token_id)
+        if any(finished):
+            keep = torch.tensor([r for r in range(b) if not finished[r]], dtype=torch.long)
+            tgt.select(keep), dft.select(keep)
+            rng = rng.select(keep)
+            rows = [rows[r] for r in keep.tolist()]
+            tokens_t, valid_t, tokens_d, valid_d = tokens_t[keep], valid_t[keep], tokens_d[keep], valid_d[keep]
+    stats = DecodeStats(new_tokens=sum(map(len, out)), seconds=time.perf_counter() - start,
+                        target_calls=tgt.calls, draft_calls=dft.calls, accepted_per_position=tuple(
+                            per_position.tolist()), **counts)
+    return Generation(out, stats)
