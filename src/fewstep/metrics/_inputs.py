@@ -45,7 +45,8 @@ def as_samples(
     if x.shape[1] == 0:
         raise ValueError(f"{name} has zero features per sample (shape {list(x.shape)})")
     if x.shape[0] < min_n:
-        raise ValueError(f"{name} needs at least {min_n} samples, got {x.shape[0]}")
+        plural = "s" if min_n != 1 else ""
+        raise ValueError(f"{name} needs at least {min_n} sample{plural}, got {x.shape[0]}")
     return x
 
 

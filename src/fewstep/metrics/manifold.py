@@ -23,7 +23,8 @@ class PrecisionRecall(NamedTuple):
 
 def _sq_dists(a: torch.Tensor, b: torch.Tensor, b_sq: torch.Tensor) -> torch.Tensor:
     """Squared Euclidean distances ``[A, B]``; ``b_sq`` is ``|b|^2`` ``[B]``."""
-    return (a.square().sum(dim=1, keepdim=True) + b_sq - 2.0 * (a @ b.T)).clamp_min_(0.0)
+    d = torch.addmm(b_sq.expand(a.shape[0], -1), a, b.T, alpha=-2.0)  # one [A, B] buffer
+    return d.add_(a.square().sum(dim=1, keepdim=True)).clamp_min_(0.0)
 
 
 def _knn_radii_sq(x: torch.Tensor, k: int, chunk: int) -> torch.Tensor:
