@@ -1,0 +1,18 @@
+"""Tuned sampling: schedules, solver schedules and coefficients fitted to one model, saved as recipes.
+
+Each method module provides ``tune(model, *, solver, nfe, **options) -> Recipe``; ``METHOD_MODULES``
+maps the CLI's method names to them.
+"""
+
+from fewstep.diffusion.tune.recipe import METHODS, Recipe, as_recipe
+
+METHOD_MODULES = {
+    "ays": "fewstep.diffusion.tune.ays",
+    "gits": "fewstep.diffusion.tune.gits",
+    "s3": "fewstep.diffusion.tune.s3",
+    "dc": "fewstep.diffusion.tune.dc",
+    "iia": "fewstep.diffusion.tune.iia",
+    "ems": "fewstep.diffusion.tune.ems",
+}
+
+__all__ = ["METHODS", "METHOD_MODULES", "Recipe", "as_recipe"]

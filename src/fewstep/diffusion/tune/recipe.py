@@ -1,0 +1,114 @@
+"""Recipes: a tuned sampler saved as versioned JSON and reused.
+
+A recipe ties a sigma grid, a solver with its (fitted) options, and the method that made it to
+one model (a hash of its identity) and one NFE budget. ``fewstep.sample(model, recipe=...)`` and
+``fewstep sample --recipe`` use it; a recipe made for another model or NFE is refused unless
+forced, and then used with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+RECIPE_VERSION = 1
+METHODS = ("ays", "gits", "dc", "s3", "iia", "ems", "manual")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A tuned sampler. ``sigmas`` has ``n_steps + 1`` entries; ``solver_options`` holds the fitted
+    coefficients; ``quality`` the metrics measured when it was made (with what they compare to)."""
+
+    model: str
+    model_hash: str
+    solver: str
+    nfe: int
+    sigmas: tuple[float, ...]
+    method: str
+    solver_options: dict[str, Any] = field(default_factory=dict)
+    quality: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    version: int = RECIPE_VERSION
+
+    def __post_init__(self):
+        if self.version != RECIPE_VERSION:
+            raise ValueError(f"recipe version {self.version} is not supported; this fewstep reads version {RECIPE_VERSION}")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown recipe method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if not isinstance(self.nfe, int) or self.nfe < 1:
+            raise ValueError(f"recipe nfe must be a positive integer; got {self.nfe!r}")
+        s = [float(v) for v in self.sigmas]
+        if len(s) < 2 or any(math.isnan(v) for v in s) or any(b >= a for a, b in zip(s, s[1:])) or s[-1] < 0:
+            raise ValueError(f"recipe sigmas must be a strictly decreasing list ending at >= 0; got {s}")
+        object.__setattr__(self, "sigmas", tuple(s))
+        from fewstep.diffusion.solvers import get_solver
+
+        get_solver(self.solver)
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["sigmas"] = [v if math.isfinite(v) else "inf" for v in self.sigmas]
+        return json.dumps(d, indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Recipe:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"a recipe must be JSON: {exc}") from None
+        if not isinstance(d, dict):
+            raise ValueError("a recipe must be a JSON object")
+        known = set(cls.__dataclass_fields__)
+        missing = {"model", "model_hash", "solver", "nfe", "sigmas", "method"} - set(d)
+        if missing:
+            raise ValueError(f"the recipe lacks the field(s) {sorted(missing)}")
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown recipe field(s) {sorted(unknown)}; allowed: {sorted(known)}")
+        d["sigmas"] = [math.inf if v == "inf" else v for v in d["sigmas"]]
+        return cls(**d)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(self.to_json() + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Recipe:
+        p = Path(path)
+        if not p.is_file():
+            raise ValueError(f"no recipe file at {p}")
+        return cls.from_json(p.read_text())
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.sigmas) - 1
+
+    def check(self, model, nfe: int | None = None, force: bool = False) -> None:
+        """Refuse a recipe made for another model or NFE (or warn, with ``force``)."""
+        from fewstep.metrics.reference import model_hash
+
+        problems = []
+        if self.model_hash != model_hash(model):
+            problems.append(f"it was made for model {self.model!r} (hash {self.model_hash}), not this one "
+                            f"({getattr(model, 'name', '?')!r}, hash {model_hash(model)})")
+        if nfe is not None and nfe != self.nfe:
+            problems.append(f"it was made for NFE {self.nfe}, not {nfe}")
+        if problems:
+            msg = "recipe mismatch: " + "; ".join(problems)
+            if not force:
+                raise ValueError(msg + " (pass force=True / --force to use it anyway)")
+            warnings.warn(msg, stacklevel=3)
+
+
+def as_recipe(recipe: Recipe | str | Path | dict) -> Recipe:
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, dict):
+        return Recipe.from_json(json.dumps(recipe))
+    return Recipe.load(recipe)
