@@ -167,7 +167,7 @@ def test_digits_gmm_error_at_nfe10_multistep_beats_ddim():
     x_T = model.sigma_max * seeded_noise(range(24), model.shape, dtype=torch.float64)
     ref = reference_solution(model, x_T, model.sigma_max, rtol=1e-6)
     err = {}
-    for name in sorted(SOLVERS):
+    for name in sorted(n for n, info in SOLVERS.items() if not info.stochastic):
         n = plan_steps(name, 10)
         x = solve(model, x_T, get_sigmas("karras", n, model), name)
         err[name] = float((x - ref).pow(2).mean().sqrt())
