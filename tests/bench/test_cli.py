@@ -122,3 +122,17 @@ def test_torchrun_sharded_sampling_equals_single_process(tmp_path):
     a, b = np.load(one.with_suffix(".npz")), np.load(two.with_suffix(".npz"))
     assert b["seeds"].tolist() == list(range(11))
     np.testing.assert_array_equal(a["samples"], b["samples"])
+
+
+def test_bench_peers_rows_beside_fewstep(tmp_path, monkeypatch):
+    pytest.importorskip("diffusers")
+    monkeypatch.setenv("FEWSTEP_CACHE", str(tmp_path / "cache"))
+    j = tmp_path / "p.json"
+    assert main(["bench", "--models", "gmm2d", "--solvers", "ddim,dpmpp_2m", "--nfe", "5", "--seeds", "0-15",
+                 "--metrics", "rmse_ref", "--peers", "diffusers,kdiffusion", "--json", str(j), "--no-progress"]) == 0
+    rows = {r["solver"]: r for r in json.loads(j.read_text())}
+    assert {"diffusers:ddim", "kdiffusion:euler", "kdiffusion:dpmpp_2m"} <= set(rows)
+    # the same algorithm on the same model, noise and grid gives the same answer
+    assert rows["diffusers:ddim"]["rmse_ref"] == pytest.approx(rows["ddim"]["rmse_ref"], rel=1e-4)
+    assert rows["kdiffusion:euler"]["rmse_ref"] == pytest.approx(rows["ddim"]["rmse_ref"], rel=1e-6)
+    assert all(r["nfe"] <= 5 for r in rows.values() if "error" not in r)
