@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from fewstep.diffusion.denoiser import Denoiser
+from fewstep.diffusion.noise import NOISE_TYPES, make_noise
 from fewstep.diffusion.schedules import as_list, check_sigmas, get_sigmas
 from fewstep.diffusion.solvers import get_solver
 from fewstep.diffusion.solvers._core import ddim_step
@@ -45,8 +46,10 @@ class Evaluator:
 
 def solve(model: Denoiser, x: Tensor, sigmas: Any, solver: str = "dpmpp_2m", *, cond: Mapping[str, Any] | None = None,
           afs: bool = False, denoise_to_zero: bool = False, float64: bool = False, callback: Callable | None = None,
-          return_trajectory: bool = False, **options: Any):
-    """Integrate the probability-flow ODE of ``model`` from ``x`` (at ``sigmas[0]``) along ``sigmas``.
+          return_trajectory: bool = False, noise_type: str = "gaussian", noise_seeds: Sequence[int] | None = None,
+          **options: Any):
+    """Integrate the probability-flow ODE of ``model`` from ``x`` (at ``sigmas[0]``) along ``sigmas``
+    (or, for a stochastic solver, its reverse SDE).
 
     Args:
         model: a ``Denoiser``.
@@ -58,12 +61,18 @@ def solve(model: Denoiser, x: Tensor, sigmas: Any, solver: str = "dpmpp_2m", *, 
         float64: keep the state in float64 (the model still computes in its own dtype).
         callback: called after each evaluation with k-diffusion's dict keys.
         return_trajectory: also return the list of states, one per grid point.
+        noise_type: the noise of a stochastic solver: ``"gaussian"`` (independent draws) or
+            ``"brownian"`` (increments of one Brownian motion in sigma per sample, consistent across grids).
+        noise_seeds: one seed per sample for that noise (default ``0..B-1``); a seed's noise does not
+            depend on the batch. Deterministic solvers draw no noise.
 
     Returns:
         The final state, or ``(state, trajectory)``.
     """
     info = get_solver(solver)
     _check_solver_options(info, options)
+    if noise_type not in NOISE_TYPES:
+        raise ValueError(f"unknown noise_type {noise_type!r}; choose one of {', '.join(NOISE_TYPES)}")
     grid = as_list(check_sigmas(sigmas))
     if float64:
         x = x.double()
@@ -85,6 +94,11 @@ def solve(model: Denoiser, x: Tensor, sigmas: Any, solver: str = "dpmpp_2m", *, 
                     traj.append(payload["x"])
                 if _user is not None:
                     _user(payload)
+        if info.stochastic:
+            seeds = list(range(x.shape[0])) if noise_seeds is None else list(noise_seeds)
+            if len(seeds) != x.shape[0]:
+                raise ValueError(f"noise_seeds has {len(seeds)} seeds for a batch of {x.shape[0]}")
+            options = {**options, "noise": make_noise(noise_type, seeds, x.shape[1:], x.dtype, x.device)}
         x = info.fn(ev, x, grid, callback=cb, **options)
         if traj is not None:
             traj.append(x)
@@ -95,7 +109,9 @@ def solve(model: Denoiser, x: Tensor, sigmas: Any, solver: str = "dpmpp_2m", *, 
 
 def _check_solver_options(info, options: Mapping[str, Any]) -> None:
     params = inspect.signature(info.fn).parameters
-    allowed = {k: p.default for k, p in params.items() if p.kind == p.KEYWORD_ONLY and k != "callback"}
+    allowed = {k: p.default for k, p in params.items() if p.kind == p.KEYWORD_ONLY and k not in ("callback", "noise")}
+    if "noise" in options:
+        raise ValueError("noise is injected by the driver; choose it with noise_type= and noise_seeds=")
     bad = set(options) - set(allowed)
     if bad:
         valid = ", ".join(f"{k}={v!r}" for k, v in allowed.items()) or "none"
@@ -103,21 +119,24 @@ def _check_solver_options(info, options: Mapping[str, Any]) -> None:
 
 
 def plan_steps(solver: str, nfe: int, *, final_zero: bool = True, afs: bool = False, denoise_to_zero: bool = False,
-               infinite_start: bool = False) -> int:
-    """The most steps ``solver`` can take with at most ``nfe`` model evaluations."""
+               infinite_start: bool = False, options: Mapping[str, Any] | None = None) -> int:
+    """The most steps ``solver`` (with ``options``) can take with at most ``nfe`` model evaluations."""
     info = get_solver(solver)
     if not isinstance(nfe, int) or nfe < 1:
         raise ValueError(f"nfe must be a positive integer; got {nfe!r}")
 
-    def cost(n: int) -> int:
-        c = (1 + info.evals(n - 1, final_zero)) if infinite_start else info.evals(n, final_zero)
+    def cost(n: int) -> float:
+        try:
+            c = (1 + info.evals(n - 1, final_zero, options)) if infinite_start else info.evals(n, final_zero, options)
+        except ValueError:  # the solver cannot take n steps (Restart needs a point to restart from)
+            return math.inf
         return c - int(afs) + int(denoise_to_zero and not final_zero)
 
-    n = 0
-    while cost(n + 1) <= nfe:
-        n += 1
+    # every step costs at least one evaluation and AFS saves one, so n <= nfe + 1
+    n = max((k for k in range(1, nfe + 2) if cost(k) <= nfe), default=0)
     if n == 0:
-        raise ValueError(f"nfe={nfe} is too small for solver {solver!r}: one step costs {cost(1)} evaluations")
+        fewest = next((c for c in map(cost, range(1, nfe + 4)) if c < math.inf), "more")
+        raise ValueError(f"nfe={nfe} is too small for solver {solver!r}: its shortest run costs {fewest} evaluations")
     return n
 
 
@@ -134,7 +153,7 @@ def sample(model: Denoiser, *, solver: str = "dpmpp_2m", nfe: int = 10, schedule
            solver_options: Mapping[str, Any] | None = None, schedule_options: Mapping[str, Any] | None = None,
            sigma_min: float | None = None, sigma_max: float | None = None, final: str = "zero", afs: bool = False,
            denoise_to_zero: bool = False, float64: bool = False, dtype: torch.dtype = torch.float32,
-           callback: Callable | None = None, return_trajectory: bool = False):
+           callback: Callable | None = None, return_trajectory: bool = False, noise_type: str = "gaussian"):
     """Draw samples from ``model`` with ``solver`` using **at most** ``nfe`` model evaluations.
 
     Args:
@@ -144,12 +163,13 @@ def sample(model: Denoiser, *, solver: str = "dpmpp_2m", nfe: int = 10, schedule
         schedule: a name from ``fewstep.list_schedules()``; by default ``karras``, or ``discrete``
             (trailing) for discrete-time models and ``time_uniform`` when ``sigma_max`` is infinite.
         batch, seed, seeds: sample ``i`` uses seed ``seeds[i]`` (default ``seed + i``) with its own
-            generator, so a seed's sample is the same at every batch size.
+            generator, so a seed's sample is the same at every batch size. A stochastic solver draws
+            its noise from the same seeds (in a separate stream).
         noise: standard-normal noise ``[B, *shape]`` to use instead; sampling starts at
             ``x = sigma_max * noise`` (or ``noise`` itself when ``sigma_max = inf``).
         cond: model keywords, passed to every evaluation.
         solver_options, schedule_options: options of the solver and the schedule.
-        afs, denoise_to_zero, float64, callback, return_trajectory: see ``solve``.
+        afs, denoise_to_zero, float64, callback, return_trajectory, noise_type: see ``solve``.
 
     Returns:
         Samples in data space ``[B, *shape]`` (and the trajectory when asked).
@@ -167,7 +187,7 @@ def sample(model: Denoiser, *, solver: str = "dpmpp_2m", nfe: int = 10, schedule
     if schedule == "discrete":
         top = float(model.sigma_max)
     n_steps = plan_steps(solver, nfe, final_zero=final == "zero", afs=afs, denoise_to_zero=denoise_to_zero,
-                         infinite_start=math.isinf(top) and schedule != "explicit")
+                         infinite_start=math.isinf(top) and schedule != "explicit", options=solver_options)
     sigmas = get_sigmas(schedule, n_steps, model, final=final, sigma_min=sigma_min, sigma_max=sigma_max,
                         **dict(schedule_options or {}))
     if noise is None:
@@ -179,8 +199,11 @@ def sample(model: Denoiser, *, solver: str = "dpmpp_2m", nfe: int = 10, schedule
         noise = seeded_noise(list(seeds), shape, dtype=dtype)
     elif not torch.is_tensor(noise):
         raise TypeError("noise must be a tensor of standard-normal values [B, *shape]")
+    if seeds is None:
+        seeds = range(seed, seed + noise.shape[0])
     s0 = float(sigmas[0])
     x = noise if math.isinf(s0) else s0 * noise
     with torch.no_grad():
         return solve(model, x, sigmas, solver, cond=cond, afs=afs, denoise_to_zero=denoise_to_zero, float64=float64,
-                     callback=callback, return_trajectory=return_trajectory, **dict(solver_options or {}))
+                     callback=callback, return_trajectory=return_trajectory, noise_type=noise_type,
+                     noise_seeds=list(seeds), **dict(solver_options or {}))

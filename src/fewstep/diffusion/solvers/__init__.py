@@ -1,7 +1,8 @@
-"""Deterministic (and later stochastic) solvers, looked up by name in one registry.
+"""Deterministic and stochastic solvers, looked up by name in one registry.
 
 Each solver is a small function ``fn(D, x, sigmas, *, callback=None, **options) -> x`` over a
-shared time grid; ``D(x, sigma)`` is the evaluator the driver builds around the model.
+shared time grid; ``D(x, sigma)`` is the evaluator the driver builds around the model. Stochastic
+solvers also take ``noise(sigma, sigma_next)``, which only the driver passes (see ``noise.py``).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from fewstep.diffusion.solvers import adams, basic, dpm, unipc  # noqa: F401  (register themselves)
+from fewstep.diffusion.solvers import restart, sde, stochastic  # noqa: F401  (stochastic samplers)
 from fewstep.diffusion.solvers._core import SOLVERS, SolverInfo, get_solver, register
 
 __all__ = ["SOLVERS", "SolverInfo", "get_solver", "list_solvers", "register"]

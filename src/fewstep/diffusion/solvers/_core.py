@@ -86,7 +86,9 @@ class SolverInfo:
 
     ``order`` is the convergence order measured on a Karras grid with default options;
     ``evals_per_step`` the model calls of a full step; ``final_evals`` those of a final step to
-    sigma = 0 (a singlestep or Heun step ends with one Euler evaluation there).
+    sigma = 0 (a singlestep or Heun step ends with one Euler evaluation there). A solver whose cost
+    is not a per-step count (Restart) gives ``cost(n_steps, final_zero, options) -> int`` instead,
+    which raises ``ValueError`` for a number of steps it cannot take.
     """
 
     name: str
@@ -99,11 +101,14 @@ class SolverInfo:
     stochastic: bool = False
     options: Mapping[str, Any] = field(default_factory=dict)
     notes: str = ""
+    cost: Callable[[int, bool, Mapping[str, Any]], int] | None = None
 
-    def evals(self, n_steps: int, final_zero: bool) -> int:
-        """Model calls of ``n_steps`` steps (before AFS savings and denoise-to-zero)."""
+    def evals(self, n_steps: int, final_zero: bool, options: Mapping[str, Any] | None = None) -> int:
+        """Model calls of ``n_steps`` steps with ``options`` (before AFS savings and denoise-to-zero)."""
         if n_steps < 1:
             return 0
+        if self.cost is not None:
+            return self.cost(n_steps, final_zero, {**self.options, **(options or {})})
         last = self.final_evals if final_zero else self.evals_per_step
         return self.evals_per_step * (n_steps - 1) + last
 
@@ -118,13 +123,13 @@ SOLVERS: dict[str, SolverInfo] = {}
 
 def register(name: str, *, order: int, paper: str, kind: str = "multistep", evals_per_step: int = 1,
              final_evals: int | None = None, stochastic: bool = False, options: Mapping[str, Any] | None = None,
-             notes: str = "", fn: Callable | None = None):
+             notes: str = "", fn: Callable | None = None, cost: Callable | None = None):
     """Decorator (or call with ``fn=``) adding a solver to the registry."""
 
     def deco(f):
         SOLVERS[name] = SolverInfo(name, f, order, evals_per_step,
                                    evals_per_step if final_evals is None else final_evals,
-                                   paper, kind, stochastic, dict(options or {}), notes)
+                                   paper, kind, stochastic, dict(options or {}), notes, cost)
         return f
 
     return deco(fn) if fn is not None else deco
@@ -160,9 +165,10 @@ def ddim_step(x: Tensor, s: float, s_next: float, D: Tensor) -> Tensor:
     return r * x + (1 - r) * D
 
 
-def emit(callback: Callable | None, i: int, x: Tensor, s: float, D: Tensor) -> None:
+def emit(callback: Callable | None, i: int, x: Tensor, s: float, D: Tensor, sigma_hat: float | None = None) -> None:
+    """Report step ``i``; ``sigma_hat`` is the raised noise level where a solver evaluated (EDM churn)."""
     if callback is not None:
-        callback({"x": x, "i": i, "sigma": s, "sigma_hat": s, "denoised": D})
+        callback({"x": x, "i": i, "sigma": s, "sigma_hat": s if sigma_hat is None else sigma_hat, "denoised": D})
 
 
 def check_options(name: str, options: Mapping[str, Any], allowed: Mapping[str, Any]) -> None:

@@ -21,17 +21,35 @@ register("euler", order=1, paper="Karras et al., EDM, arXiv 2206.00364 (Euler in
 
 
 @register("heun", order=2, kind="singlestep", evals_per_step=2, final_evals=1,
-          paper="Karras et al., EDM, arXiv 2206.00364, Algorithm 1")
-def heun(D, x, sigmas, *, callback=None):
-    """EDM Algorithm 1: Euler predictor, trapezoidal corrector; the step to sigma = 0 is Euler (2N-1 NFE)."""
+          paper="Karras et al., EDM, arXiv 2206.00364, Algorithm 1 (Algorithm 2 with S_churn > 0: heun_churn)")
+def heun(D, x, sigmas, *, callback=None, noise=None, S_churn: float = 0.0, S_min: float = 0.0,
+         S_max: float = math.inf, S_noise: float = 1.0):
+    """EDM Algorithm 1: Euler predictor, trapezoidal corrector; the step to sigma = 0 is Euler (2N-1 NFE).
+
+    With ``S_churn > 0`` it is Algorithm 2: where ``S_min <= t_i <= S_max`` the state is first raised to
+    ``t_hat = (1 + gamma) t_i``, ``gamma = min(S_churn / N, sqrt(2) - 1)``, by adding
+    ``sqrt(t_hat^2 - t_i^2) S_noise z``; ``z = noise(t_i, t_{i+1})`` (the step's own increment, so that
+    Brownian noise never reuses an interval) is injected by the driver.
+    """
+    if S_churn < 0 or S_noise < 0 or S_min > S_max:
+        raise ValueError(f"heun needs S_churn >= 0, S_noise >= 0 and S_min <= S_max; got S_churn={S_churn!r}, "
+                         f"S_noise={S_noise!r}, S_min={S_min!r}, S_max={S_max!r}")
+    gamma_in = min(S_churn / (len(sigmas) - 1), math.sqrt(2) - 1)
+    if gamma_in > 0 and noise is None:
+        raise ValueError("S_churn > 0 makes heun stochastic: use solver 'heun_churn', whose noise the driver injects")
     for i, (t_cur, t_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
-        denoised = D(x, t_cur)
-        emit(callback, i, x, t_cur, denoised)
-        d_cur = (x - denoised) / t_cur
-        x_next = x + (t_next - t_cur) * d_cur
+        gamma = gamma_in if S_min <= t_cur <= S_max else 0.0
+        t_hat, x_hat = t_cur, x
+        if gamma > 0:  # increase noise temporarily
+            t_hat = t_cur * (1 + gamma)
+            x_hat = x + math.sqrt(t_hat**2 - t_cur**2) * S_noise * noise(t_cur, t_next)
+        denoised = D(x_hat, t_hat)
+        emit(callback, i, x, t_cur, denoised, sigma_hat=t_hat)
+        d_cur = (x_hat - denoised) / t_hat
+        x_next = x_hat + (t_next - t_hat) * d_cur
         if t_next > 0:  # 2nd-order correction
             d_prime = (x_next - D(x_next, t_next)) / t_next
-            x_next = x + (t_next - t_cur) * (0.5 * d_cur + 0.5 * d_prime)
+            x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
         x = x_next
     return x
 
