@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -84,14 +85,27 @@ def train(epochs: int, seed: int) -> tuple[DigitsNet, float]:
     return net, accuracy(net, x_held, y_held)
 
 
+def save_weights(state: dict[str, torch.Tensor], info: dict, out: Path) -> str:
+    """Writes safetensors plus its ``sha256sum``-style checksum file; returns the digest.
+
+    The metadata is one JSON string with sorted keys: safetensors writes a multi-key metadata map
+    in an arbitrary order, which would make the file bytes (and so the checksum) vary by run.
+    """
+    from safetensors.torch import save_file
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(out), metadata={"fewstep": json.dumps(info, sort_keys=True)})
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    out.with_name(out.name + ".sha256").write_text(f"{digest}  {out.name}\n")
+    return digest
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=WEIGHTS_PATH, help="output .safetensors path")
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--seed", type=int, default=SEED)
     args = parser.parse_args()
-
-    from safetensors.torch import save_file
 
     torch.set_num_threads(2)
     torch.use_deterministic_algorithms(True)
@@ -100,18 +114,15 @@ def main() -> None:
     seconds = time.perf_counter() - start
 
     state = {k: v.detach().contiguous() for k, v in net.state_dict().items()}
-    metadata = {
+    info = {
         "model": "fewstep.metrics.features.DigitsNet",
         "input": "[N,1,8,8] digits scaled p/8-1",
-        "seed": str(args.seed),
-        "epochs": str(args.epochs),
-        "heldout_accuracy": f"{held_acc:.4f}",
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "heldout_accuracy": round(held_acc, 4),
         "torch": torch.__version__.split("+")[0],
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(args.out), metadata=metadata)
-    digest = hashlib.sha256(args.out.read_bytes()).hexdigest()
-    args.out.with_name(args.out.name + ".sha256").write_text(f"{digest}  {args.out.name}\n")
+    digest = save_weights(state, info, args.out)
     reloaded = load_digits_net(args.out)  # round trip through the verified loader
     x_held, y_held = digits_data("heldout")
     if accuracy(reloaded, x_held.reshape(-1, 1, 8, 8), y_held) != held_acc:
