@@ -147,19 +147,20 @@ def seeded_noise(seeds: Sequence[int], shape: Sequence[int], dtype=torch.float32
     return torch.stack(rows).to(dtype=dtype, device=device)
 
 
-def sample(model: Denoiser, *, solver: str = "dpmpp_2m", nfe: int = 10, schedule: str | None = None,
+def sample(model: Denoiser, *, solver: str = "dpmpp_2m", nfe: int | None = None, schedule: str | None = None,
            batch: int | None = None, seed: int = 0, seeds: Sequence[int] | None = None, noise: Tensor | None = None,
            cond: Mapping[str, Any] | None = None, shape: Sequence[int] | None = None,
            solver_options: Mapping[str, Any] | None = None, schedule_options: Mapping[str, Any] | None = None,
            sigma_min: float | None = None, sigma_max: float | None = None, final: str = "zero", afs: bool = False,
            denoise_to_zero: bool = False, float64: bool = False, dtype: torch.dtype = torch.float32,
-           callback: Callable | None = None, return_trajectory: bool = False, noise_type: str = "gaussian"):
+           callback: Callable | None = None, return_trajectory: bool = False, noise_type: str = "gaussian",
+           recipe: Any = None, force: bool = False):
     """Draw samples from ``model`` with ``solver`` using **at most** ``nfe`` model evaluations.
 
     Args:
         model: a ``Denoiser`` (from ``fewstep.load_model`` or an adapter).
         solver: a name from ``fewstep.list_solvers()``.
-        nfe: the evaluation budget; the number of steps is the largest that fits it.
+        nfe: the evaluation budget (default 10, or the recipe's); the number of steps is the largest that fits it.
         schedule: a name from ``fewstep.list_schedules()``; by default ``karras``, or ``discrete``
             (trailing) for discrete-time models and ``time_uniform`` when ``sigma_max`` is infinite.
         batch, seed, seeds: sample ``i`` uses seed ``seeds[i]`` (default ``seed + i``) with its own
@@ -170,12 +171,25 @@ def sample(model: Denoiser, *, solver: str = "dpmpp_2m", nfe: int = 10, schedule
         cond: model keywords, passed to every evaluation.
         solver_options, schedule_options: options of the solver and the schedule.
         afs, denoise_to_zero, float64, callback, return_trajectory, noise_type: see ``solve``.
+        recipe: a tuned sampler from ``fewstep tune`` (a ``Recipe``, its JSON path or dict): its solver,
+            options and sigmas replace ``solver`` and ``schedule``. One made for another model or
+            ``nfe`` is refused, unless ``force`` (then it is used as it is, with a warning).
 
     Returns:
         Samples in data space ``[B, *shape]`` (and the trajectory when asked).
     """
     if not isinstance(model, Denoiser):
         raise TypeError(f"model must be a fewstep Denoiser (see fewstep.load_model); got {type(model).__name__}")
+    if recipe is not None:
+        from fewstep.diffusion.tune.recipe import as_recipe
+
+        recipe = as_recipe(recipe)
+        recipe.check(model, nfe, force)
+        solver, nfe, schedule = recipe.solver, recipe.nfe, "explicit"
+        final = "zero" if recipe.sigmas[-1] == 0 else "min"
+        solver_options = {**recipe.solver_options, **dict(solver_options or {})}
+        schedule_options = {"sigmas": list(recipe.sigmas)}
+    nfe = 10 if nfe is None else nfe
     if schedule is None:
         if getattr(model.process, "num_train_timesteps", None) is not None:
             schedule = "discrete"
