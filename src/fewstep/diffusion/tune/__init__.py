@@ -4,6 +4,7 @@ Each method module provides ``tune(model, *, solver, nfe, **options) -> Recipe``
 maps the CLI's method names to them.
 """
 
+from fewstep.diffusion.tune import usf  # noqa: F401  (registers the per-step solver 'usf' that S3 searches)
 from fewstep.diffusion.tune.recipe import METHODS, Recipe, as_recipe
 
 METHOD_MODULES = {

@@ -1,0 +1,116 @@
+"""``usf``: a solver whose every step is chosen separately, the search space of S3.
+
+Liu et al., *A Unified Sampling Framework for Solver Searching of Diffusion Probabilistic Models*
+(USF), arXiv 2312.07243. Step ``i`` has its own Taylor order, prediction type and corrector flag:
+
+- ``prediction="data"``: ``x' = (s'/s) x + s' int_{1/s}^{1/s'} D(lambda(u)) du`` (``u = e^lambda``), with
+  ``D`` the Lagrange interpolant in ``lambda`` of the last ``order`` model outputs;
+- ``prediction="noise"``: ``x' = x + int_s^{s'} eps(lambda(sigma)) dsigma`` with ``eps = (x - D) / sigma``
+  interpolated the same way.
+
+Both are the exact integrals of the interpolant, written with the phi-functions of ``_core``; order 1
+is DDIM in both forms. The corrector is USF's free pseudo-corrector (UniC's idea, arXiv 2302.04867): the
+evaluation at the predicted state, which the next step needs anyway, is added as one more node and
+the step is recomputed from the same start. A data-form step to sigma = 0 is first order
+(``x' = D``), as in every data-form solver here. ``N`` steps cost ``N`` evaluations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import math
+
+import numpy as np
+from numpy.polynomial import polynomial as P
+
+from fewstep.diffusion.solvers._core import ddim_step, emit, lam, phi, register
+
+PREDICTIONS = ("data", "noise")
+MAX_ORDER = 3
+
+
+def weights(lams: Sequence[float], s: float, s_next: float, prediction: str) -> np.ndarray:
+    """Weights ``w_j`` of the exact step ``x' = a x + sum_j w_j v_j`` for the Lagrange interpolant in
+    ``lambda`` through ``lams[j]`` (``lams[0]`` the current point), ``v = D`` or ``eps``.
+
+    Writing ``l_j(lambda) = sum_k c_jk (lambda - lambda_s)^k``, the data form integrates
+    ``s' int e^lambda (lambda - lambda_s)^k = k! h^(k+1) phi_{k+1}(-h)`` and the noise form
+    ``-s int_0^h e^-tau tau^k = -s k! h^(k+1) e^-h phi_{k+1}(h)`` (``= -s k!`` at ``h = inf``).
+    """
+    lam_s = lams[0]
+    h = lam(s_next) - lam_s
+    taus = np.asarray(lams, dtype=np.float64) - lam_s
+    moments = []
+    for k in range(len(taus)):
+        if prediction == "data":
+            moments.append(math.factorial(k) * h ** (k + 1) * phi(k + 1, -h))
+        elif math.isinf(h):
+            moments.append(-s * math.factorial(k))
+        else:
+            moments.append(-s * math.factorial(k) * h ** (k + 1) * math.exp(-h) * phi(k + 1, h))
+    w = np.empty(len(taus))
+    for j in range(len(taus)):
+        others = np.delete(taus, j)
+        c = P.polyfromroots(others) / np.prod(taus[j] - others)  # l_j in powers of (lambda - lambda_s)
+        w[j] = float(np.dot(c, moments))
+    return w
+
+
+def step(x, s: float, s_next: float, nodes: Sequence[tuple[float, object, object]], prediction: str):
+    """One step from ``(x, s)`` to ``s'`` with the interpolant through ``nodes = [(lambda, D, eps), ...]``
+    (the first node is the current point)."""
+    if len(nodes) == 1:
+        return ddim_step(x, s, s_next, nodes[0][1])
+    w = weights([n[0] for n in nodes], s, s_next, prediction)
+    if prediction == "data":
+        return (s_next / s) * x + sum(float(wj) * n[1] for wj, n in zip(w, nodes))
+    return x + sum(float(wj) * n[2] for wj, n in zip(w, nodes))
+
+
+def check_plan(n_steps: int, orders, predictions, correctors) -> tuple[list[int], list[str], list[bool]]:
+    """The per-step lists (defaults: order 2, data prediction, corrector on), validated."""
+    orders = [2] * n_steps if orders is None else list(orders)
+    predictions = ["data"] * n_steps if predictions is None else list(predictions)
+    correctors = [True] * n_steps if correctors is None else list(correctors)
+    for name, v in (("orders", orders), ("predictions", predictions), ("correctors", correctors)):
+        if len(v) != n_steps:
+            raise ValueError(f"usf option {name} needs one entry per step ({n_steps}); got {len(v)}: {v}")
+    bad = [o for o in orders if not isinstance(o, int) or isinstance(o, bool) or not 1 <= o <= MAX_ORDER]
+    if bad:
+        raise ValueError(f"usf orders must be integers in 1..{MAX_ORDER}; got {orders}")
+    if any(p not in PREDICTIONS for p in predictions):
+        raise ValueError(f"usf predictions must each be one of {PREDICTIONS}; got {predictions}")
+    if any(not isinstance(c, bool) for c in correctors):
+        raise ValueError(f"usf correctors must be booleans; got {correctors}")
+    return orders, predictions, correctors
+
+
+@register("usf", order=3, options={"orders": None, "predictions": None, "correctors": None},
+          paper="Liu et al., USF / S3, arXiv 2312.07243 (per-step solver schedule)",
+          notes="per-step order 1-3, data/noise prediction and free corrector; found by `fewstep tune --method s3`")
+def usf(D, x, sigmas, *, callback=None, orders=None, predictions=None, correctors=None):
+    """Per-step exponential-integrator solver: step ``i`` uses ``orders[i]`` nodes (fewer while the
+    history is short), ``predictions[i]`` and, when ``correctors[i]``, the free corrector."""
+    n = len(sigmas) - 1
+    orders, predictions, correctors = check_plan(n, orders, predictions, correctors)
+    d = D(x, sigmas[0])
+    eps = (x - d) / sigmas[0]
+    hist: list = []  # (lambda, D, eps) of earlier points, newest first
+    for i, (s, s_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+        emit(callback, i, x, s, d)
+        pred = predictions[i]
+        p = 1 if (s_next == 0 and pred == "data") else min(orders[i], len(hist) + 1)
+        nodes = [(lam(s), d, eps)] + hist[: p - 1]
+        x_pred = step(x, s, s_next, nodes, pred)
+        d_next = eps_next = None
+        if i < n - 1:
+            d_next = D(x_pred, s_next)
+            eps_next = (x_pred - d_next) / s_next
+        if correctors[i] and d_next is not None:
+            x_new = step(x, s, s_next, nodes + [(lam(s_next), d_next, eps_next)], pred)
+        else:
+            x_new = x_pred
+        hist = ([(lam(s), d, eps)] + hist)[: MAX_ORDER - 1]
+        x, d, eps = x_new, d_next, eps_next
+    return x
