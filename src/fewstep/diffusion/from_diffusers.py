@@ -20,6 +20,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
+import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -161,8 +163,11 @@ def _as_config(scheduler_or_config: Any) -> dict[str, Any]:
 
 
 def is_flow_config(cfg: Mapping[str, Any]) -> bool:
-    return (str(cfg.get("_class_name", "")).startswith("FlowMatch") or bool(cfg.get("use_flow_sigmas"))
-            or cfg.get("prediction_type") == "flow_prediction")
+    """A ``FlowMatch*`` config (by ``_class_name``, or by its keys: a ``shift`` and no betas), or a VP-family
+    scheduler switched to flow sigmas (``use_flow_sigmas``, ``prediction_type="flow_prediction"``)."""
+    betas = any(k in cfg for k in ("beta_schedule", "beta_start", "trained_betas"))
+    return (str(cfg.get("_class_name", "")).startswith("FlowMatch") or ("shift" in cfg and not betas)
+            or bool(cfg.get("use_flow_sigmas")) or cfg.get("prediction_type") == "flow_prediction")
 
 
 def flow_shift(cfg: Mapping[str, Any], mu: float | None) -> float:
@@ -307,3 +312,15 @@ def from_diffusers(model: Callable[..., Any], scheduler_or_config: Any, *, mu: f
     """
     return DiffusersDenoiser(model, spec_from_config(scheduler_or_config, mu=mu), shape=shape, name=name,
                              model_dtype=model_dtype, timestep_fn=timestep_fn)
+
+
+class _CallableModule(types.ModuleType):
+    """Importing this submodule makes ``fewstep.diffusion.from_diffusers`` name the module rather than the
+    function the package re-exports; making the module callable keeps ``fewstep.diffusion.from_diffusers(...)``
+    working either way."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> DiffusersDenoiser:
+        return from_diffusers(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

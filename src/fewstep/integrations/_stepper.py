@@ -56,8 +56,8 @@ class _Recorder(Denoiser):
         super().__init__(VE(0.0, float("inf")))
         self.events = events
 
-    def denoise(self, x, sigma, cond):
-        self.events.append(("eval", float(sigma[0])))
+    def __call__(self, x, sigma, cond=None):
+        self.events.append(("eval", float(sigma)))
         return torch.zeros_like(x)
 
 
@@ -91,8 +91,9 @@ class _Suspending(Denoiser):
         super().__init__(VE(0.0, float("inf")))
         self.run = run
 
-    def denoise(self, x, sigma, cond):
-        return self.run._await(x, float(sigma[0]))
+    def __call__(self, x, sigma, cond=None):
+        # the driver passes sigma as a float; as_sigma would round it to the state's dtype
+        return self.run._await(x, float(sigma))
 
 
 _CANCEL = object()
