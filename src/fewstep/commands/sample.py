@@ -21,6 +21,11 @@ def add_parser(sub) -> None:
     p.add_argument("--seeds", default="0-63", help="seeds, e.g. 0-63 or 1,5,9; one sample per seed")
     p.add_argument("--out", default="fewstep-out/samples", help="output path without extension (.png and .npz)")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.add_argument("--class", dest="class_labels", default=None, metavar="Y",
+                   help="classes of a conditional model: 3, 0-9 or 1,4,7 (one per seed, cycling)")
+    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (1 = conditional)")
+    p.add_argument("--cads", action="store_true", help="condition-annealed sampling (CADS) for diversity")
+    p.add_argument("--guidance-interval", default=None, metavar="LO,HI", help="guide only for sigma in (LO, HI]")
 
 
 def run(args) -> int:
@@ -41,18 +46,20 @@ def run(args) -> int:
     from fewstep.bench.distributed import sharded
     from fewstep.bench.image import save_grid
     from fewstep.diffusion.denoiser import CountingDenoiser
+    from fewstep.diffusion.guidance import cli_conditioning
     from fewstep.diffusion.sampling import sample
     from fewstep.diffusion.solvers import get_solver
     from fewstep.models import load_model
 
     get_solver(args.solver)
     model = CountingDenoiser(load_model(args.model))
+    denoiser, cond_for = cli_conditioning(model, seeds, args.class_labels, args.cfg, args.cads, args.guidance_interval)
     t0 = time.perf_counter()
     calls_per_batch = []
 
     def run_seeds(ids):
         before = model.calls
-        x = sample(model, solver=args.solver, nfe=args.nfe, schedule=args.schedule, seeds=ids)
+        x = sample(denoiser, solver=args.solver, nfe=args.nfe, schedule=args.schedule, seeds=ids, cond=cond_for(ids))
         calls_per_batch.append(model.calls - before)
         return x
 
@@ -62,7 +69,8 @@ def run(args) -> int:
         return 0
     images = x.reshape(len(seeds), *(model.shape or x.shape[1:]))
     np.savez_compressed(npz, samples=images.numpy(), seeds=np.asarray(seeds), model=args.model,
-                        solver=args.solver, nfe=calls_per_batch[0])
+                        solver=args.solver, nfe=calls_per_batch[0],
+                        **({} if args.class_labels is None else {"class_labels": cond_for(seeds)["class_labels"].numpy()}))
     if images.ndim == 4:
         save_grid(images, png)
     else:

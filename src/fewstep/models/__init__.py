@@ -68,3 +68,4 @@ def load_model(name: str, **options: Any):
         return _REGISTRY[name].loader(**options)
     except TypeError as exc:
         raise ValueError(f"bad options for model {name!r}: {exc}") from None
+from fewstep.models import cond as _cond  # noqa: E402,F401
