@@ -1,0 +1,143 @@
+"""What the tuning methods share: argument checks, grids, the rmse predictor, held-out quality, recipes.
+
+Tuning seeds and held-out seeds are disjoint by default: methods fit on ``TUNE_SEEDS`` and measure the
+quality they store in the recipe on ``EVAL_SEEDS``, the seeds ``fewstep bench`` uses by default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from fewstep.diffusion.denoiser import Denoiser
+from fewstep.diffusion.sampling import plan_steps, seeded_noise, solve
+from fewstep.diffusion.schedules import check_sigmas, get_sigmas
+from fewstep.diffusion.solvers import get_solver
+from fewstep.diffusion.tune.recipe import Recipe
+
+TUNE_SEEDS = range(100_000, 100_128)
+EVAL_SEEDS = range(256)
+SIGMA_CAP = 80.0  # start of sigma-space grids for models whose sigma_max is infinite (as in the bench)
+
+
+def start_sigma(model: Denoiser) -> float:
+    """Where tuned and untuned grids start: the model's ``sigma_max``, or ``SIGMA_CAP`` when it is infinite."""
+    return float(model.sigma_max) if math.isfinite(model.sigma_max) else SIGMA_CAP
+
+
+def check_args(model: Any, solver: str, nfe: Any) -> int:
+    """Validate the common arguments; returns the number of steps ``solver`` takes within ``nfe``."""
+    if not isinstance(model, Denoiser):
+        raise TypeError(f"model must be a fewstep Denoiser (see fewstep.load_model); got {type(model).__name__}")
+    if model.shape is None:
+        raise ValueError("tuning needs a model that knows its data shape (model.shape is None)")
+    info = get_solver(solver)
+    if info.stochastic:
+        raise ValueError(f"solver {solver!r} is stochastic; tuning fits deterministic solvers only")
+    return plan_steps(solver, nfe)
+
+
+def seed_list(seeds: Sequence[int], what: str, minimum: int = 2) -> list[int]:
+    out = [int(s) for s in seeds]
+    if len(out) < minimum or len(set(out)) != len(out) or min(out) < 0:
+        raise ValueError(f"{what} must be at least {minimum} distinct non-negative seeds; got {len(out)} "
+                         f"({len(set(out))} distinct)")
+    return out
+
+
+def karras_grid(n_steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
+    """``n_steps`` Karras steps from ``sigma_max`` to ``sigma_min``, then the step to 0."""
+    from fewstep.diffusion.schedules import karras
+
+    return torch.cat([karras(n_steps, sigma_min, sigma_max, rho), torch.zeros(1, dtype=torch.float64)])
+
+
+def untuned_grid(model: Denoiser, n_steps: int) -> torch.Tensor:
+    """The untuned reference point of every method: a Karras grid (rho = 7) over the model's range."""
+    return get_sigmas("karras", n_steps, model, sigma_max=start_sigma(model))
+
+
+class Predictor:
+    """RMSE against the reference ODE solutions of a fixed batch of tuning seeds (the cheap
+    predictor of final quality). References are cached on disk by ``reference_samples``."""
+
+    def __init__(self, model: Denoiser, seeds: Sequence[int]):
+        from fewstep.metrics.reference import reference_samples
+
+        self.model, self.seeds = model, list(seeds)
+        self.noise = seeded_noise(self.seeds, model.shape, dtype=torch.float32)
+        self.ref = reference_samples(model, self.seeds, sigma_max=start_sigma(model))[0]
+        self.calls = 0
+
+    def samples(self, sigmas: Any, solver: str, options: Mapping[str, Any] | None = None) -> torch.Tensor:
+        sigmas = check_sigmas(sigmas)
+        with torch.no_grad():
+            return solve(self.model, float(sigmas[0]) * self.noise, sigmas, solver, **dict(options or {}))
+
+    def __call__(self, sigmas: Any, solver: str, options: Mapping[str, Any] | None = None) -> float:
+        self.calls += 1
+        x = self.samples(sigmas, solver, options).double()
+        err = float((x - self.ref).pow(2).mean().sqrt())
+        return err if math.isfinite(err) else math.inf
+
+
+def held_out_quality(model: Denoiser, recipe: Recipe, eval_seeds: Sequence[int],
+                     baseline: tuple[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """``rmse_ref`` and ``fd`` of the recipe and of the untuned baseline (``(solver, options)`` on a
+    Karras grid; default the recipe's own solver) on held-out seeds, measured as ``fewstep bench`` does."""
+    from fewstep.bench.harness import DataReference, compute_metrics
+    from fewstep.diffusion.sampling import sample
+    from fewstep.metrics.reference import reference_samples
+
+    seeds = seed_list(eval_seeds, "eval_seeds")
+    ref = reference_samples(model, seeds, sigma_max=start_sigma(model))[0]
+    data = DataReference(model)
+    names = ["rmse_ref"] + (["fd"] if data.data is not None else [])
+    b_solver, b_opts = baseline or (recipe.solver, {})
+    tuned = sample(model, recipe=recipe, seeds=seeds)
+    untuned = sample(model, solver=b_solver, nfe=recipe.nfe, schedule="karras", sigma_max=start_sigma(model),
+                     seeds=seeds, solver_options=dict(b_opts))
+    out: dict[str, Any] = compute_metrics(names, tuned, ref, data)
+    out["untuned"] = {"solver": b_solver, "solver_options": dict(b_opts), "schedule": "karras",
+                      **compute_metrics(names, untuned, ref, data)}
+    out["eval_seeds"] = _seed_text(seeds)
+    return out
+
+
+def make_recipe(model: Denoiser, method: str, solver: str, nfe: int, sigmas: Any, *, t_start: float,
+                solver_options: Mapping[str, Any] | None = None, objective: Mapping[str, Any] | None = None,
+                options: Mapping[str, Any] | None = None, tune_seeds: Sequence[int] = (),
+                eval_seeds: Sequence[int] | None = EVAL_SEEDS,
+                baseline: tuple[str, Mapping[str, Any]] | None = None) -> Recipe:
+    """Build the recipe, then measure its held-out quality (unless ``eval_seeds`` is None)."""
+    import fewstep
+    from fewstep.metrics.reference import model_hash
+
+    info = {"tune_seconds": round(time.perf_counter() - t_start, 2), "tune_seeds": _seed_text(tune_seeds),
+            "options": dict(options or {}), "objective": dict(objective or {}), "fewstep": fewstep.__version__}
+    recipe = Recipe(model=model.name, model_hash=model_hash(model), solver=solver, nfe=nfe,
+                    sigmas=tuple(float(v) for v in check_sigmas(sigmas)), method=method,
+                    solver_options=dict(solver_options or {}), info=info)
+    if eval_seeds is None:
+        return recipe
+    quality = held_out_quality(model, recipe, eval_seeds, baseline)
+    return dataclasses.replace(recipe, quality=quality)
+
+
+def progress_bar(total: int, desc: str, enabled: bool):
+    """A tqdm bar (it shows the time left) that is silent when ``enabled`` is false."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, unit="it", leave=False)
+
+
+def _seed_text(seeds: Sequence[int]) -> str:
+    s = [int(v) for v in seeds]
+    if s and s == list(range(s[0], s[0] + len(s))):
+        return f"{s[0]}-{s[-1]}"
+    return ",".join(map(str, s))

@@ -1,0 +1,194 @@
+"""S3: search over per-step solver schedules (USF's solver schedule search).
+
+Liu et al., *A Unified Sampling Framework for Solver Searching of Diffusion Probabilistic Models*,
+arXiv 2312.07243. A candidate is a time grid plus, for every step, a Taylor order (1-3), a prediction
+type (data or noise) and a free corrector on or off; it runs as the registered solver ``usf``. As in
+the paper's S3, candidates are ranked by a cheap predictor of final quality, here the RMSE against
+cached reference ODE solutions on a small batch of tuning seeds:
+
+1. seed a population with Karras grids of several ``rho`` and starting sigmas, and a few hand-made
+   per-step solvers (UniPC-, DPM-Solver++- and iPNDM-like) next to random ones;
+2. evolve it (``mu + lambda``): children mutate one gene (an interior sigma, the start, the end,
+   ``rho`` of the whole grid, or one step's order, prediction or corrector) or cross two parents;
+3. refine the best candidate's sigmas one at a time with the others fixed (a log-spaced line search);
+4. re-rank the finalists on all tuning seeds and keep the best.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from fewstep.diffusion.tune import _tuning as T
+from fewstep.diffusion.tune.usf import MAX_ORDER, PREDICTIONS
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A per-step solver schedule: ``sigmas`` (``N + 1`` entries ending in 0) and one entry per step."""
+
+    sigmas: tuple[float, ...]
+    orders: tuple[int, ...]
+    predictions: tuple[str, ...]
+    correctors: tuple[bool, ...]
+
+    def options(self) -> dict:
+        return {"orders": list(self.orders), "predictions": list(self.predictions),
+                "correctors": list(self.correctors)}
+
+
+class Search:
+    """The search state: the search space's bounds, a seeded RNG and the memoised predictor."""
+
+    def __init__(self, predictor, n_steps: int, s_max: float, s_min: float, rng: random.Random):
+        self.predict, self.n, self.s_max, self.s_min, self.rng = predictor, n_steps, s_max, s_min, rng
+        self.cache: dict[Candidate, float] = {}
+
+    def score(self, c: Candidate) -> float:
+        if c not in self.cache:
+            self.cache[c] = self.predict(list(c.sigmas), "usf", c.options())
+        return self.cache[c]
+
+    def grid(self, rho: float, start: float, end: float) -> tuple[float, ...]:
+        return tuple(float(v) for v in T.karras_grid(self.n, end, start, rho))
+
+    def seeds(self, count: int) -> list[Candidate]:
+        """Hand-made starting points, then random ones, ``count`` in all."""
+        n, out = self.n, []
+        plans = [([2] * n, ["data"] * n, [True] * n), ([3] * n, ["data"] * n, [True] * n),
+                 ([2] * n, ["noise"] * n, [False] * n), ([2] * n, ["data"] * n, [False] * n),
+                 ([3] * n, ["noise"] * n, [True] * n)]
+        for rho in (7.0, 3.0, 12.0):
+            for o, p, c in plans:
+                out.append(Candidate(self.grid(rho, self.s_max, self.s_min), tuple(o), tuple(p), tuple(c)))
+        while len(out) < count:
+            r = self.rng
+            start = self.s_max * math.exp(-r.uniform(0, math.log(4)))
+            out.append(Candidate(self.grid(r.uniform(1.5, 12), start, self.s_min * math.exp(r.uniform(0, 1.5))),
+                                 tuple(r.randint(1, MAX_ORDER) for _ in range(n)),
+                                 tuple(r.choice(PREDICTIONS) for _ in range(n)),
+                                 tuple(r.random() < 0.5 for _ in range(n))))
+        return out[:count]
+
+    def mutate(self, c: Candidate) -> Candidate:
+        r, s = self.rng, list(c.sigmas)
+        kind = r.choice(["sigma", "sigma", "start", "end", "rho", "order", "prediction", "corrector"])
+        i = r.randrange(self.n)
+        if kind == "sigma" and self.n >= 3:
+            k = r.randrange(1, self.n - 1)
+            lo, hi = math.log(s[k + 1]), math.log(s[k - 1])
+            s[k] = math.exp(min(hi - 1e-3, max(lo + 1e-3, math.log(s[k]) + r.gauss(0, 0.25 * (hi - lo)))))
+        elif kind == "start":
+            s[0] = min(self.s_max, max(s[1] * 1.01, s[0] * math.exp(r.gauss(0, 0.4))))
+        elif kind == "end" and self.n >= 2:
+            s[-2] = min(s[-3] * 0.99, max(self.s_min, s[-2] * math.exp(r.gauss(0, 0.5))))
+        elif kind in ("rho", "sigma", "end"):
+            s = list(self.grid(r.uniform(1.5, 12), s[0], s[-2]))
+        elif kind == "order":
+            return replace(c, orders=_set(c.orders, i, r.randint(1, MAX_ORDER)))
+        elif kind == "prediction":
+            return replace(c, predictions=_set(c.predictions, i, r.choice(PREDICTIONS)))
+        else:
+            return replace(c, correctors=_set(c.correctors, i, not c.correctors[i]))
+        return replace(c, sigmas=tuple(s))
+
+    def cross(self, a: Candidate, b: Candidate) -> Candidate:
+        """Per-step genes from either parent; the grid is the geometric mean of the parents' grids."""
+        pick = [self.rng.random() < 0.5 for _ in range(self.n)]
+        mix = lambda x, y: tuple(u if p else v for p, u, v in zip(pick, x, y))  # noqa: E731
+        sig = tuple(math.sqrt(u * v) for u, v in zip(a.sigmas, b.sigmas))
+        return Candidate(sig, mix(a.orders, b.orders), mix(a.predictions, b.predictions),
+                         mix(a.correctors, b.correctors))
+
+    def refine(self, c: Candidate, sweeps: int = 2, candidates: int = 6, bar=None) -> Candidate:
+        """Line searches over each positive sigma (the start and end included), the others fixed."""
+        best = c
+        for sweep in range(sweeps):
+            for k in range(self.n):
+                s = list(best.sigmas)
+                hi = math.log(self.s_max) if k == 0 else math.log(s[k - 1])
+                lo = math.log(self.s_min) if k == self.n - 1 else math.log(s[k + 1])
+                half = 0.5 * (hi - lo) * 0.5**sweep
+                for v in np.linspace(max(lo, math.log(s[k]) - half), min(hi, math.log(s[k]) + half), candidates):
+                    trial = list(s)
+                    trial[k] = float(math.exp(v))
+                    if all(a > b for a, b in zip(trial, trial[1:])):
+                        cand = replace(best, sigmas=tuple(trial))
+                        if self.score(cand) < self.score(best):
+                            best = cand
+                if bar is not None:
+                    bar.update()
+        return best
+
+
+def _set(t: tuple, i: int, v) -> tuple:
+    return t[:i] + (v,) + t[i + 1:]
+
+
+def evolve(search: Search, population: list[Candidate], generations: int, children: int, elite: int,
+           bar=None) -> list[Candidate]:
+    """``mu + lambda`` evolution; returns the final population, best first."""
+    pop = sorted(set(population), key=search.score)[:elite]
+    for _ in range(generations):
+        kids = []
+        for _ in range(children):
+            a = search.rng.choice(pop[: max(2, elite // 2)] if search.rng.random() < 0.5 else pop)
+            if search.rng.random() < 0.3 and len(pop) > 1:
+                a = search.cross(a, search.rng.choice(pop))
+            kids.append(search.mutate(a))
+        pop = sorted(set(pop + kids), key=search.score)[:elite]
+        if bar is not None:
+            bar.update()
+    return pop
+
+
+def tune(model, *, solver: str = "unipc", nfe: int = 10, seeds: Sequence[int] = T.TUNE_SEEDS,
+         eval_seeds: Sequence[int] | None = T.EVAL_SEEDS, progress: bool = True, batch: int = 64,
+         population: int = 24, generations: int = 12, children: int = 16, elite: int = 8, refine_sweeps: int = 2,
+         finalists: int = 4, seed: int = 0):
+    """Search a per-step solver schedule (solver ``usf``) for ``nfe`` evaluations; returns a ``Recipe``.
+
+    Args:
+        solver: the untuned solver the recipe's quality is compared with (on a Karras grid).
+        seeds: tuning seeds; the predictor uses the first ``batch``, the finalists are ranked on all.
+        eval_seeds: held-out seeds for the recipe's quality (``None``: do not measure).
+        population, generations, children, elite: the evolutionary search.
+        refine_sweeps: sweeps of the final per-sigma line search (0: none).
+        finalists: how many of the best candidates are re-ranked on all tuning seeds.
+        seed: the search's random seed.
+    """
+    t_start = time.perf_counter()
+    T.check_args(model, solver, nfe)
+    n_steps = T.check_args(model, "usf", nfe)
+    seeds = T.seed_list(seeds, "seeds")
+    ints = {"batch": batch, "population": population, "generations": generations, "children": children,
+            "elite": elite, "refine_sweeps": refine_sweeps, "finalists": finalists}
+    bad = {k: v for k, v in ints.items() if not isinstance(v, int) or v < (0 if k in ("generations", "refine_sweeps")
+                                                                          else 1)}
+    if bad:
+        raise ValueError(f"S3 search sizes must be positive integers (generations, refine_sweeps may be 0); got {bad}")
+    s_max, s_min = T.start_sigma(model), float(model.sigma_min)
+    search = Search(T.Predictor(model, seeds[:batch]), n_steps, s_max, s_min, random.Random(seed))
+    with T.progress_bar(population + generations + refine_sweeps * n_steps, "s3", progress) as bar:
+        start = search.seeds(population)
+        for c in start:
+            search.score(c)
+            bar.update()
+        pop = evolve(search, start, generations, children, elite, bar)
+        pop = sorted(set([search.refine(pop[0], refine_sweeps, bar=bar)] + pop), key=search.score)
+    full = T.Predictor(model, seeds) if len(seeds) > batch else None
+    ranked = sorted(pop[:finalists], key=lambda c: full(list(c.sigmas), "usf", c.options())) if full else pop
+    best = ranked[0]
+    untuned = min(search.score(c) for c in start[:5])
+    objective = {"name": "rmse_ref on tuning seeds", "initial": untuned, "final": search.score(best),
+                 "evaluations": len(search.cache), "note": "initial: the best hand-made usf plan on a Karras grid"}
+    options = {"batch": batch, "population": population, "generations": generations, "children": children,
+               "elite": elite, "refine_sweeps": refine_sweeps, "finalists": finalists, "seed": seed}
+    return T.make_recipe(model, "s3", "usf", nfe, best.sigmas, t_start=t_start, solver_options=best.options(),
+                         objective=objective, options=options, tune_seeds=seeds, eval_seeds=eval_seeds,
+                         baseline=(solver, {}))
