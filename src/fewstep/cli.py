@@ -15,6 +15,7 @@ import sys
 SUBCOMMANDS: dict[str, str] = {
     "sample": "fewstep.commands.sample",
     "bench": "fewstep.commands.bench",
+    "tune": "fewstep.commands.tune",
     "list": "fewstep.commands.listing",
     "generate": "fewstep.commands.generate",
     "bench-lm": "fewstep.commands.bench_lm",

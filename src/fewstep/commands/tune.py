@@ -1,0 +1,98 @@
+"""``fewstep tune``: fit a sampler to one model at one NFE and save it as a recipe (JSON).
+
+The methods live in ``fewstep.diffusion.tune`` (``METHOD_MODULES``); each one's ``tune`` shows a
+progress bar with the time left. The recipe is then used by ``fewstep sample --recipe`` and
+``fewstep bench --recipes``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+DEFAULT_TUNE_SEEDS = "100000-100127"  # disjoint from the bench's default seeds 0-255
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("tune", help="fit a schedule / solver schedule / coefficients to a model; write a recipe",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="a name from `fewstep list models`")
+    p.add_argument("--method", required=True, help="ays, gits, s3, dc, iia or ems")
+    p.add_argument("--solver", default="dpmpp_2m",
+                   help="the solver to tune (s3: the untuned solver it is compared with; it writes solver usf)")
+    p.add_argument("--nfe", type=int, default=5, help="model evaluations per sample")
+    p.add_argument("--out", required=True, help="the recipe JSON to write")
+    p.add_argument("--seeds", default=DEFAULT_TUNE_SEEDS, help="tuning seeds")
+    p.add_argument("--eval-seeds", default="0-255", help="held-out seeds for the recipe's quality, or 'none'")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method option, VALUE in JSON (e.g. fine_steps=40); repeatable")
+    p.add_argument("--force", action="store_true", help="overwrite --out")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def load_method(name: str):
+    """The module implementing tuning method ``name`` (a clear error if it is unknown or missing)."""
+    import importlib
+
+    from fewstep.diffusion.tune import METHOD_MODULES
+
+    if name not in METHOD_MODULES:
+        raise ValueError(f"unknown tuning method {name!r}; choose one of {', '.join(METHOD_MODULES)}")
+    module = METHOD_MODULES[name]
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name != module:
+            raise
+        raise ValueError(f"tuning method {name!r} is not available in this fewstep: its module {module} "
+                         "is missing") from None
+
+
+def parse_options(items: list[str], fn) -> dict:
+    """``KEY=VALUE`` pairs (VALUE parsed as JSON, else kept as a string), checked against ``fn``'s keywords."""
+    import inspect
+
+    allowed = [k for k, p in inspect.signature(fn).parameters.items()
+               if p.kind == p.KEYWORD_ONLY and k not in ("solver", "nfe", "seeds", "eval_seeds", "progress")]
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"bad --option {item!r}: write KEY=VALUE")
+        if key not in allowed:
+            raise ValueError(f"unknown option {key!r} for this method; allowed: {', '.join(allowed) or 'none'}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def run(args) -> int:
+    from fewstep.commands._args import claim_outputs, parse_seeds
+
+    module = load_method(args.method)
+    options = parse_options(args.option, module.tune)
+    seeds = parse_seeds(args.seeds)
+    eval_seeds = None if args.eval_seeds.strip().lower() == "none" else parse_seeds(args.eval_seeds)
+    out = Path(args.out)
+    claim_outputs([out], args.force)
+
+    from fewstep.models import load_model
+
+    model = load_model(args.model)
+    print(f"tuning {args.model} with {args.method} for {args.solver} at NFE {args.nfe} on {len(seeds)} seeds "
+          "(reference solutions are computed once and cached under $FEWSTEP_CACHE)")
+    recipe = module.tune(model, solver=args.solver, nfe=args.nfe, seeds=seeds, eval_seeds=eval_seeds,
+                         progress=not args.no_progress, **options)
+    recipe.save(out)
+    print(f"tuned in {recipe.info.get('tune_seconds', float('nan')):.1f} s: solver {recipe.solver}, "
+          f"{recipe.n_steps} steps, sigmas {', '.join(f'{s:.4g}' for s in recipe.sigmas)}")
+    q = recipe.quality
+    for metric in ("rmse_ref", "fd"):
+        if metric in q:
+            print(f"  {metric} on held-out seeds {q['eval_seeds']}: {q[metric]:.4g} tuned vs "
+                  f"{q['untuned'][metric]:.4g} untuned ({q['untuned']['solver']}, karras)")
+    print(f"wrote {out}")
+    return 0
