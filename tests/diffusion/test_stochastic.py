@@ -15,7 +15,6 @@ from fewstep.diffusion.noise import BrownianNoise, GaussianNoise, make_noise
 from fewstep.diffusion.sampling import plan_steps, solve
 from fewstep.diffusion.schedules import get_sigmas, karras
 from fewstep.diffusion.solvers import SOLVERS
-from fewstep.diffusion.solvers.restart import restart_cost
 from fewstep.models.exact import Gauss
 
 @pytest.fixture(autouse=True, scope="module")

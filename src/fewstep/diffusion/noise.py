@@ -9,6 +9,9 @@ at every batch size and on every number of processes. Draw ``n`` of a stream is 
 - ``BrownianNoise``: the normalised increment ``(W(hi) - W(lo)) / sqrt(hi - lo)`` of a per-sample
   Brownian motion ``W`` in sigma (as k-diffusion's ``BrownianTreeNoiseSampler``). Increments over
   nested grids add up exactly, so samples stay close when the number of steps changes.
+
+``spawn(i)`` gives an independent sampler of the same kind and seeds (Restart draws each restart
+from its own, so that a Brownian path is never traversed twice).
 """
 
 from __future__ import annotations
@@ -156,6 +159,7 @@ class BrownianNoise(_Noise):
         if t == 0:
             return self._anchor(self.K_LO - 1)
         k = math.floor(math.log2(t))
+        k -= 2.0**k > t  # log2 may round up just below a power of two
         if k < self.K_LO:
             l, r, k_key = 0.0, 2.0**self.K_LO, self.K_LO - 1
         else:

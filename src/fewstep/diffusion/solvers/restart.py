@@ -21,14 +21,15 @@ DEFAULT_RESTARTS = ((3, 2, 0.06, 0.30),)  # the README's example: [N_restart, K,
 
 
 def restart_intervals(restarts: Any) -> list[tuple[int, int, float, float]]:
-    """Validate ``restarts``: a sequence of ``(N_r, K, t_min, t_max)`` with ``N_r >= 2``, ``K >= 1``, ``0 < t_min < t_max``."""
+    """Validate ``restarts``: a sequence of ``(N_r, K, t_min, t_max)``, ``N_r >= 2``, ``K >= 1``,
+    ``0 < t_min < t_max``."""
     out = []
     for item in restarts if isinstance(restarts, Sequence) and not isinstance(restarts, str) else [restarts]:
         ok = isinstance(item, Sequence) and len(item) == 4
         if ok:
             N_r, K, t_min, t_max = item
             ok = (isinstance(N_r, int) and isinstance(K, int) and N_r >= 2 and K >= 1
-                  and isinstance(t_min, (int, float)) and isinstance(t_max, (int, float)) and 0 < t_min < t_max < math.inf)
+                  and all(isinstance(t, (int, float)) for t in (t_min, t_max)) and 0 < t_min < t_max < math.inf)
         if not ok:
             raise ValueError(f"each restart must be (N_restart >= 2, K >= 1, t_min, t_max) with 0 < t_min < t_max; "
                              f"got {item!r} in restarts={restarts!r}")
@@ -37,7 +38,8 @@ def restart_intervals(restarts: Any) -> list[tuple[int, int, float, float]]:
 
 
 def restart_cost(n_steps: int, final_zero: bool, options: Mapping[str, Any]) -> int:
-    """Model calls of ``restart``: Heun's ``2N - 1`` (``2N`` when the grid ends above 0) plus ``K * 2 (N_r - 1)`` per interval."""
+    """Model calls of ``restart``: Heun's ``2N - 1`` (``2N`` if the grid ends above 0) plus
+    ``K * 2 (N_r - 1)`` per restart interval."""
     intervals = restart_intervals(options["restarts"])
     if intervals and final_zero and n_steps < 2:
         raise ValueError("restart needs a grid point between sigma_max and 0 to restart from; a final-zero grid "

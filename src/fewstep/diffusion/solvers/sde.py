@@ -28,7 +28,8 @@ def exp_weights(nodes: list[float], h: float, c: float) -> np.ndarray:
 
 @register("sa_solver", order=3, stochastic=True,
           options={"predictor_order": 3, "corrector_order": 4, "tau": 1.0, "S_min": 0.0, "S_max": math.inf},
-          paper="Xue et al., SA-Solver: Stochastic Adams Solver for Fast Sampling of Diffusion Models, arXiv 2309.05019",
+          paper="Xue et al., SA-Solver: Stochastic Adams Solver for Fast Sampling of Diffusion Models, "
+                "arXiv 2309.05019",
           notes="order = predictor order; the corrector reuses the next step's evaluation (no extra NFE); "
                 "tau = 0 is the PF-ODE (predictor only: Adams-Bashforth in lambda, order 2 = dpmpp_2m taylor)")
 def sa_solver(D, x, sigmas, *, callback=None, noise=None, predictor_order: int = 3, corrector_order: int = 4,

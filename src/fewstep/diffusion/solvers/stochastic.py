@@ -150,7 +150,8 @@ def dpmpp_sde(D, x, sigmas, *, callback=None, noise=None, eta: float = 1.0, s_no
           notes="eta = 0 is dpmpp_2m; solver_type 'taylor' is k-diffusion's 'heun'")
 def dpmpp_2m_sde(D, x, sigmas, *, callback=None, noise=None, eta: float = 1.0, s_noise: float = 1.0,
                  lower_order_final: bool = True, solver_type: str = "midpoint"):
-    """``x' = (s'/s) e^{-eta h} x - E(-H) D_i - E(-H)/(2r) (D_i - D_{i-1}) + s' sqrt(-E(-2 eta h)) z``, ``H = (1+eta) h``."""
+    """``x' = (s'/s) e^{-eta h} x - E(-H) D_i - E(-H)/(2r) (D_i - D_{i-1}) + s' sqrt(-E(-2 eta h)) z``,
+    ``H = (1 + eta) h``; ``solver_type="taylor"`` uses ``(E(-H)/H + 1)/r (D_i - D_{i-1})`` instead."""
     check_choice("dpmpp_2m_sde", "solver_type", solver_type, ("midpoint", "taylor"))
     return _multistep_sde(D, x, sigmas, 2, callback, noise, eta, s_noise, lower_order_final, solver_type, 2.0)
 
