@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from pathlib import Path
 
@@ -14,13 +15,18 @@ DEFAULT_NFE = 8
 def add_parser(sub) -> None:
     p = sub.add_parser("sample", help="sample a model and write a PNG grid and an .npz",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default=DEFAULT_MODEL, help="a name from `fewstep list models`")
-    p.add_argument("--solver", default=DEFAULT_SOLVER, help="a name from `fewstep list solvers`")
-    p.add_argument("--nfe", type=int, default=DEFAULT_NFE, help="model evaluations per sample (at most)")
+    p.add_argument("--model", default=None, help=f"a name from `fewstep list models` (default: {DEFAULT_MODEL}, "
+                   "or the recipe's)")
+    p.add_argument("--solver", default=None, help=f"a name from `fewstep list solvers` (default: {DEFAULT_SOLVER})")
+    p.add_argument("--nfe", type=int, default=None,
+                   help=f"model evaluations per sample, at most (default: {DEFAULT_NFE}, or the recipe's)")
     p.add_argument("--schedule", default=None, help="a name from `fewstep list schedules` (default: the model's)")
     p.add_argument("--seeds", default="0-63", help="seeds, e.g. 0-63 or 1,5,9; one sample per seed")
     p.add_argument("--out", default="fewstep-out/samples", help="output path without extension (.png and .npz)")
-    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.add_argument("--recipe", default=None, metavar="PATH", help="a tuned recipe from `fewstep tune` (fixes the "
+                   "solver and sigmas)")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files; use a recipe made for "
+                   "another model or NFE (with a warning)")
     p.add_argument("--class", dest="class_labels", default=None, metavar="Y",
                    help="classes of a conditional model: 3, 0-9 or 1,4,7 (one per seed, cycling)")
     p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (1 = conditional)")
@@ -31,6 +37,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from fewstep.commands._args import claim_outputs, parse_seeds
 
+    recipe = _resolve_recipe(args)
     seeds = parse_seeds(args.seeds)
     out = Path(args.out)
     if out.suffix in (".png", ".npz"):
@@ -51,6 +58,8 @@ def run(args) -> int:
     from fewstep.diffusion.solvers import get_solver
     from fewstep.models import load_model
 
+    if recipe is not None:
+        sample = functools.partial(sample, recipe=recipe, force=args.force)
     get_solver(args.solver)
     model = CountingDenoiser(load_model(args.model))
     denoiser, cond_for = cli_conditioning(model, seeds, args.class_labels, args.cfg, args.cads, args.guidance_interval)
@@ -80,6 +89,26 @@ def run(args) -> int:
     print(f"wrote {png}")
     print(f"wrote {npz}")
     return 0
+
+
+def _resolve_recipe(args):
+    """Load ``--recipe`` (its model, solver and NFE become the defaults) and fill in the other defaults."""
+    recipe = None
+    if args.recipe:
+        from fewstep.diffusion.tune.recipe import Recipe
+
+        recipe = Recipe.load(args.recipe)
+        if args.solver not in (None, recipe.solver):
+            raise ValueError(f"--solver {args.solver} conflicts with the recipe's solver {recipe.solver}; leave it out")
+        if args.schedule is not None:
+            raise ValueError("--schedule cannot be combined with --recipe: the recipe fixes the sigmas")
+        args.model = args.model or recipe.model
+        args.solver = recipe.solver
+        args.nfe = recipe.nfe if args.nfe is None else args.nfe
+    args.model = args.model or DEFAULT_MODEL
+    args.solver = args.solver or DEFAULT_SOLVER
+    args.nfe = DEFAULT_NFE if args.nfe is None else args.nfe
+    return recipe
 
 
 def _scatter_png(points, path) -> None:

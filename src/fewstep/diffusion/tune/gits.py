@@ -117,7 +117,8 @@ def tune(model, *, solver: str = "ipndm", nfe: int = 10, seeds: Sequence[int] = 
     T.check_args(model, teacher, 1)
     seeds = T.seed_list(seeds, "seeds", minimum=1)
     if not isinstance(fine_steps, int) or fine_steps < max(n_steps, 2):
-        raise ValueError(f"fine_steps must be an integer >= the {n_steps} steps to choose (and >= 2); got {fine_steps!r}")
+        raise ValueError(f"fine_steps must be an integer >= max(2, the {n_steps} steps to choose); "
+                         f"got {fine_steps!r}")
     if not coeff > 0:
         raise ValueError(f"coeff must be > 0; got {coeff!r}")
     fine = T.untuned_grid(model, fine_steps)
