@@ -18,6 +18,8 @@ def add_parser(sub) -> None:
     p.add_argument("--metrics", default="rmse_ref,fd", help="comma-separated: rmse_ref,fd,fd_pixels,sw,precision,recall")
     p.add_argument("--seeds", default="0-255", help="seeds, e.g. 0-255")
     p.add_argument("--peers", default="", help="also run peers' own samplers: diffusers,kdiffusion")
+    p.add_argument("--recipes", default="", metavar="A.json,B.json",
+                   help="also run tuned recipes from `fewstep tune`, one row each")
     p.add_argument("--json", default=None, metavar="PATH", help="write one JSON row per configuration")
     p.add_argument("--plot", default=None, metavar="PATH", help="write a PNG of quality against NFE")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
@@ -39,6 +41,7 @@ def run(args) -> int:
         metrics=parse_names(args.metrics, METRICS, "metrics"),
         seeds=parse_seeds(args.seeds),
         peers=parse_names(args.peers, ("diffusers", "kdiffusion"), "peers") if args.peers else (),
+        recipes=[p.strip() for p in args.recipes.split(",") if p.strip()],
     )
     outputs = [Path(p) for p in (args.json, args.plot) if p]
     claim_outputs(outputs, args.force)
@@ -47,6 +50,10 @@ def run(args) -> int:
         from fewstep.bench.peers import peer_rows
 
         rows += peer_rows(spec)
+    if spec.recipes:
+        from fewstep.bench.recipes import recipe_rows
+
+        rows += recipe_rows(spec.recipes, spec, progress=not args.no_progress)
     if not rows:  # not rank 0 under torchrun
         return 0
     print(format_table(rows, spec.metrics))

@@ -80,8 +80,12 @@ class Predictor:
             return solve(self.model, float(sigmas[0]) * self.noise, sigmas, solver, **dict(options or {}))
 
     def __call__(self, sigmas: Any, solver: str, options: Mapping[str, Any] | None = None) -> float:
+        """The RMSE of ``solver`` on ``sigmas``; ``inf`` for a candidate that makes the model diverge."""
         self.calls += 1
-        x = self.samples(sigmas, solver, options).double()
+        try:
+            x = self.samples(sigmas, solver, options).double()
+        except FloatingPointError:  # ModelOutputError: NaN or Inf from an unstable candidate
+            return math.inf
         err = float((x - self.ref).pow(2).mean().sqrt())
         return err if math.isfinite(err) else math.inf
 

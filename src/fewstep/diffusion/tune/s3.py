@@ -2,15 +2,16 @@
 
 Liu et al., *A Unified Sampling Framework for Solver Searching of Diffusion Probabilistic Models*,
 arXiv 2312.07243. A candidate is a time grid plus, for every step, a Taylor order (1-3), a prediction
-type (data or noise) and a free corrector on or off; it runs as the registered solver ``usf``. As in
+type (data or noise), a free corrector on or off and a relaxation of its derivative estimate; it runs
+as the registered solver ``usf``. As in
 the paper's S3, candidates are ranked by a cheap predictor of final quality, here the RMSE against
 cached reference ODE solutions on a small batch of tuning seeds:
 
 1. seed a population with Karras grids of several ``rho`` and starting sigmas, and a few hand-made
    per-step solvers (UniPC-, DPM-Solver++- and iPNDM-like) next to random ones;
 2. evolve it (``mu + lambda``): children mutate one gene (an interior sigma, the start, the end,
-   ``rho`` of the whole grid, or one step's order, prediction or corrector) or cross two parents;
-3. refine the best candidate's sigmas one at a time with the others fixed (a log-spaced line search);
+   ``rho`` of the whole grid, or one step's order, prediction, corrector or relaxation) or cross two parents;
+3. refine the best candidate's sigmas and relaxations one at a time, the others fixed (line searches);
 4. re-rank the finalists on all tuning seeds and keep the best.
 """
 
@@ -36,10 +37,11 @@ class Candidate:
     orders: tuple[int, ...]
     predictions: tuple[str, ...]
     correctors: tuple[bool, ...]
+    relax: tuple[float, ...]
 
     def options(self) -> dict:
         return {"orders": list(self.orders), "predictions": list(self.predictions),
-                "correctors": list(self.correctors)}
+                "correctors": list(self.correctors), "relax": list(self.relax)}
 
 
 class Search:
@@ -65,19 +67,19 @@ class Search:
                  ([3] * n, ["noise"] * n, [True] * n)]
         for rho in (7.0, 3.0, 12.0):
             for o, p, c in plans:
-                out.append(Candidate(self.grid(rho, self.s_max, self.s_min), tuple(o), tuple(p), tuple(c)))
+                out.append(Candidate(self.grid(rho, self.s_max, self.s_min), tuple(o), tuple(p), tuple(c), (0.0,) * n))
         while len(out) < count:
             r = self.rng
             start = self.s_max * math.exp(-r.uniform(0, math.log(4)))
             out.append(Candidate(self.grid(r.uniform(1.5, 12), start, self.s_min * math.exp(r.uniform(0, 1.5))),
                                  tuple(r.randint(1, MAX_ORDER) for _ in range(n)),
                                  tuple(r.choice(PREDICTIONS) for _ in range(n)),
-                                 tuple(r.random() < 0.5 for _ in range(n))))
+                                 tuple(r.random() < 0.5 for _ in range(n)), (0.0,) * n))
         return out[:count]
 
     def mutate(self, c: Candidate) -> Candidate:
         r, s = self.rng, list(c.sigmas)
-        kind = r.choice(["sigma", "sigma", "start", "end", "rho", "order", "prediction", "corrector"])
+        kind = r.choice(["sigma", "sigma", "start", "end", "rho", "order", "prediction", "corrector", "relax"])
         i = r.randrange(self.n)
         if kind == "sigma" and self.n >= 3:
             k = r.randrange(1, self.n - 1)
@@ -93,6 +95,8 @@ class Search:
             return replace(c, orders=_set(c.orders, i, r.randint(1, MAX_ORDER)))
         elif kind == "prediction":
             return replace(c, predictions=_set(c.predictions, i, r.choice(PREDICTIONS)))
+        elif kind == "relax":
+            return replace(c, relax=_set(c.relax, i, min(1.0, max(-1.0, c.relax[i] + r.gauss(0, 0.2)))))
         else:
             return replace(c, correctors=_set(c.correctors, i, not c.correctors[i]))
         return replace(c, sigmas=tuple(s))
@@ -103,10 +107,11 @@ class Search:
         mix = lambda x, y: tuple(u if p else v for p, u, v in zip(pick, x, y))  # noqa: E731
         sig = tuple(math.sqrt(u * v) for u, v in zip(a.sigmas, b.sigmas))
         return Candidate(sig, mix(a.orders, b.orders), mix(a.predictions, b.predictions),
-                         mix(a.correctors, b.correctors))
+                         mix(a.correctors, b.correctors), mix(a.relax, b.relax))
 
     def refine(self, c: Candidate, sweeps: int = 2, candidates: int = 6, bar=None) -> Candidate:
-        """Line searches over each positive sigma (the start and end included), the others fixed."""
+        """Line searches over each positive sigma (the start and end included) and each step's relaxation,
+        the others fixed; the window halves every sweep."""
         best = c
         for sweep in range(sweeps):
             for k in range(self.n):
@@ -114,13 +119,14 @@ class Search:
                 hi = math.log(self.s_max) if k == 0 else math.log(s[k - 1])
                 lo = math.log(self.s_min) if k == self.n - 1 else math.log(s[k + 1])
                 half = 0.5 * (hi - lo) * 0.5**sweep
-                for v in np.linspace(max(lo, math.log(s[k]) - half), min(hi, math.log(s[k]) + half), candidates):
-                    trial = list(s)
-                    trial[k] = float(math.exp(v))
-                    if all(a > b for a, b in zip(trial, trial[1:])):
-                        cand = replace(best, sigmas=tuple(trial))
-                        if self.score(cand) < self.score(best):
-                            best = cand
+                a, b = max(lo, math.log(s[k]) - half), min(hi, math.log(s[k]) + half)
+                for v in np.linspace(a, b, candidates + 2)[1:-1]:  # never onto a neighbour
+                    trial = _set(best.sigmas, k, float(math.exp(v)))
+                    if all(u > w * (1 + 1e-4) for u, w in zip(trial, trial[1:])):
+                        best = min(best, replace(best, sigmas=trial), key=self.score)
+                r = best.relax[k]
+                for v in np.linspace(max(-1.0, r - 0.5**sweep), min(1.0, r + 0.5**sweep), candidates):
+                    best = min(best, replace(best, relax=_set(best.relax, k, float(v))), key=self.score)
                 if bar is not None:
                     bar.update()
         return best

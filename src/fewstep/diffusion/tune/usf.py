@@ -11,15 +11,15 @@ Liu et al., *A Unified Sampling Framework for Solver Searching of Diffusion Prob
 Both are the exact integrals of the interpolant, written with the phi-functions of ``_core``; order 1
 is DDIM in both forms. The corrector is USF's free pseudo-corrector (UniC's idea, arXiv 2302.04867): the
 evaluation at the predicted state, which the next step needs anyway, is added as one more node and
-the step is recomputed from the same start. A data-form step to sigma = 0 is first order
+the step is recomputed from the same start. USF's relaxed derivative estimate scales the terms beyond
+first order by a per-step ``1 + relax``. A data-form step to sigma = 0 is first order
 (``x' = D``), as in every data-form solver here. ``N`` steps cost ``N`` evaluations.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from numpy.polynomial import polynomial as P
@@ -57,23 +57,28 @@ def weights(lams: Sequence[float], s: float, s_next: float, prediction: str) -> 
     return w
 
 
-def step(x, s: float, s_next: float, nodes: Sequence[tuple[float, object, object]], prediction: str):
+def step(x, s: float, s_next: float, nodes: Sequence[tuple[float, object, object]], prediction: str,
+         relax: float = 0.0):
     """One step from ``(x, s)`` to ``s'`` with the interpolant through ``nodes = [(lambda, D, eps), ...]``
-    (the first node is the current point)."""
+    (the first node is the current point). The part beyond the DDIM step is scaled by ``1 + relax``."""
+    first = ddim_step(x, s, s_next, nodes[0][1])
     if len(nodes) == 1:
-        return ddim_step(x, s, s_next, nodes[0][1])
+        return first
     w = weights([n[0] for n in nodes], s, s_next, prediction)
     if prediction == "data":
-        return (s_next / s) * x + sum(float(wj) * n[1] for wj, n in zip(w, nodes))
-    return x + sum(float(wj) * n[2] for wj, n in zip(w, nodes))
+        full = (s_next / s) * x + sum(float(wj) * n[1] for wj, n in zip(w, nodes))
+    else:
+        full = x + sum(float(wj) * n[2] for wj, n in zip(w, nodes))
+    return full if relax == 0 else first + (1 + relax) * (full - first)
 
 
-def check_plan(n_steps: int, orders, predictions, correctors) -> tuple[list[int], list[str], list[bool]]:
-    """The per-step lists (defaults: order 2, data prediction, corrector on), validated."""
+def check_plan(n_steps: int, orders, predictions, correctors, relax=None):
+    """The per-step lists (defaults: order 2, data prediction, corrector on, no relaxation), validated."""
     orders = [2] * n_steps if orders is None else list(orders)
     predictions = ["data"] * n_steps if predictions is None else list(predictions)
     correctors = [True] * n_steps if correctors is None else list(correctors)
-    for name, v in (("orders", orders), ("predictions", predictions), ("correctors", correctors)):
+    relax = [0.0] * n_steps if relax is None else list(relax)
+    for name, v in (("orders", orders), ("predictions", predictions), ("correctors", correctors), ("relax", relax)):
         if len(v) != n_steps:
             raise ValueError(f"usf option {name} needs one entry per step ({n_steps}); got {len(v)}: {v}")
     bad = [o for o in orders if not isinstance(o, int) or isinstance(o, bool) or not 1 <= o <= MAX_ORDER]
@@ -83,17 +88,21 @@ def check_plan(n_steps: int, orders, predictions, correctors) -> tuple[list[int]
         raise ValueError(f"usf predictions must each be one of {PREDICTIONS}; got {predictions}")
     if any(not isinstance(c, bool) for c in correctors):
         raise ValueError(f"usf correctors must be booleans; got {correctors}")
-    return orders, predictions, correctors
+    if any(isinstance(r, bool) or not isinstance(r, (int, float)) or not -1 <= r <= 1 for r in relax):
+        raise ValueError(f"usf relax values must be numbers in [-1, 1]; got {relax}")
+    return orders, predictions, correctors, [float(r) for r in relax]
 
 
-@register("usf", order=3, options={"orders": None, "predictions": None, "correctors": None},
+@register("usf", order=3, options={"orders": None, "predictions": None, "correctors": None, "relax": None},
           paper="Liu et al., USF / S3, arXiv 2312.07243 (per-step solver schedule)",
-          notes="per-step order 1-3, data/noise prediction and free corrector; found by `fewstep tune --method s3`")
-def usf(D, x, sigmas, *, callback=None, orders=None, predictions=None, correctors=None):
+          notes="per-step order 1-3, data/noise prediction, free corrector and derivative relaxation; "
+                "found by `fewstep tune --method s3`")
+def usf(D, x, sigmas, *, callback=None, orders=None, predictions=None, correctors=None, relax=None):
     """Per-step exponential-integrator solver: step ``i`` uses ``orders[i]`` nodes (fewer while the
-    history is short), ``predictions[i]`` and, when ``correctors[i]``, the free corrector."""
+    history is short), ``predictions[i]``, when ``correctors[i]`` the free corrector, and scales its
+    higher-order terms by ``1 + relax[i]`` (USF's relaxed derivative estimate; 0 = the exact interpolant)."""
     n = len(sigmas) - 1
-    orders, predictions, correctors = check_plan(n, orders, predictions, correctors)
+    orders, predictions, correctors, relax = check_plan(n, orders, predictions, correctors, relax)
     d = D(x, sigmas[0])
     eps = (x - d) / sigmas[0]
     hist: list = []  # (lambda, D, eps) of earlier points, newest first
@@ -102,13 +111,13 @@ def usf(D, x, sigmas, *, callback=None, orders=None, predictions=None, corrector
         pred = predictions[i]
         p = 1 if (s_next == 0 and pred == "data") else min(orders[i], len(hist) + 1)
         nodes = [(lam(s), d, eps)] + hist[: p - 1]
-        x_pred = step(x, s, s_next, nodes, pred)
+        x_pred = step(x, s, s_next, nodes, pred, relax[i])
         d_next = eps_next = None
         if i < n - 1:
             d_next = D(x_pred, s_next)
             eps_next = (x_pred - d_next) / s_next
         if correctors[i] and d_next is not None:
-            x_new = step(x, s, s_next, nodes + [(lam(s_next), d_next, eps_next)], pred)
+            x_new = step(x, s, s_next, nodes + [(lam(s_next), d_next, eps_next)], pred, relax[i])
         else:
             x_new = x_pred
         hist = ([(lam(s), d, eps)] + hist)[: MAX_ORDER - 1]

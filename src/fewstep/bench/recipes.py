@@ -1,0 +1,61 @@
+"""Benchmark rows for tuned recipes, beside the untuned solvers: same seeds, noise, metrics and references.
+
+A recipe runs at its own NFE on the model it was made for (a mismatching hash is refused). Its
+``rmse_ref`` is measured against the reference ODE solutions from the model's own start (``sigma_max``,
+or ``SIGMA_CAP`` when that is infinite), the same target as the untuned rows, even when the recipe
+starts lower.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def recipe_rows(paths: Sequence[str | Path], spec, progress: bool = True,
+                log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """One row per recipe, with the keys of ``run_bench``'s rows; ``label`` is the recipe's method."""
+    from tqdm import tqdm
+
+    from fewstep.bench.distributed import is_main, sharded
+    from fewstep.bench.harness import SIGMA_CAP, DataReference, compute_metrics, device_name, versions
+    from fewstep.diffusion.denoiser import CountingDenoiser
+    from fewstep.diffusion.sampling import sample
+    from fewstep.diffusion.tune.recipe import Recipe
+    from fewstep.metrics.reference import reference_samples
+    from fewstep.models import load_model
+
+    recipes = [(str(p), Recipe.load(p)) for p in paths]  # every file is checked before anything runs
+    main = is_main()
+    common = {"device": device_name(), "versions": versions(), "seeds": len(spec.seeds)}
+    loaded: dict[str, tuple] = {}
+    rows: list[dict[str, Any]] = []
+    for path, recipe in tqdm(recipes, disable=not (progress and main), desc="recipes", unit="recipe"):
+        if recipe.model not in loaded:
+            m = CountingDenoiser(load_model(recipe.model))
+            loaded[recipe.model] = (m, DataReference(m.inner) if main else None, {})
+        model, data, refs = loaded[recipe.model]
+        recipe.check(model)
+        row = {"model": recipe.model, "solver": recipe.solver, "label": recipe.method, "schedule": "tuned",
+               "nfe_budget": recipe.nfe, "source": "fewstep-recipe", "recipe": path,
+               "tune_seconds": recipe.info.get("tune_seconds"), **common}
+        sample(model, recipe=recipe, seeds=spec.seeds[:2])  # warm-up pass
+        model.reset()
+        t0 = time.perf_counter()
+        x = sharded(lambda ids: sample(model, recipe=recipe, seeds=ids), spec.seeds)
+        row["wall_s"] = time.perf_counter() - t0
+        row["nfe"] = model.calls
+        if not main:
+            continue
+        top = model.sigma_max if math.isfinite(model.sigma_max) else SIGMA_CAP
+        if "rmse_ref" in spec.metrics and top not in refs:
+            refs[top], tol = reference_samples(model.inner, spec.seeds, sigma_max=top)
+            log(f"reference for {recipe.model} from sigma {top:g}: tolerance check {tol:.2e}")
+        row.update(compute_metrics(spec.metrics, x.to(torch.float64), refs.get(top), data))
+        rows.append(row)
+    return rows
