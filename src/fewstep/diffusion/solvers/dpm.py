@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from fewstep.diffusion.solvers._core import ddim_step, emit, lam, multistep_order, register
+from fewstep.diffusion.solvers._core import emit, lam, multistep_order, register
 
 E = math.expm1
 
@@ -98,7 +98,11 @@ def dpmpp_3m(D, x, sigmas, *, callback=None, lower_order_final: bool = True, coe
                             c3=2.0 if coefficients == "exact" else 1.0)
 
 
-def _dpmpp_multistep(D, x, sigmas, order, callback, lower_order_final, solver_type, c3=2.0):
+def _dpmpp_multistep(D, x, sigmas, order, callback, lower_order_final, solver_type, c3=2.0, *, eta=0.0,
+                     s_noise=0.0, noise=None):
+    """DPM-Solver++(2M/3M) in data form. With ``eta > 0`` it is the SDE variant (Lu et al. 2022;
+    k-diffusion's 2M/3M SDE): the linear part becomes ``(s'/s) e^{-eta h} x - E(-H) D`` with
+    ``H = (1 + eta) h``, and ``s' sqrt(-E(-2 eta h)) z`` is added."""
     if solver_type not in ("midpoint", "taylor"):
         raise ValueError(f"solver_type must be 'midpoint' or 'taylor'; got {solver_type!r}")
     n = len(sigmas) - 1
@@ -107,26 +111,27 @@ def _dpmpp_multistep(D, x, sigmas, order, callback, lower_order_final, solver_ty
         d = D(x, s)
         emit(callback, i, x, s, d)
         p = multistep_order(order, i, n, s_next, lower_order_final)
-        if p == 1:
-            x_next = ddim_step(x, s, s_next, d)
+        if s_next == 0:
+            x_next = d
         else:
             h = lam(s_next) - lam(s)
-            r0 = (lam(s) - hist[-1][0]) / h
-            base = (s_next / s) * x - E(-h) * d
-            if p == 2:
-                if solver_type == "midpoint":
-                    x_next = base - E(-h) / (2 * r0) * (d - hist[-1][1])
-                else:
-                    x_next = base + (E(-h) / h + 1) / r0 * (d - hist[-1][1])
-            else:
-                r1 = (hist[-1][0] - hist[-2][0]) / h
+            H = (1 + eta) * h
+            x_next = (s_next / s) * math.exp(-eta * h) * x - E(-H) * d
+            if p >= 2:
+                r0 = (lam(s) - hist[-1][0]) / h
                 d1_0 = (d - hist[-1][1]) / r0
+            if p == 2:
+                x_next = x_next - E(-H) / 2 * d1_0 if solver_type == "midpoint" else x_next + (E(-H) / H + 1) * d1_0
+            elif p == 3:
+                r1 = (hist[-1][0] - hist[-2][0]) / h
                 d1_1 = (hist[-1][1] - hist[-2][1]) / r1
                 d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
                 d2 = (d1_0 - d1_1) / (r0 + r1)
-                phi_2 = E(-h) / h + 1
-                phi_3 = phi_2 / h - 0.5
-                x_next = base + phi_2 * d1 - c3 * phi_3 * d2
+                phi_2 = E(-H) / H + 1
+                phi_3 = phi_2 / H - 0.5
+                x_next = x_next + phi_2 * d1 - c3 * phi_3 * d2
+            if eta > 0 and s_noise > 0:
+                x_next = x_next + s_noise * s_next * math.sqrt(-E(-2 * eta * h)) * noise(s, s_next)
         hist = (hist + [(lam(s), d)])[-2:]
         x = x_next
     return x

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import math
 
-from fewstep.diffusion.solvers._core import ddim_step, emit, lam, multistep_order, register
+from fewstep.diffusion.solvers._core import ddim_step, emit, lam, register
 from fewstep.diffusion.solvers.basic import heun
+from fewstep.diffusion.solvers.dpm import _dpmpp_multistep
 
 E = math.expm1
 
@@ -171,35 +172,6 @@ def dpmpp_3m_sde(D, x, sigmas, *, callback=None, noise=None, eta: float = 1.0, s
 
 
 def _multistep_sde(D, x, sigmas, order, callback, noise, eta, s_noise, lower_order_final, solver_type, c3):
-    """DPM-Solver++(2M/3M) with the SDE's exact linear part; at ``eta = 0`` it is ``dpmpp_2m``/``dpmpp_3m``."""
     check_nonnegative(f"dpmpp_{order}m_sde", eta=eta, s_noise=s_noise)
-    n = len(sigmas) - 1
-    hist: list = []  # (lambda, D) of earlier points, newest last
-    for i, (s, s_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
-        d = D(x, s)
-        emit(callback, i, x, s, d)
-        p = multistep_order(order, i, n, s_next, lower_order_final)
-        if s_next == 0:
-            x_next = d
-        else:
-            h = lam(s_next) - lam(s)
-            H = (1 + eta) * h
-            x_next = (s_next / s) * math.exp(-eta * h) * x - E(-H) * d
-            if p >= 2:
-                r0 = (lam(s) - hist[-1][0]) / h
-                d1_0 = (d - hist[-1][1]) / r0
-            if p == 2:
-                x_next = x_next - E(-H) / 2 * d1_0 if solver_type == "midpoint" else x_next + (E(-H) / H + 1) * d1_0
-            elif p == 3:
-                r1 = (hist[-1][0] - hist[-2][0]) / h
-                d1_1 = (hist[-1][1] - hist[-2][1]) / r1
-                d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
-                d2 = (d1_0 - d1_1) / (r0 + r1)
-                phi_2 = E(-H) / H + 1
-                phi_3 = phi_2 / H - 0.5
-                x_next = x_next + phi_2 * d1 - c3 * phi_3 * d2
-            if eta > 0 and s_noise > 0:
-                x_next = x_next + s_noise * s_next * math.sqrt(-E(-2 * eta * h)) * noise(s, s_next)
-        hist = (hist + [(lam(s), d)])[-2:]
-        x = x_next
-    return x
+    return _dpmpp_multistep(D, x, sigmas, order, callback, lower_order_final, solver_type, c3,
+                            eta=eta, s_noise=s_noise, noise=noise)
