@@ -1,0 +1,28 @@
+"""rmse_ref: references are exact where the ODE has a closed form, checked by halving, and cached."""
+
+import torch
+
+import fewstep
+from fewstep.diffusion.sampling import seeded_noise
+from fewstep.metrics import rmse_ref
+from fewstep.metrics.reference import reference_samples
+
+
+def test_reference_matches_the_closed_form_and_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEWSTEP_CACHE", str(tmp_path))
+    g = fewstep.load_model("gauss", dim=3, std=0.7, mean=0.2)
+    seeds = list(range(6))
+    ref, tol_check = reference_samples(g, seeds)
+    x_T = g.sigma_max * seeded_noise(seeds, g.shape, dtype=torch.float64)
+    exact = g.ode_solution(x_T, g.sigma_max, 0.0)
+    assert float((ref - exact).abs().max()) < 1e-5 and tol_check < 1e-5
+    files = list((tmp_path / "reference").glob("*.pt"))
+    assert len(files) == 1
+    again, _ = reference_samples(g, seeds)  # from the cache
+    torch.testing.assert_close(again, ref)
+    assert rmse_ref(g, exact, seeds) < 1e-5
+    assert abs(rmse_ref(g, exact + 0.1, seeds) - 0.1) < 1e-5
+    # another model, other seeds or another sigma range get their own entry
+    reference_samples(g, seeds[:3])
+    reference_samples(fewstep.load_model("gauss", dim=3, std=0.8, mean=0.2), seeds)
+    assert len(list((tmp_path / "reference").glob("*.pt"))) == 3
