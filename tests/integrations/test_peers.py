@@ -21,6 +21,7 @@ pytest.importorskip("diffusers")
 MODEL = fewstep.load_model("gmm2d")
 X_T = 80 * torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 GRIDS = {"zero": karras(9, 0.01, 80.0).tolist() + [0.0], "min": karras(10, 0.01, 80.0).tolist()}
+FLOAT32_STATE = {("diffusers", "euler"), ("diffusers", "dpmpp_2m"), ("diffusers", "dpmpp_3m")}
 EQUIVALENT = [(p, n) for p, table in PEERS.items() for n, s in table.items() if s.fewstep is not None]
 
 
@@ -45,7 +46,9 @@ def test_peer_agrees_with_fewstep(peer, name, final):
     ours = solve(MODEL, X_T, grid, spec.fewstep, **spec.options)
     theirs = run_peer(peer, name, MODEL, X_T, grid)
     assert torch.isfinite(ours).all()
-    assert rel(theirs, ours) < 1e-5, (peer, name, final, rel(theirs, ours))
+    # the contract is 1e-5; diffusers' Euler and DPMSolverMultistep round their state to float32 in step()
+    tol = 1e-5 if (peer, name) in FLOAT32_STATE else 1e-11
+    assert rel(theirs, ours) < tol, (peer, name, final, rel(theirs, ours))
 
 
 @pytest.mark.parametrize("prediction", ["v_prediction", "sample"])
@@ -79,7 +82,7 @@ def test_diffusers_deis_is_adams_in_sigma_with_a_log_sigma_basis():
         theirs = run_peer("diffusers", "deis", MODEL, X_T, grid)
         logrho = _adams(lambda x, s: MODEL(x, s), X_T, grid, None, 3, True,
                         lambda past, s, s1: lagrange_integrals(np.log(past), s, s1, to_var=np.log, n_quad=32))
-        assert rel(theirs, logrho) < 1e-5
+        assert rel(theirs, logrho) < 1e-11
         assert rel(theirs, solve(MODEL, X_T, grid, "deis")) > 1e-4  # a different algorithm
     with pytest.raises(ValueError, match="15 or more steps"):
         run_peer("diffusers", "deis", MODEL, X_T, karras(16, 0.01, 80.0).tolist() + [0.0])

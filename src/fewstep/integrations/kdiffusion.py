@@ -49,7 +49,7 @@ def run(solver: str, model: Callable[..., Tensor], x: Tensor, sigmas: Any, extra
     info = get_solver(solver)
     if extra_args is not None and not isinstance(extra_args, Mapping):
         raise TypeError(f"extra_args must be a mapping of model keywords or None; got {type(extra_args).__name__}")
-    grid = check_sigmas(torch.as_tensor(sigmas).detach().cpu())
+    grid = check_sigmas(torch.as_tensor(sigmas, dtype=torch.float64).detach().cpu())
     wrapped = model if isinstance(model, Denoiser) else KDiffusionDenoiser(model)
     with tqdm(total=len(grid) - 1, disable=disable, desc=f"fewstep {solver}") as bar:
         def progress(payload: dict) -> None:

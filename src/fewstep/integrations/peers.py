@@ -130,7 +130,7 @@ def run_peer(peer: str, sampler: str, model: Denoiser, x_T: Tensor, sigmas: Any,
         The peer's final state in sigma space, in ``x_T``'s dtype (use float64 for cross-checks).
     """
     spec = get_peer_sampler(peer, sampler)
-    grid = check_sigmas(torch.as_tensor(sigmas).detach().cpu())
+    grid = check_sigmas(torch.as_tensor(sigmas, dtype=torch.float64).detach().cpu())
     if not math.isfinite(float(grid[0])):
         raise ValueError(f"peers need a finite sigmas[0]; got {float(grid[0])}")
     if not isinstance(model, Denoiser):
