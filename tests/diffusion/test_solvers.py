@@ -39,6 +39,13 @@ ORDER_CASES = [
     ("ipndm", {"order": 4}, karras, 2),
     ("ipndm_v", {"order": 2}, karras, 2), ("ipndm_v", {"order": 3}, karras, 3), ("ipndm_v", {"order": 4}, karras, 4),
     ("ddim_accelerated", {}, karras, 2), ("gradient_estimation", {}, karras, 1),
+    # tuned solvers without fitted options: DPM-Solver-v3 on l = 1, s = b = 0 is DPM-Solver++ (taylor 2M,
+    # exact 3M), DC and IIA are their base solvers; fitted options: tests/diffusion/test_tune_*.py
+    ("dpm_solver_v3", {"corrector": False, "lower_order_final": False}, karras, 3),
+    ("dpm_solver_v3", {"order": 2, "corrector": False, "lower_order_final": False}, karras, 2),
+    ("unipc_dc", {"lower_order_final": False}, karras, 3), ("dpmpp_2m_dc", {"lower_order_final": False}, karras, 2),
+    ("iia_ddim", {}, karras, 1), ("iia_dpmpp_2m", {}, karras, 2), ("iia_heun", {}, karras, 2),
+    ("usf", {}, karras, 3),
 ]
 
 

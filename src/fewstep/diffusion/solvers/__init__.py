@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from fewstep.diffusion.solvers import adams, basic, dpm, unipc  # noqa: F401  (register themselves)
+from fewstep.diffusion.solvers import dpm_v3  # noqa: F401  (DPM-Solver-v3 on empirical model statistics)
 from fewstep.diffusion.solvers import restart, sde, stochastic  # noqa: F401  (stochastic samplers)
 from fewstep.diffusion.solvers._core import SOLVERS, SolverInfo, get_solver, register
+from fewstep.diffusion.tune import dc, iia  # noqa: E402,F401  (tuned solvers: DC-Solver, IIA)
 
 __all__ = ["SOLVERS", "SolverInfo", "get_solver", "list_solvers", "register"]
 
