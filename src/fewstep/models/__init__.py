@@ -69,3 +69,4 @@ def load_model(name: str, **options: Any):
     except TypeError as exc:
         raise ValueError(f"bad options for model {name!r}: {exc}") from None
 from fewstep.models import cond as _cond  # noqa: E402,F401
+from fewstep.models import trained as _trained  # noqa: E402,F401  (registers the bundled networks)

@@ -151,7 +151,17 @@ class DigitsUNet(nn.Module):
             t = t.expand(x.shape[0])
         if t.shape != (x.shape[0],):
             raise ValueError(f"t must be a scalar or have shape [B] = [{x.shape[0]}]; got {tuple(t.shape)}")
-        emb = self.time_mlp(self.time(t).to(x.dtype))
+        return self.trunk(x, self.embed_time(t.to(x.dtype)))
+
+    def embed_time(self, t: Tensor) -> Tensor:
+        """The time embedding ``[B, emb_dim]`` that every residual block is modulated by."""
+        return self.time_mlp(self.time(t).to(self.conv_in.weight.dtype))
+
+    def trunk(self, x: Tensor, emb: Tensor) -> Tensor:
+        """The U-Net proper, ``[B, 1, 8, 8] -> [B, 1, 8, 8]``, given an embedding ``[B, emb_dim]``.
+
+        Subclasses that add a condition to the embedding call this with their own ``emb``.
+        """
         h = self.conv_in(x)
         skips = []
         for i, blocks in enumerate(self.down_blocks):
@@ -172,4 +182,3 @@ class DigitsUNet(nn.Module):
 
 def count_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
-
