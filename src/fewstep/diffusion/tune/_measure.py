@@ -26,9 +26,13 @@ def grid(model, solver: str, nfe: int, schedule: str = "karras", solver_options:
         if cost > nfe:
             raise ValueError(f"the given sigmas have {len(s) - 1} steps, which cost {cost} evaluations with "
                              f"{solver!r}; the budget is nfe={nfe}")
-        return s
-    n = plan_steps(solver, nfe, options=solver_options)
-    return as_list(get_sigmas(schedule, n, model, sigma_max=start_sigma(model)))
+    else:
+        s = as_list(get_sigmas(schedule, plan_steps(solver, nfe, options=solver_options), model,
+                               sigma_max=start_sigma(model)))
+    if not math.isfinite(s[0]):
+        raise ValueError("coefficient fits need a grid that starts at a finite sigma (the driver takes the step "
+                         "from sigma = inf itself); use a sigma-space schedule such as 'karras'")
+    return s
 
 
 def trajectories(seeds, n: int) -> list[int]:

@@ -11,8 +11,9 @@ point of a uniform lambda grid, with ``x = x0 + sigma z`` drawn from the margina
   ``f'`` is the total lambda-derivative along the ODE ``dx/dlambda = D - x``:
   ``f' = (1 - l)(D - x) - l' x - dD``, with ``dD`` the derivative of ``D(x, e^-lambda)`` along
   ``(D - x, 1)`` and ``l'`` from the grid of ``l`` (second-order differences). Ordinary least
-  squares gives ``s = Cov(f', f) / Var(f)`` and ``b = E f' - s E f``; a ridge of ``1e-6 E f^2`` (and
-  above the round-off of ``Var f``) picks ``s = 0`` where ``f`` barely varies, where ``s`` is not identified.
+  squares gives ``s = Cov(f', f) / Var(f)`` and ``b = E f' - s E f``, with a ridge: ``Var f + 0.01 Var f'``
+  in the denominator bounds ``|s| <= 5`` (``1 / (2 sqrt(0.01))``) and shrinks ``s`` to 0 where ``f`` barely
+  varies and ``s`` is not identified (large sigma, where ``f`` is mostly estimation noise; Gaussian data).
 
 Only first and second moments are accumulated, so memory does not grow with the number of samples.
 
@@ -46,6 +47,7 @@ __all__ = ["EMS", "compute_ems", "gauss_ems", "tune"]
 
 DATA_SOURCES = ("auto", "model", "digits", "teacher")
 DERIVATIVES = ("fd", "autograd")
+KAPPA = 1e-2  # |s| <= 5
 RIDGE = 1e-6
 INLINE_LIMIT = 3000  # EMS with at most this many numbers are stored inside the recipe
 CONFIGS = ({"order": 3}, {"order": 2}, {"order": 3, "corrector": False}, {"order": 3, "predictor_pseudo": True},
@@ -83,7 +85,7 @@ def compute_ems(model, *, data: str | torch.Tensor = "auto", n_samples: int = 10
     x0 = _x0(model, data, n_samples, seed)
     lam = np.linspace(-math.log(hi), -math.log(lo), n_grid + 1)
     gen = torch.Generator().manual_seed(seed + 1)
-    stats = np.zeros((lam.size, 10, math.prod(x0.shape[1:])))
+    stats = np.zeros((lam.size, 11, math.prod(x0.shape[1:])))
     from tqdm import tqdm
 
     for k in tqdm(range(lam.size), disable=not progress, desc="EMS", unit="lambda"):
@@ -123,7 +125,8 @@ def _x0(model, data, n: int, seed: int) -> torch.Tensor:
 
 
 def _moments(model, x0, sigma, derivative, fd_step, gen, cond) -> np.ndarray:
-    """Sums over the batch of ``x, D, dD, x^2, x D, D^2, x dD, D dD, v*Jv`` and the count, per dimension."""
+    """Sums over the batch of ``x, e, dD, x^2, x e, e^2, x dD, e dD, dD^2, v*Jv`` (``e = x - D``) and the
+    count, per dimension."""
     x = x0 + sigma * torch.randn(x0.shape, generator=gen, dtype=torch.float64)
     v = torch.randint(0, 2, x0.shape, generator=gen, dtype=torch.float64) * 2 - 1
 
@@ -147,28 +150,31 @@ def _moments(model, x0, sigma, derivative, fd_step, gen, cond) -> np.ndarray:
         except RuntimeError as exc:
             raise ValueError(f"forward-mode autodiff failed for this model ({exc}); use derivative='fd'") from None
     xf, ef, ddf, vj = (t.reshape(t.shape[0], -1) for t in (x, x - d, dd, v * jv))  # e = x - D = sigma eps
-    rows = [xf, ef, ddf, xf * xf, xf * ef, ef * ef, xf * ddf, ef * ddf, vj, torch.ones_like(xf)]
+    rows = [xf, ef, ddf, xf * xf, xf * ef, ef * ef, xf * ddf, ef * ddf, ddf * ddf, vj, torch.ones_like(xf)]
     return torch.stack([r.sum(0) for r in rows]).numpy()
 
 
 def _solve(lam: np.ndarray, m: np.ndarray, pooled: bool, meta: dict[str, str]) -> EMS:
-    """``l, s, b`` from the mean moments ``m`` ``[G, 10, D]`` (rows as in ``_moments``).
+    """``l, s, b`` from the mean moments ``m`` ``[G, 11, D]`` (rows as in ``_moments``).
 
     With ``e = x - D``, ``a = 1 - l`` and ``c = l'``: ``f = e - l x`` and ``f' = -c x - a e - dD``. Working
     with ``e`` rather than ``D`` avoids cancelling ``(1 - l) x`` against ``D`` at small sigma.
     """
     if pooled:
         m = m.mean(2, keepdims=True)
-    Ex, Ee, EdD, Exx, Exe, Eee, ExdD, EedD, EvJv = (m[:, j] for j in range(9))
+    Ex, Ee, EdD, Exx, Exe, Eee, ExdD, EedD, EdDdD, EvJv = (m[:, j] for j in range(10))
     l = 1.0 - EvJv
     a, c = 1.0 - l, np.gradient(l, lam, axis=0, edge_order=2)
     Ef, Efp = Ee - l * Ex, -c * Ex - a * Ee - EdD
     var_x, cov_xe, var_e = Exx - Ex * Ex, Exe - Ex * Ee, Eee - Ee * Ee
-    cov_xdD, cov_edD = ExdD - Ex * EdD, EedD - Ee * EdD
+    cov_xdD, cov_edD, var_dD = ExdD - Ex * EdD, EedD - Ee * EdD, EdDdD - EdD * EdD
     var_f = var_e - 2 * l * cov_xe + l * l * var_x
+    var_fp = c * c * var_x + a * a * var_e + var_dD + 2 * c * a * cov_xe + 2 * c * cov_xdD + 2 * a * cov_edD
     cov = l * c * var_x + (l * a - c) * cov_xe - a * var_e - cov_edD + l * cov_xdD
-    # ridge: where f hardly varies (Var f < 1e-6 E f^2) s is not identified and shrinks to 0
-    ridge = RIDGE * (np.maximum(var_f, 0.0) + Ef * Ef) + 1e-13 * (var_e + l * l * var_x) + 1e-300
+    # ridge: KAPPA Var f' bounds |s| by 1 / (2 sqrt(KAPPA)) and shrinks s where f hardly varies (there s is
+    # not identified); the other terms keep round-off (Var f ~ 0 on Gaussian data) from dividing by 0
+    ridge = KAPPA * np.maximum(var_fp, 0.0) + RIDGE * (np.maximum(var_f, 0.0) + Ef * Ef) \
+        + 1e-13 * (var_e + l * l * var_x) + 1e-300
     s = cov / (np.maximum(var_f, 0.0) + ridge)
     return EMS(lam, l, s, Efp - s * Ef, meta=meta)
 

@@ -1,0 +1,169 @@
+"""DPM-Solver-v3 and its empirical model statistics (EMS): the closed form on Gaussian data, the identity
+with DPM-Solver++, exactness of the first-order step when the EMS are exact, and a gain on digits-gmm."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import fewstep
+from fewstep.diffusion.denoiser import Denoiser
+from fewstep.diffusion.sampling import solve
+from fewstep.diffusion.schedules import karras
+from fewstep.diffusion.solvers.dpm_v3 import EMS, as_ems
+from fewstep.diffusion.tune import _measure as M
+from fewstep.diffusion.tune.ems import compute_ems, gauss_ems, tune
+from fewstep.diffusion.tune.recipe import Recipe
+from fewstep.models.exact import Gauss, ring_gmm
+
+GAUSS = Gauss(dim=3, mean=torch.tensor([0.5, -1.0, 2.0]), std=torch.tensor([0.5, 1.0, 2.0]))
+X_T = 80 * torch.randn(8, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _setup(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FEWSTEP_CACHE", str(tmp_path_factory.mktemp("cache")))  # references shared by this module's tests
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # these are many small evaluations; a second thread only adds overhead
+    yield
+    torch.set_num_threads(threads)
+    mp.undo()
+
+
+@pytest.mark.parametrize("derivative", ["fd", "autograd"])
+def test_gauss_ems_match_the_closed_form(derivative):
+    """l = sigma^2/(c + sigma^2) exactly (every Rademacher probe gives the diagonal of a diagonal
+    Jacobian); b = 2 l (1 - l) mu up to the grid derivative of l; s is not identified and shrinks to 0."""
+    est = compute_ems(GAUSS, n_samples=64, n_grid=60, derivative=derivative)
+    exact = gauss_ems(GAUSS, est.lam.numpy())
+    assert (est.l - exact.l).abs().max() < (1e-9 if derivative == "fd" else 1e-13)
+    assert (est.b - exact.b).abs().max() < 2e-2 * exact.b.abs().max()
+    # s multiplies f = -l mu; its contribution to df/dlambda is negligible next to b
+    f = -exact.l * GAUSS.mean[None]
+    assert (est.s * f).abs().max() < 1e-3 * exact.b.abs().max()
+    assert est.s.abs()[: 40].max() < 1e-3  # away from the smallest sigmas, s is 0 to round-off
+    if derivative == "fd":  # a model that is not Gaussian has s != 0, bounded by the ridge (|s| <= 5)
+        gmm = compute_ems(ring_gmm(), n_samples=64, n_grid=20)
+        assert 1.0 < gmm.s.abs().max() <= 5.0
+
+
+def test_first_order_v3_is_exact_when_the_ems_are():
+    """With the closed-form EMS, g is constant along every trajectory, so even 5 first-order steps
+    land on the exact ODE solution, up to the O(dlambda^2) interpolation of l, s, b. The same holds
+    for any s when b = f' - s f; a wrong b breaks it."""
+    ref = GAUSS.ode_solution(X_T, 80.0, 0.002)
+    grid = karras(6, 0.002, 80.0)
+    lam = np.linspace(-math.log(80), -math.log(0.002), 401)
+    exact = gauss_ems(GAUSS, lam)
+    l, mu = exact.l.numpy(), GAUSS.mean.numpy()[None]
+    s = 0.3 * np.sin(lam)[:, None] * np.ones_like(l)
+    other_s = EMS(lam, l, s, exact.b.numpy() + s * l * mu)
+    wrong_b = EMS(lam, l, s, exact.b.numpy())
+    err = {name: float((solve(GAUSS, X_T, grid, "dpm_solver_v3", ems=e, order=1, corrector=False) - ref).abs().max())
+           for name, e in [("exact", exact), ("other_s", other_s), ("wrong_b", wrong_b), ("plain", None)]}
+    assert err["exact"] < 2e-4 and err["other_s"] < 3e-4, err
+    assert err["wrong_b"] > 0.1 and err["plain"] > 0.5, err
+
+
+class _Quadratic(Denoiser):
+    """D depends on sigma only, so every solver sees the same history and a step is
+    ``x' = (s'/s) x + increment``, with an increment that depends only on the outputs."""
+
+    shape = (2,)
+
+    def denoise(self, x, sigma, cond):
+        lam = -torch.log(sigma)[:, None]
+        return torch.tensor([0.3, -0.2], dtype=x.dtype) + 0.2 * lam + 0.05 * lam**2 * torch.tensor([1.0, -2.0]) + 0 * x
+
+
+def test_v3_on_identity_statistics_is_dpm_solver_pp():
+    model = ring_gmm()
+    x = 80 * torch.randn(16, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for n in (4, 6, 11):
+        s = karras(n, 0.002, 80.0).tolist() + [0.0]
+        for lof in (True, False):
+            a = solve(model, x, s, "dpmpp_2m", solver_type="taylor", lower_order_final=lof)
+            for pseudo in (False, True):  # one divided difference is the derivative at order 2
+                b = solve(model, x, s, "dpm_solver_v3", order=2, corrector=False, predictor_pseudo=pseudo,
+                          lower_order_final=lof)
+                torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+    # third order: dpmpp_3m warms up with the midpoint 2M, so compare the increments of the 3rd-order steps
+    q, s = _Quadratic(), karras(9, 0.01, 20.0).tolist()
+    x0 = torch.ones(1, 2, dtype=torch.float64)
+    traces = {}
+    for name, kw in (("dpmpp_3m", {}), ("dpm_solver_v3", {"corrector": False})):
+        seen = []
+        end = solve(q, x0, s, name, lower_order_final=False, callback=lambda d, seen=seen: seen.append(d["x"]), **kw)
+        traces[name] = seen + [end]
+    for i in range(2, len(s) - 1):
+        inc = [t[i + 1] - s[i + 1] / s[i] * t[i] for t in traces.values()]
+        torch.testing.assert_close(inc[1], inc[0], rtol=1e-11, atol=1e-12)
+
+
+def test_fitted_ems_beat_dpm_solver_pp_on_digits_gmm():
+    """At NFE 8 on digits-gmm, v3 with EMS from 256 data samples on a 40-point grid has a lower RMSE
+    to the reference than DPM-Solver++(2M) and than v3 on l = 1, s = b = 0, on 24 fresh seeds."""
+    model = fewstep.load_model("digits-gmm")
+    grid = M.grid(model, "dpm_solver_v3", 8)
+    stats = compute_ems(model, n_samples=256, n_grid=40, sigma_min=grid[-2], sigma_max=grid[0])
+    seeds = list(range(500, 524))
+    ref = M.references(model, seeds, grid[0])
+    err = {"dpmpp_2m": M.rmse(M.run(model, seeds, grid, "dpmpp_2m"), ref),
+           "v3_plain": M.rmse(M.run(model, seeds, grid, "dpm_solver_v3", {"order": 2}), ref),
+           "v3_ems": M.rmse(M.run(model, seeds, grid, "dpm_solver_v3", {"order": 2, "ems": stats}), ref)}
+    assert err["v3_ems"] < 0.8 * min(err["dpmpp_2m"], err["v3_plain"]), err
+
+
+def test_ems_storage_and_a_recipe_that_samples(tmp_path):
+    stats = compute_ems(ring_gmm(), n_samples=32, n_grid=10)
+    back = EMS.load(stats.save(tmp_path / "e.safetensors"))
+    for k in ("lam", "l", "s", "b"):
+        assert torch.equal(getattr(back, k), getattr(stats, k))
+    assert as_ems(stats.to_dict()).l.equal(stats.l) and back.meta["derivative"] == "fd"
+    model = ring_gmm()
+    r = tune(model, nfe=5, trajectories=4, eval_seeds=range(6), progress=False, n_samples=32, n_grid=20)
+    assert r.solver == "dpm_solver_v3" and r.method == "ems" and isinstance(r.solver_options["ems"], dict)
+    chosen = r.info["objective"]["chosen"]
+    assert {k: r.solver_options[k] for k in chosen} == chosen
+    assert set(r.quality) >= {"rmse_ref", "untuned", "eval_seeds"}
+    again = Recipe.from_json(r.to_json())
+    x = fewstep.sample(model, recipe=again, seeds=range(3))
+    y = fewstep.sample(model, solver="dpm_solver_v3", nfe=5, schedule="explicit", seeds=range(3),
+                       schedule_options={"sigmas": list(r.sigmas)}, solver_options=r.solver_options)
+    torch.testing.assert_close(x, y)
+    # a second NFE reuses the cached statistics; a large EMS is stored as a file next to the cache
+    r2 = tune(model, nfe=6, trajectories=4, eval_seeds=None, progress=False, n_samples=32, n_grid=20)
+    assert r2.solver_options["ems"] == r.solver_options["ems"]
+    big = tune(model, nfe=5, trajectories=4, eval_seeds=None, progress=False, ems=stats,
+               ems_path=tmp_path / "big.safetensors")
+    assert big.solver_options["ems"].endswith("big.safetensors")
+
+
+def test_bad_input_raises():
+    lam = np.linspace(-4, 6, 5)
+    one = np.ones((5, 2))
+    with pytest.raises(ValueError, match="uniform"):
+        EMS(lam ** 3, one, 0 * one, 0 * one)
+    with pytest.raises(ValueError, match="rows"):
+        EMS(lam, one[:4], 0 * one, 0 * one)
+    three = np.ones((5, 3))
+    with pytest.raises(ValueError, match="outside the EMS range"):  # covers sigma in [e^-6, e^4 = 54.6]
+        solve(GAUSS, X_T, [80.0, 1.0, 0.0], "dpm_solver_v3", ems=EMS(lam, three, 0 * three, 0 * three))
+    with pytest.raises(ValueError, match="values per lambda"):
+        solve(GAUSS, X_T, [50.0, 1.0, 0.0], "dpm_solver_v3", ems=EMS(lam, one, 0 * one, 0 * one))
+    with pytest.raises(ValueError, match="order 1..3"):
+        solve(GAUSS, X_T, [80.0, 1.0, 0.0], "dpm_solver_v3", order=4)
+    with pytest.raises(ValueError, match="keys"):
+        as_ems({"l": [1.0]})
+    with pytest.raises(ValueError, match="derivative"):
+        compute_ems(GAUSS, derivative="exact")
+    with pytest.raises(ValueError, match="data must be"):
+        compute_ems(GAUSS, data="internet")
+    with pytest.raises(ValueError, match="sigma_min < sigma_max"):
+        compute_ems(GAUSS, sigma_min=1.0, sigma_max=0.5)
+    with pytest.raises(ValueError, match="stochastic"):
+        tune(GAUSS, solver="dpmpp_2m_sde", nfe=5, progress=False)
+    with pytest.raises(ValueError, match="seeds must differ"):
+        tune(GAUSS, nfe=5, seeds=range(4), eval_seeds=range(3), progress=False)
