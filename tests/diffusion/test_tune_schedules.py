@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from fewstep.diffusion.sampling import solve
+import fewstep
+from fewstep.diffusion.denoiser import CountingDenoiser
+from fewstep.diffusion.sampling import plan_steps, solve
 from fewstep.diffusion.schedules import get_sigmas, karras, logsnr
 from fewstep.diffusion.tune import ays, gits, s3
 from fewstep.diffusion.tune._tuning import Predictor
@@ -135,7 +137,11 @@ def test_s3_lowers_its_predictor_and_the_held_out_error(gmm2d):
                 generations=4, children=6, elite=4, refine_sweeps=1)
     obj = r.info["objective"]
     assert obj["final"] < 0.5 * obj["initial"]
-    assert r.solver == "usf" and r.nfe == 4 and len(r.solver_options["orders"]) == 4
+    starts_with_mean = r.solver_options["first_x0"] is not None
+    assert r.solver == "usf" and r.nfe == 4 and len(r.solver_options["orders"]) == r.n_steps == 4 + starts_with_mean
+    counted = CountingDenoiser(gmm2d)
+    fewstep.sample(counted, recipe=r, seeds=range(3))
+    assert counted.calls == 4
     # the stored options reproduce the predictor's number
     pred = Predictor(gmm2d, TUNE)
     assert pred(r.sigmas, "usf", r.solver_options) == pytest.approx(obj["final"], rel=1e-6)
@@ -165,6 +171,26 @@ def test_usf_identities():
     assert not torch.allclose(base, ddim)
     assert torch.allclose(relaxed - ddim, 1.5 * (base - ddim), rtol=0, atol=1e-12)
     assert torch.equal(solve(GAUSS, X_T, s, "usf", relax=[0.0] * n, **plan), solve(GAUSS, X_T, s, "usf", **plan))
+
+
+def test_usf_first_x0_replaces_the_first_evaluation():
+    s = get_sigmas("karras", 5, GAUSS).tolist()
+    mean = GAUSS.data_mean().tolist()
+
+    class MeanFirst(Gauss):  # the model itself, except that its first evaluation returns the data mean
+        calls = 0
+
+        def denoise(self, x, sigma, cond):
+            self.calls += 1
+            return GAUSS.data_mean().to(x).expand_as(x) if self.calls == 1 else GAUSS.denoise(x, sigma, cond)
+
+    counted = CountingDenoiser(GAUSS)
+    a = solve(counted, X_T, s, "usf", first_x0=mean)
+    b = solve(MeanFirst(dim=3), X_T, s, "usf")
+    assert counted.calls == 4 and torch.allclose(a, b, rtol=0, atol=1e-12)
+    assert plan_steps("usf", 4, options={"first_x0": mean}) == 5 and plan_steps("usf", 4) == 4
+    with pytest.raises(ValueError, match="first_x0 needs 3 values"):
+        solve(GAUSS, X_T, s, "usf", first_x0=[0.0, 1.0])
 
 
 @pytest.mark.parametrize("pred,corrector,order", [("data", False, 3), ("noise", False, 3), ("data", True, 4)])

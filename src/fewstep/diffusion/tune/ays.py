@@ -126,14 +126,19 @@ def model_samples(model, seeds: Sequence[int], n: int) -> Tensor:
 
 def tune(model, *, solver: str = "dpmpp_2m", nfe: int = 10, seeds: Sequence[int] = T.TUNE_SEEDS,
          eval_seeds: Sequence[int] | None = T.EVAL_SEEDS, progress: bool = True, mc_samples: int = 256,
-         candidates: int = 6, max_sweeps: int = 8, tol: float = 1e-3):
+         candidates: int = 6, max_sweeps: int = 6, tol: float = 1e-2, ref_steps: int = 10):
     """Fit an AYS schedule for ``solver`` at ``nfe`` evaluations on ``model``; returns a ``Recipe``.
+
+    As in the paper, the schedule is optimised at ``ref_steps`` steps (10) and brought to fewer steps by
+    ``loglinear_interp``; with more steps than that it is optimised directly. Minimised at very few
+    steps, the KLUB, which models no solver's error, drives the points towards ``sigma_min``.
 
     Args:
         seeds: tuning seeds (the Monte Carlo draws and, for non-exact models, the reference samples).
         eval_seeds: held-out seeds for the recipe's quality (``None``: do not measure).
         mc_samples: Monte Carlo samples per interval (a few hundred, as in the paper).
         candidates, max_sweeps, tol: the coordinate search (see ``optimise``).
+        ref_steps: the number of steps at which the KLUB is optimised.
     """
     t_start = time.perf_counter()
     n_steps = T.check_args(model, solver, nfe)
@@ -142,15 +147,20 @@ def tune(model, *, solver: str = "dpmpp_2m", nfe: int = 10, seeds: Sequence[int]
         raise ValueError(f"mc_samples must be an integer >= 8; got {mc_samples!r}")
     if not isinstance(candidates, int) or candidates < 2 or not isinstance(max_sweeps, int) or max_sweeps < 1:
         raise ValueError(f"need candidates >= 2 and max_sweeps >= 1; got {candidates!r}, {max_sweeps!r}")
-    grid = T.untuned_grid(model, n_steps)
+    if not isinstance(ref_steps, int) or ref_steps < 2:
+        raise ValueError(f"ref_steps must be an integer >= 2; got {ref_steps!r}")
+    grid = T.untuned_grid(model, max(n_steps, ref_steps))
     t0 = [float(v) for v in grid[:-1]]
     x0 = model_samples(model, seeds, mc_samples)
     klub = KLUB(model, x0, len(t0) - 1, seed=seeds[0])
     with T.progress_bar(max_sweeps * max(len(t0) - 2, 0), "ays", progress) as bar:
         t, history = optimise(klub, t0, candidates=candidates, max_sweeps=max_sweeps, tol=tol, bar=bar)
     fresh = KLUB(model, model_samples(model, [s + 7919 for s in seeds], mc_samples), len(t0) - 1, seed=seeds[0] + 1)
-    objective = {"name": "klub", "initial": sum(fresh.terms(t0)), "final": sum(fresh.terms(t)),
-                 "sweeps": len(history) - 1, "fit_history": history, "note": "KLUB on fresh Monte Carlo draws"}
-    options = {"mc_samples": mc_samples, "candidates": candidates, "max_sweeps": max_sweeps, "tol": tol}
-    return T.make_recipe(model, "ays", solver, nfe, t + [0.0], t_start=t_start, objective=objective,
+    objective = {"name": "klub", "steps": len(t0), "initial": sum(fresh.terms(t0)), "final": sum(fresh.terms(t)),
+                 "sweeps": len(history) - 1, "fit_history": history,
+                 "note": "KLUB of the Karras and the fitted grids at `steps` steps, on fresh Monte Carlo draws"}
+    options = {"mc_samples": mc_samples, "candidates": candidates, "max_sweeps": max_sweeps, "tol": tol,
+               "ref_steps": ref_steps}
+    sigmas = loglinear_interp(t + [0.0], n_steps)
+    return T.make_recipe(model, "ays", solver, nfe, sigmas, t_start=t_start, objective=objective,
                          options=options, tune_seeds=seeds, eval_seeds=eval_seeds)

@@ -10,7 +10,8 @@ cached reference ODE solutions on a small batch of tuning seeds:
 1. seed a population with Karras grids of several ``rho`` and starting sigmas, and a few hand-made
    per-step solvers (UniPC-, DPM-Solver++- and iPNDM-like) next to random ones;
 2. evolve it (``mu + lambda``): children mutate one gene (an interior sigma, the start, the end,
-   ``rho`` of the whole grid, or one step's order, prediction, corrector or relaxation) or cross two parents;
+   ``rho`` of the whole grid, one step's order, prediction, corrector or relaxation, or the starting point:
+   USF's ``average_x0``, the model's data mean in place of the first evaluation) or cross two parents;
 3. refine the best candidate's sigmas and relaxations one at a time, the others fixed (line searches);
 4. re-rank the finalists on all tuning seeds and keep the best.
 """
@@ -26,71 +27,84 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from fewstep.diffusion.tune import _tuning as T
+from fewstep.diffusion.tune.ays import loglinear_interp
 from fewstep.diffusion.tune.usf import MAX_ORDER, PREDICTIONS
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """A per-step solver schedule: ``sigmas`` (``N + 1`` entries ending in 0) and one entry per step."""
+    """A per-step solver schedule: ``sigmas`` (``N + 1`` entries ending in 0), one entry per step, and
+    whether the first evaluation is replaced by the data mean (then ``N`` steps cost ``N - 1``)."""
 
     sigmas: tuple[float, ...]
     orders: tuple[int, ...]
     predictions: tuple[str, ...]
     correctors: tuple[bool, ...]
     relax: tuple[float, ...]
+    first: bool = False
 
-    def options(self) -> dict:
-        return {"orders": list(self.orders), "predictions": list(self.predictions),
-                "correctors": list(self.correctors), "relax": list(self.relax)}
+    @property
+    def n(self) -> int:
+        return len(self.sigmas) - 1
 
 
 class Search:
     """The search state: the search space's bounds, a seeded RNG and the memoised predictor."""
 
-    def __init__(self, predictor, n_steps: int, s_max: float, s_min: float, rng: random.Random):
-        self.predict, self.n, self.s_max, self.s_min, self.rng = predictor, n_steps, s_max, s_min, rng
+    def __init__(self, predictor, nfe: int, s_max: float, s_min: float, rng: random.Random):
+        self.predict, self.nfe, self.s_max, self.s_min, self.rng = predictor, nfe, s_max, s_min, rng
+        self.mean = [float(v) for v in predictor.ref.mean(0).flatten()]  # the model's own data mean
         self.cache: dict[Candidate, float] = {}
+
+    def options(self, c: Candidate) -> dict:
+        return {"orders": list(c.orders), "predictions": list(c.predictions), "correctors": list(c.correctors),
+                "relax": list(c.relax), "first_x0": self.mean if c.first else None}
 
     def score(self, c: Candidate) -> float:
         if c not in self.cache:
-            self.cache[c] = self.predict(list(c.sigmas), "usf", c.options())
+            self.cache[c] = self.predict(list(c.sigmas), "usf", self.options(c))
         return self.cache[c]
 
-    def grid(self, rho: float, start: float, end: float) -> tuple[float, ...]:
-        return tuple(float(v) for v in T.karras_grid(self.n, end, start, rho))
+    def grid(self, n: int, rho: float, start: float, end: float) -> tuple[float, ...]:
+        return tuple(float(v) for v in T.karras_grid(n, end, start, rho))
 
     def seeds(self, count: int) -> list[Candidate]:
         """Hand-made starting points, then random ones, ``count`` in all."""
-        n, out = self.n, []
-        plans = [([2] * n, ["data"] * n, [True] * n), ([3] * n, ["data"] * n, [True] * n),
-                 ([2] * n, ["noise"] * n, [False] * n), ([2] * n, ["data"] * n, [False] * n),
-                 ([3] * n, ["noise"] * n, [True] * n)]
-        for rho in (7.0, 3.0, 12.0):
-            for o, p, c in plans:
-                out.append(Candidate(self.grid(rho, self.s_max, self.s_min), tuple(o), tuple(p), tuple(c), (0.0,) * n))
+        r, out = self.rng, []
+        plans = [(2, "data", True), (3, "data", True), (2, "noise", False), (2, "data", False), (3, "noise", True)]
+        for rho in (7.0, 3.0):
+            for first in (False, True):
+                n = self.nfe + first
+                for o, p, c in plans:
+                    out.append(Candidate(self.grid(n, rho, self.s_max, self.s_min), (o,) * n, (p,) * n, (c,) * n,
+                                         (0.0,) * n, first))
         while len(out) < count:
-            r = self.rng
+            first = r.random() < 0.5
+            n = self.nfe + first
             start = self.s_max * math.exp(-r.uniform(0, math.log(4)))
-            out.append(Candidate(self.grid(r.uniform(1.5, 12), start, self.s_min * math.exp(r.uniform(0, 1.5))),
+            out.append(Candidate(self.grid(n, r.uniform(1.5, 12), start, self.s_min * math.exp(r.uniform(0, 1.5))),
                                  tuple(r.randint(1, MAX_ORDER) for _ in range(n)),
                                  tuple(r.choice(PREDICTIONS) for _ in range(n)),
-                                 tuple(r.random() < 0.5 for _ in range(n)), (0.0,) * n))
+                                 tuple(r.random() < 0.5 for _ in range(n)), (0.0,) * n, first))
         return out[:count]
 
     def mutate(self, c: Candidate) -> Candidate:
-        r, s = self.rng, list(c.sigmas)
-        kind = r.choice(["sigma", "sigma", "start", "end", "rho", "order", "prediction", "corrector", "relax"])
-        i = r.randrange(self.n)
-        if kind == "sigma" and self.n >= 3:
-            k = r.randrange(1, self.n - 1)
+        r, s, n = self.rng, list(c.sigmas), c.n
+        kind = r.choice(["sigma", "sigma", "start", "end", "rho", "order", "prediction", "corrector", "relax",
+                         "first"])
+        i = r.randrange(n)
+        if kind == "first":
+            return self.toggle_first(c)
+        if kind == "sigma" and n >= 3:
+            k = r.randrange(1, n - 1)
             lo, hi = math.log(s[k + 1]), math.log(s[k - 1])
             s[k] = math.exp(min(hi - 1e-3, max(lo + 1e-3, math.log(s[k]) + r.gauss(0, 0.25 * (hi - lo)))))
         elif kind == "start":
             s[0] = min(self.s_max, max(s[1] * 1.01, s[0] * math.exp(r.gauss(0, 0.4))))
-        elif kind == "end" and self.n >= 2:
+        elif kind == "end" and n >= 2:
             s[-2] = min(s[-3] * 0.99, max(self.s_min, s[-2] * math.exp(r.gauss(0, 0.5))))
         elif kind in ("rho", "sigma", "end"):
-            s = list(self.grid(r.uniform(1.5, 12), s[0], s[-2]))
+            s = list(self.grid(n, r.uniform(1.5, 12), s[0], s[-2]))
         elif kind == "order":
             return replace(c, orders=_set(c.orders, i, r.randint(1, MAX_ORDER)))
         elif kind == "prediction":
@@ -101,23 +115,32 @@ class Search:
             return replace(c, correctors=_set(c.correctors, i, not c.correctors[i]))
         return replace(c, sigmas=tuple(s))
 
+    def toggle_first(self, c: Candidate) -> Candidate:
+        """Switch the data-mean start on (one more step, added at the start) or off (one step fewer)."""
+        n = c.n + (-1 if c.first else 1)
+        sig = tuple(float(v) for v in loglinear_interp(c.sigmas, n))
+        cut = (lambda t: t[1:]) if c.first else (lambda t: t[:1] + t)  # noqa: E731
+        return Candidate(sig, cut(c.orders), cut(c.predictions), cut(c.correctors), cut(c.relax), not c.first)
+
     def cross(self, a: Candidate, b: Candidate) -> Candidate:
         """Per-step genes from either parent; the grid is the geometric mean of the parents' grids."""
-        pick = [self.rng.random() < 0.5 for _ in range(self.n)]
+        if a.first != b.first:
+            b = self.toggle_first(b)
+        pick = [self.rng.random() < 0.5 for _ in range(a.n)]
         mix = lambda x, y: tuple(u if p else v for p, u, v in zip(pick, x, y))  # noqa: E731
         sig = tuple(math.sqrt(u * v) for u, v in zip(a.sigmas, b.sigmas))
         return Candidate(sig, mix(a.orders, b.orders), mix(a.predictions, b.predictions),
-                         mix(a.correctors, b.correctors), mix(a.relax, b.relax))
+                         mix(a.correctors, b.correctors), mix(a.relax, b.relax), a.first)
 
     def refine(self, c: Candidate, sweeps: int = 2, candidates: int = 6, bar=None) -> Candidate:
         """Line searches over each positive sigma (the start and end included) and each step's relaxation,
         the others fixed; the window halves every sweep."""
         best = c
         for sweep in range(sweeps):
-            for k in range(self.n):
+            for k in range(c.n):
                 s = list(best.sigmas)
                 hi = math.log(self.s_max) if k == 0 else math.log(s[k - 1])
-                lo = math.log(self.s_min) if k == self.n - 1 else math.log(s[k + 1])
+                lo = math.log(self.s_min) if k == c.n - 1 else math.log(s[k + 1])
                 half = 0.5 * (hi - lo) * 0.5**sweep
                 a, b = max(lo, math.log(s[k]) - half), min(hi, math.log(s[k]) + half)
                 for v in np.linspace(a, b, candidates + 2)[1:-1]:  # never onto a neighbour
@@ -170,7 +193,7 @@ def tune(model, *, solver: str = "unipc", nfe: int = 10, seeds: Sequence[int] = 
     """
     t_start = time.perf_counter()
     T.check_args(model, solver, nfe)
-    n_steps = T.check_args(model, "usf", nfe)
+    n_steps = T.check_args(model, "usf", nfe)  # without the data-mean start; with it, one more
     seeds = T.seed_list(seeds, "seeds")
     ints = {"batch": batch, "population": population, "generations": generations, "children": children,
             "elite": elite, "refine_sweeps": refine_sweeps, "finalists": finalists}
@@ -179,8 +202,8 @@ def tune(model, *, solver: str = "unipc", nfe: int = 10, seeds: Sequence[int] = 
     if bad:
         raise ValueError(f"S3 search sizes must be positive integers (generations, refine_sweeps may be 0); got {bad}")
     s_max, s_min = T.start_sigma(model), float(model.sigma_min)
-    search = Search(T.Predictor(model, seeds[:batch]), n_steps, s_max, s_min, random.Random(seed))
-    with T.progress_bar(population + generations + refine_sweeps * n_steps, "s3", progress) as bar:
+    search = Search(T.Predictor(model, seeds[:batch]), nfe, s_max, s_min, random.Random(seed))
+    with T.progress_bar(population + generations + refine_sweeps * (n_steps + 1), "s3", progress) as bar:
         start = search.seeds(population)
         for c in start:
             search.score(c)
@@ -188,13 +211,13 @@ def tune(model, *, solver: str = "unipc", nfe: int = 10, seeds: Sequence[int] = 
         pop = evolve(search, start, generations, children, elite, bar)
         pop = sorted(set([search.refine(pop[0], refine_sweeps, bar=bar)] + pop), key=search.score)
     full = T.Predictor(model, seeds) if len(seeds) > batch else None
-    ranked = sorted(pop[:finalists], key=lambda c: full(list(c.sigmas), "usf", c.options())) if full else pop
+    ranked = sorted(pop[:finalists], key=lambda c: full(list(c.sigmas), "usf", search.options(c))) if full else pop
     best = ranked[0]
-    untuned = min(search.score(c) for c in start[:5])
+    untuned = min(search.score(c) for c in start[:5])  # hand-made plans on the rho = 7 Karras grid
     objective = {"name": "rmse_ref on tuning seeds", "initial": untuned, "final": search.score(best),
                  "evaluations": len(search.cache), "note": "initial: the best hand-made usf plan on a Karras grid"}
     options = {"batch": batch, "population": population, "generations": generations, "children": children,
                "elite": elite, "refine_sweeps": refine_sweeps, "finalists": finalists, "seed": seed}
-    return T.make_recipe(model, "s3", "usf", nfe, best.sigmas, t_start=t_start, solver_options=best.options(),
+    return T.make_recipe(model, "s3", "usf", nfe, best.sigmas, t_start=t_start, solver_options=search.options(best),
                          objective=objective, options=options, tune_seeds=seeds, eval_seeds=eval_seeds,
                          baseline=(solver, {}))

@@ -13,7 +13,8 @@ is DDIM in both forms. The corrector is USF's free pseudo-corrector (UniC's idea
 evaluation at the predicted state, which the next step needs anyway, is added as one more node and
 the step is recomputed from the same start. USF's relaxed derivative estimate scales the terms beyond
 first order by a per-step ``1 + relax``. A data-form step to sigma = 0 is first order
-(``x' = D``), as in every data-form solver here. ``N`` steps cost ``N`` evaluations.
+(``x' = D``), as in every data-form solver here. ``N`` steps cost ``N`` evaluations, or ``N - 1`` with
+USF's ``average_x0`` starting point (``first_x0``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from numpy.polynomial import polynomial as P
 
 from fewstep.diffusion.solvers._core import ddim_step, emit, lam, phi, register
@@ -93,17 +95,33 @@ def check_plan(n_steps: int, orders, predictions, correctors, relax=None):
     return orders, predictions, correctors, [float(r) for r in relax]
 
 
-@register("usf", order=3, options={"orders": None, "predictions": None, "correctors": None, "relax": None},
+def _cost(n_steps: int, final_zero: bool, options) -> int:
+    return n_steps - (options.get("first_x0") is not None)
+
+
+@register("usf", order=3, cost=_cost,
+          options={"orders": None, "predictions": None, "correctors": None, "relax": None, "first_x0": None},
           paper="Liu et al., USF / S3, arXiv 2312.07243 (per-step solver schedule)",
-          notes="per-step order 1-3, data/noise prediction, free corrector and derivative relaxation; "
-                "found by `fewstep tune --method s3`")
-def usf(D, x, sigmas, *, callback=None, orders=None, predictions=None, correctors=None, relax=None):
+          notes="per-step order 1-3, data/noise prediction, free corrector and derivative relaxation; first_x0 "
+                "replaces the first evaluation (N steps cost N - 1); found by `fewstep tune --method s3`")
+def usf(D, x, sigmas, *, callback=None, orders=None, predictions=None, correctors=None, relax=None,
+        first_x0=None):
     """Per-step exponential-integrator solver: step ``i`` uses ``orders[i]`` nodes (fewer while the
     history is short), ``predictions[i]``, when ``correctors[i]`` the free corrector, and scales its
-    higher-order terms by ``1 + relax[i]`` (USF's relaxed derivative estimate; 0 = the exact interpolant)."""
+    higher-order terms by ``1 + relax[i]`` (USF's relaxed derivative estimate; 0 = the exact interpolant).
+
+    ``first_x0`` (a flat list with one value per data coordinate, e.g. the data mean) is USF's
+    ``average_x0`` starting point: it stands in for ``D`` at ``sigmas[0]``, saving that evaluation.
+    """
     n = len(sigmas) - 1
     orders, predictions, correctors, relax = check_plan(n, orders, predictions, correctors, relax)
-    d = D(x, sigmas[0])
+    if first_x0 is None:
+        d = D(x, sigmas[0])
+    else:
+        d = torch.as_tensor(first_x0, dtype=x.dtype, device=x.device)
+        if d.numel() != x[0].numel():
+            raise ValueError(f"usf first_x0 needs {x[0].numel()} values (one per data coordinate); got {d.numel()}")
+        d = d.reshape(x.shape[1:]).expand_as(x)
     eps = (x - d) / sigmas[0]
     hist: list = []  # (lambda, D, eps) of earlier points, newest first
     for i, (s, s_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):

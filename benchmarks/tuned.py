@@ -1,0 +1,276 @@
+"""Tuned samplers against the best untuned ones, at NFE 4, 5, 6 and 8. Writes the `tuned` section of
+docs/benchmarks.md and docs/img/tuned-*.png.
+
+    .venv/bin/python benchmarks/tuned.py                      # every bundled model (hours on 2 busy cores)
+    .venv/bin/python benchmarks/tuned.py --models digits-gmm  # minutes
+
+Untuned: every deterministic fewstep solver on karras, logsnr and time_uniform grids (and discrete for
+discrete-time models), and the diffusers and k-diffusion peers on the same grids. Tuned: every tuning
+method whose module exists, one recipe per NFE, measured by ``fewstep.bench.recipes.recipe_rows`` on
+the same seeds, noise and references. The tuning seeds (100000+) are disjoint from the benchmark's.
+Recipes and raw rows go to fewstep-out/tuned/; ``--resume`` reuses the rows of models already done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import importlib.util
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from solvers import DOC, IMG, write_section  # noqa: E402  (the shared docs/benchmarks.md writer)
+
+MODELS = ["digits-gmm", "digits-edm", "digits-flow", "digits-vp-eps"]
+NFES = [4, 5, 6, 8]
+OUT = ROOT / "fewstep-out" / "tuned"
+MINE = {"ays": "dpmpp_2m", "gits": "ipndm", "s3": "unipc"}  # method -> solver it tunes (s3: compares with)
+# AYS's objective and GITS's one-step costs are the same for every one-evaluation-per-step multistep
+# solver, so their schedule is also benchmarked with these solvers (same recipe, solver replaced).
+SHARED_SCHEDULE = {"ays": ("unipc", "ipndm", "ipndm_v"), "gits": ("dpmpp_2m", "unipc", "ipndm_v")}
+
+
+def method_options(method: str, exact: bool) -> dict:
+    """Sizes: exact models are cheap to evaluate, the trained U-Nets are not (about 0.4 s per 256 samples here)."""
+    if method == "ays":
+        return {"mc_samples": 256 if exact else 128}
+    if method == "s3":
+        return {"batch": 512} if exact else {"batch": 64, "population": 16, "generations": 10, "children": 12}
+    return {}
+
+
+def tuning_seeds(method: str, exact: bool) -> range:
+    return range(100_000, 100_512 if (method == "s3" and exact) else 100_128)
+
+
+def available_methods() -> list[str]:
+    from fewstep.diffusion.tune import METHOD_MODULES
+
+    return [m for m, mod in METHOD_MODULES.items() if importlib.util.find_spec(mod) is not None]
+
+
+def tune_model(name: str, nfes, methods, seeds, log) -> tuple[list[Path], list[str]]:
+    """Tune every method at every NFE; returns the recipe files (with shared-schedule variants) and failures."""
+    from fewstep.diffusion.sampling import plan_steps
+    from fewstep.diffusion.tune import METHOD_MODULES
+    from fewstep.models import load_model
+
+    model = load_model(name)
+    exact = hasattr(model, "sample_data")
+    paths, failures = [], []
+    for method in methods:
+        module = importlib.import_module(METHOD_MODULES[method])
+        for nfe in nfes:
+            kw = {"solver": MINE[method]} if method in MINE else {}
+            try:
+                r = module.tune(model, nfe=nfe, seeds=tuning_seeds(method, exact), eval_seeds=seeds, progress=True,
+                                **kw, **method_options(method, exact))
+            except Exception as exc:  # a method that cannot run here is reported, not hidden
+                failures.append(f"{method} on {name} at NFE {nfe}: {type(exc).__name__}: {exc}")
+                log(failures[-1])
+                continue
+            log(f"{name} {method} NFE {nfe}: {r.info.get('tune_seconds', float('nan')):.1f} s, quality {r.quality}")
+            folder = OUT / name
+            folder.mkdir(parents=True, exist_ok=True)
+            paths.append(r.save(folder / f"{method}-{r.solver}-nfe{nfe}.json"))
+            for solver in SHARED_SCHEDULE.get(method, ()):
+                if plan_steps(solver, nfe) == r.n_steps:
+                    v = dataclasses.replace(r, solver=solver, quality={}, info={**r.info, "schedule_of": r.solver})
+                    paths.append(v.save(folder / f"{method}-{solver}-nfe{nfe}.json"))
+    return paths, failures
+
+
+def baseline_rows(name: str, nfes, seeds) -> list[dict]:
+    from fewstep.bench.harness import BenchSpec, run_bench
+    from fewstep.diffusion.solvers import SOLVERS
+    from fewstep.models import load_model
+
+    solvers = sorted(n for n, i in SOLVERS.items() if not i.stochastic and n != "euler"
+                     and (n == "usf" or not i.fn.__module__.startswith("fewstep.diffusion.tune")))
+    schedules = ["karras", "logsnr", "time_uniform"]
+    if getattr(load_model(name).process, "num_train_timesteps", None) is not None:
+        schedules.append("discrete")
+    peers = ["diffusers", "kdiffusion"] if importlib.util.find_spec("fewstep.integrations.peers") else []
+    spec = BenchSpec(models=[name], solvers=solvers, schedules=schedules, nfes=nfes, metrics=["rmse_ref", "fd"],
+                     seeds=seeds, peers=peers)
+    rows = run_bench(spec)
+    if peers:
+        from fewstep.bench.peers import peer_rows
+
+        rows += peer_rows(spec)
+    return rows
+
+
+def config(r: dict) -> str:
+    if r.get("source") == "fewstep-recipe":
+        return f"{r['label']} ({r['solver']})"
+    return f"{r.get('label', r['solver'])} / {r['schedule']}"
+
+
+def best(rows, metric):
+    ok = [r for r in rows if "error" not in r and r.get(metric) is not None and math.isfinite(r[metric])]
+    return min(ok, key=lambda r: r[metric]) if ok else None
+
+
+def summary(rows, models, nfes, methods) -> tuple[str, str, list[tuple]]:
+    """The target table, the per-method ratio table, and (model, nfe, metric, ratio) for the verdict."""
+    head = ["| model | NFE | metric | best untuned | value | best tuned | value | tuned / untuned | at most half |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    per = [f"| model | NFE | metric | {' | '.join(methods)} |", "|---|---|---|" + "---|" * len(methods)]
+    verdict = []
+    for m in models:
+        for n in nfes:
+            cell = [r for r in rows if r["model"] == m and r["nfe_budget"] == n]
+            base = [r for r in cell if r.get("source") != "fewstep-recipe"]
+            tuned = [r for r in cell if r.get("source") == "fewstep-recipe"]
+            for metric in ("rmse_ref", "fd"):
+                b, t = best(base, metric), best(tuned, metric)
+                if b is None or t is None:
+                    continue
+                ratio = t[metric] / b[metric]
+                verdict.append((m, n, metric, ratio))
+                head.append(f"| {m} | {n} | {metric} | {config(b)} | {b[metric]:.4g} | {config(t)} | {t[metric]:.4g} "
+                            f"| {ratio:.2f} | {'yes' if ratio <= 0.5 else '**no**'} |")
+                cells = []
+                for method in methods:
+                    bm = best([r for r in tuned if r["label"] == method], metric)
+                    cells.append("-" if bm is None else f"{bm[metric] / b[metric]:.2f}")
+                per.append(f"| {m} | {n} | {metric} | " + " | ".join(cells) + " |")
+    return "\n".join(head), "\n".join(per), verdict
+
+
+def plot(rows, models, nfes, methods, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(models), figsize=(4.5 * len(models), 7), squeeze=False)
+    for j, m in enumerate(models):
+        cell = [r for r in rows if r["model"] == m]
+        for i, metric in enumerate(("rmse_ref", "fd")):
+            ax = axes[i][j]
+            groups = {"best untuned": [r for r in cell if r.get("source") != "fewstep-recipe"]}
+            groups.update({k: [r for r in cell if r.get("label") == k and r.get("source") == "fewstep-recipe"]
+                           for k in methods})
+            for label, sub in groups.items():
+                pts = [(n, best([r for r in sub if r["nfe_budget"] == n], metric)) for n in nfes]
+                pts = [(n, r[metric]) for n, r in pts if r is not None and r[metric] > 0]
+                if pts:
+                    ax.plot(*zip(*pts), marker="o", label=label, lw=2.5 if label == "best untuned" else 1.2,
+                            color="black" if label == "best untuned" else None)
+            ax.set_yscale("log")
+            ax.set_xlabel("NFE")
+            ax.set_ylabel(metric)
+            ax.set_title(m)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def timing_table(recipe_paths, methods, models) -> str:
+    from fewstep.diffusion.tune import Recipe
+
+    secs: dict = {}
+    for p in recipe_paths:
+        r = Recipe.load(p)
+        if "schedule_of" not in r.info:
+            secs.setdefault((r.method, r.model), []).append(r.info.get("tune_seconds", math.nan))
+    lines = ["| method | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    for method in methods:
+        cells = []
+        for m in models:
+            v = secs.get((method, m))
+            cells.append("-" if not v else f"{min(v):.0f}-{max(v):.0f} s" if len(v) > 1 else f"{v[0]:.0f} s")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_doc(rows, recipe_paths, models, nfes, methods, failures, seeds, minutes, threads) -> None:
+    import torch
+
+    from fewstep.bench.harness import device_name
+
+    IMG.mkdir(parents=True, exist_ok=True)
+    png = IMG / "tuned.png"
+    plot(rows, models, nfes, methods, png)
+    target, per, verdict = summary(rows, models, nfes, methods)
+    met = sum(r <= 0.5 for *_, r in verdict)
+    parts = [
+        "## Tuned samplers",
+        f"Made by `python benchmarks/tuned.py --models {','.join(models)}` ({minutes:.0f} min on {device_name()}, "
+        f"torch {torch.__version__}, {threads} thread(s)); {len(seeds)} seeds ({seeds[0]}-{seeds[-1]}), the same "
+        "noise for every row. Untuned: every deterministic fewstep solver on karras, logsnr and time_uniform grids "
+        "(and discrete for digits-vp-eps), and the diffusers and k-diffusion samplers on the same grids; the "
+        "best of them per metric. Tuned: one recipe per method and NFE, fitted on seeds 100000+ (disjoint "
+        "from these), run through `fewstep bench --recipes`. AYS and GITS schedules are also run with the other "
+        "one-evaluation-per-step multistep solvers listed in the script (their objectives do not depend on "
+        "which). rmse_ref is measured against the reference ODE solution from the model's own start (80 for "
+        "digits-flow) even when a recipe starts lower.",
+        f"**Target** (tuned at most half the best untuned, per metric): met in {met} of {len(verdict)} "
+        "(model, NFE, metric) cells.",
+        f"![best tuned and best untuned against NFE](img/{png.name})", "", target, "",
+        "### Each method against the best untuned (ratio; below 1 helps, below 0.5 meets the target)", "", per, "",
+        "### Tuning time per recipe (range over NFE 4-8; reference solutions cached beforehand)", "",
+        timing_table(recipe_paths, methods, models),
+    ]
+    if failures:
+        parts += ["", "### Methods that failed to run", ""] + [f"- {f}" for f in failures]
+    write_section(DOC, "tuned", "\n".join(parts))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--nfe", default=",".join(map(str, NFES)))
+    ap.add_argument("--methods", default=None, help="default: every method whose module exists")
+    ap.add_argument("--seeds", default="0-255")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
+    ap.add_argument("--resume", action="store_true", help="reuse fewstep-out/tuned/<model>.json rows")
+    args = ap.parse_args()
+
+    import torch
+
+    from fewstep.bench.recipes import recipe_rows
+    from fewstep.commands._args import parse_ints, parse_seeds
+    from fewstep.models import list_models
+
+    torch.set_num_threads(args.threads)
+    seeds = parse_seeds(args.seeds)
+    nfes = parse_ints(args.nfe, "NFE budgets")
+    models = [m for m in args.models.split(",") if m in list_models()]
+    methods = available_methods() if args.methods is None else args.methods.split(",")
+    t0 = time.time()
+    rows, paths, failures = [], [], []
+    OUT.mkdir(parents=True, exist_ok=True)
+    for name in models:
+        saved = OUT / f"{name}.json"
+        if args.resume and saved.exists():
+            blob = json.loads(saved.read_text())
+            rows += blob["rows"]
+            paths += [Path(p) for p in blob["recipes"]]
+            failures += blob["failures"]
+        else:
+            new_paths, new_failures = tune_model(name, nfes, methods, seeds, print)
+            from fewstep.bench.harness import BenchSpec
+
+            spec = BenchSpec(models=[name], solvers=[], nfes=nfes, metrics=["rmse_ref", "fd"], seeds=seeds)
+            new_rows = baseline_rows(name, nfes, seeds) + recipe_rows(new_paths, spec)
+            saved.write_text(json.dumps({"rows": new_rows, "recipes": [str(p) for p in new_paths],
+                                         "failures": new_failures}, indent=1, default=str))
+            rows, paths, failures = rows + new_rows, paths + new_paths, failures + new_failures
+        done = [m for m in models if any(r["model"] == m for r in rows)]
+        write_doc(rows, paths, done, nfes, methods, failures, seeds, (time.time() - t0) / 60, args.threads)
+        print(f"wrote {DOC} ({', '.join(done)})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
