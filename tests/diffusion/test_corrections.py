@@ -20,6 +20,15 @@ from fewstep.diffusion.schedules import discrete_timesteps, get_sigmas
 from fewstep.models.digits_data import digits_data
 from fewstep.models.exact import Gauss
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # two OpenMP threads on a shared 2-core machine spin-wait on each other: one is several times faster
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 
 class Const(Denoiser):
     """Returns a fixed prediction, to test the wrappers on chosen values of D."""
@@ -103,20 +112,31 @@ def test_a_model_whose_eps_has_zero_mean_is_unchanged_and_a_biased_one_is_repair
     assert (fixed(x, s) - gauss(x, s)).abs().max() < 5 / math.sqrt(4000)
 
 
-def test_calibration_lowers_the_held_out_denoising_loss_of_digits_gmm_by_about_eta_squared():
-    # Pang et al. (arXiv 2302.10688, Sec. 4): E|eps_hat - eta - eps|^2 = E|eps_hat - eps|^2 - |eta|^2.
-    # digits-gmm is exact for its mixture, not for the digits, so on the digits its eps has a mean.
-    model = fewstep.load_model("digits-gmm")
-    train = digits_data("train")[0].reshape(-1, 1, 8, 8).double()
-    held = digits_data("heldout")[0].reshape(-1, 1, 8, 8).double()
-    sigma = 0.3
-    table = calibrate(model, train, [sigma], repeats=2, seed=0)
-    g = torch.Generator().manual_seed(5)
-    x = held + sigma * (eps := torch.randn(held.shape, generator=g, dtype=torch.float64))
-    loss = lambda den: ((x - den(x, sigma)) / sigma - eps).square().sum(dim=(1, 2, 3)).mean()  # noqa: E731
-    gain = float(loss(model) - loss(Calibrated(model, table)))
+def test_calibration_lowers_the_held_out_denoising_loss_by_eta_squared():
+    # Pang et al. (arXiv 2302.10688, Sec. 4): E|eps_hat - eta - eps|^2 = E|eps_hat - eps|^2 - |eta|^2. The
+    # bundled nets come out calibrated (|eta|^2 is at the Monte Carlo floor; see docs/benchmarks.md), so
+    # digits-cond's eps gets a known mean offset here, and calibration on the train split must remove it.
+    model = fewstep.load_model("digits-cond")
+    offset = 0.4 * torch.linspace(-1, 1, 64).reshape(1, 8, 8)
+
+    class Offset(Wrapper):  # eps_hat + offset, i.e. D - sigma offset
+        tag = "offset"
+
+        def denoise(self, x, sigma, cond):
+            return self.model(x, sigma, cond) - bcast(sigma, x) * offset
+
+    biased = Offset(model)
+    sigma = 0.5
+    with torch.no_grad():
+        table = calibrate(biased, digits_data("train")[0].reshape(-1, 1, 8, 8), [sigma], seed=0)
+        held = digits_data("heldout")[0].reshape(-1, 1, 8, 8)
+        eps = torch.randn(held.shape, generator=torch.Generator().manual_seed(5))
+        x = held + sigma * eps
+        loss = lambda den: float(((x - den(x, sigma)) / sigma - eps).square().sum(dim=(1, 2, 3)).mean())  # noqa: E731
+        gain = loss(biased) - loss(Calibrated(biased, table))
     eta_sq = float(table.eta.double().square().sum())
-    assert gain > 0 and 0.5 * eta_sq < gain < 1.5 * eta_sq
+    assert eta_sq == pytest.approx(float(offset.square().sum()), rel=0.15)
+    assert gain == pytest.approx(eta_sq, rel=0.25)
 
 
 def _ztsnr_v_model(gauss: Gauss, process: VPDiscrete) -> ModelDenoiser:

@@ -76,18 +76,20 @@ class CADS:
             raise ValueError(f"CADS psi must lie in [0, 1]; got {self.psi}")
 
     def gamma(self, t: Tensor) -> Tensor:
-        return ((self.tau2 - t) / (self.tau2 - self.tau1)).clamp(0, 1)
+        """``gamma(t)`` in float64 (so that ``t = tau1`` gives exactly 1)."""
+        return ((self.tau2 - t.double()) / (self.tau2 - self.tau1)).clamp(0, 1)
 
     def apply(self, y: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """The annealed embedding for ``y`` ``[B, ...]`` at times ``t`` ``[B]`` with ``noise`` like ``y``."""
-        g = bcast(self.gamma(t).to(y.dtype), y)
+        g64 = bcast(self.gamma(t), y)
+        g = g64.to(y.dtype)
         y_hat = g.sqrt() * y + self.noise_scale * (1 - g).sqrt() * noise
         if self.psi > 0:
             dims = tuple(range(1, y.ndim))
             y_r = (y_hat - y_hat.mean(dims, keepdim=True)) / y_hat.std(dims, keepdim=True)
             y_r = y_r * y.std(dims, keepdim=True) + y.mean(dims, keepdim=True)
             y_hat = self.psi * y_r + (1 - self.psi) * y_hat
-        return torch.where(g == 1, y, y_hat)  # exactly the clean condition before the annealing starts
+        return torch.where(g64 == 1, y, y_hat)  # exactly the clean condition before the annealing starts
 
 
 def _per_sample_noise(seeds: Sequence[int], sigma: Tensor, shape: tuple[int, ...], like: Tensor) -> Tensor:
@@ -182,7 +184,7 @@ class CFG(Wrapper):
             idx = annealed.nonzero().flatten()
             noise[idx] = _per_sample_noise([seeds[i] for i in idx.tolist()], sigma[idx], tuple(y.shape[1:]), y)
         null = self.model.embed(_batched(self.uncond["class_labels"], B, "class_labels"))
-        return {"class_embedding": self.cads.apply(y, t.to(y.dtype), noise)}, {"class_embedding": null}
+        return {"class_embedding": self.cads.apply(y, t, noise)}, {"class_embedding": null}
 
     def denoise(self, x, sigma, cond):
         if not cond:

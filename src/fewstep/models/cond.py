@@ -41,7 +41,7 @@ SIGMA_DATA = 0.5
 CONFIG = UNetConfig(channels=(32, 64, 64), time_scale=250.0)  # c_noise = log(sigma)/4, as digits-edm
 WEIGHTS = Path(__file__).resolve().parent / "data" / "digits_cond.safetensors"
 # SHA-256 of WEIGHTS, as printed by scripts/train_digits_cond.py.
-SHA256 = ""
+SHA256 = "7b4ec4c92a5db3ce0e60e70c190ee68c235ee73904a3102d39dcbbb28e1b8137"
 
 
 class CondDigitsUNet(DigitsUNet):
