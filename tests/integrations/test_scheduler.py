@@ -133,6 +133,24 @@ def test_changed_sample_inside_a_heun_step_is_an_error():
         sch.step(model(x, sch.timesteps[1]), sch.timesteps[1], x + 1)
 
 
+def test_solver_errors_reach_the_pipeline_and_abandoned_runs_end():
+    cfg = dict(SD, prediction_type="epsilon")
+    model = stand_in(cfg)
+    sch = FewstepScheduler.from_config(cfg, solver="unipc", schedule="karras")
+    sch.set_timesteps(4)
+    x = NOISE * sch.init_noise_sigma
+    x = sch.step(model(x, sch.timesteps[0]), sch.timesteps[0], x).prev_sample
+    with pytest.raises(FloatingPointError, match="NaN or Inf at step 1"):  # raised in the solver's thread
+        sch.step(torch.full_like(x, math.nan), sch.timesteps[1], x)
+    sch.set_timesteps(4)
+    x = NOISE * sch.init_noise_sigma
+    sch.step(model(x, sch.timesteps[0]), sch.timesteps[0], x)
+    worker = sch._run._thread
+    sch.set_timesteps(4)  # abandons the half-finished run
+    worker.join(timeout=10)
+    assert not worker.is_alive()
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="deterministic"):
         stochastic = next((n for n, i in SOLVERS.items() if i.stochastic), None)

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from fewstep.diffusion.adapters import _module_dtype
 from fewstep.diffusion.conversions import from_x0, to_x0
 from fewstep.diffusion.denoiser import Denoiser, bcast
 from fewstep.diffusion.processes import Flow, NoiseProcess, VPDiscrete
@@ -123,11 +124,14 @@ class DiffusersSpec:
         one = torch.ones((), dtype=like.dtype, device=like.device)
         return -one, one  # d/dt of (1 - t, t): the model's velocity is in the shifted time t
 
-    def to_x0(self, out: Tensor, xt: Tensor, sigma: Tensor) -> Tensor:
-        """``D`` from a model output at the model-space state ``xt``, then ``clip_sample`` / thresholding."""
+    def check_sigma(self, sigma: Tensor) -> None:
         if self.prediction == "eps" and torch.isinf(sigma).any():
             raise ValueError("an epsilon-prediction model cannot denoise at sigma = inf (zero terminal SNR): its "
                              "output carries no information about x0 there; use v_prediction or a finite sigma_max")
+
+    def to_x0(self, out: Tensor, xt: Tensor, sigma: Tensor) -> Tensor:
+        """``D`` from a model output at the model-space state ``xt``, then ``clip_sample`` / thresholding."""
+        self.check_sigma(sigma)
         a, b = self.coeffs(sigma, xt)
         x0 = to_x0(self.prediction, out, xt, a, b, *self._derivatives(xt))
         if self.clip is not None:
@@ -235,14 +239,8 @@ def call_model(model: Callable[..., Any], xt: Tensor, timestep: Tensor, cond: Ma
 
 
 def _model_dtype(model: Any) -> torch.dtype | None:
-    dtype = getattr(model, "dtype", None)
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    params = getattr(model, "parameters", None)
-    if callable(params):
-        for p in params():
-            return p.dtype
-    return None
+    dtype = getattr(model, "dtype", None)  # diffusers models have one; plain callables may not
+    return dtype if isinstance(dtype, torch.dtype) else _module_dtype(model)
 
 
 class DiffusersDenoiser(Denoiser):
@@ -262,8 +260,7 @@ class DiffusersDenoiser(Denoiser):
         self.model_dtype = model_dtype or _model_dtype(model)
 
     def denoise(self, x: Tensor, sigma: Tensor, cond: Mapping[str, Any] | None) -> Tensor:
-        if self.prediction == "eps" and torch.isinf(sigma).any():
-            self.spec.to_x0(x, x, sigma)  # raises the zero-terminal-SNR error before calling the model
+        self.spec.check_sigma(sigma)  # before calling the model
         xt = self.spec.model_input(x, sigma)
         t = self.spec.model_time(sigma)
         if self.timestep_fn is not None:

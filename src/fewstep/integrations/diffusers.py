@@ -189,8 +189,12 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
             xt = self._xt
         if self._request.sigma != ev.sigma:
             raise RuntimeError(f"the solver asked for sigma = {self._request.sigma}, the plan for {ev.sigma}")
-        denoised = self._spec.to_x0(model_output.to(dtype), xt, sigma)
-        result = self._run.send(denoised)
+        try:
+            denoised = self._spec.to_x0(model_output.to(dtype), xt, sigma)
+            result = self._run.send(denoised)
+        except BaseException:
+            self._reset_run()  # a NaN model output (ModelOutputError) or a bad value ends this run
+            raise
         self._step_index += 1
         if isinstance(result, Request):
             self._request = result
