@@ -11,6 +11,7 @@ import fewstep
 from fewstep.diffusion.denoiser import CountingDenoiser
 from fewstep.diffusion.from_diffusers import from_diffusers, spec_from_config
 from fewstep.diffusion.sampling import solve
+from fewstep.diffusion.schedules import list_schedules
 from fewstep.diffusion.solvers import SOLVERS
 from fewstep.models.exact import Gauss
 
@@ -56,6 +57,20 @@ def test_every_solver_matches_fewstep_sample(solver):
                              schedule_options=options, noise=NOISE, float64=True)
         assert counted.calls == len(sch.timesteps) and sch.order == SOLVERS[solver].evals_per_step
         torch.testing.assert_close(out, ref, rtol=1e-7, atol=1e-7)
+
+
+@pytest.mark.parametrize("schedule", sorted(list_schedules()))
+def test_every_schedule_matches_fewstep_sample(schedule):
+    cfg = dict(SD, prediction_type="epsilon")
+    model = stand_in(cfg)
+    options = {"sigmas": [14.0, 5.0, 1.0, 0.3, 0.05, 0.0]} if schedule == "explicit" else {}
+    if schedule == "discrete":
+        options = {"spacing": "trailing"}
+    sch = FewstepScheduler.from_config(cfg, solver="unipc", schedule=schedule, schedule_options=options, float64=True)
+    out = run_loop(sch, model, NOISE, num_inference_steps=5)
+    ref = fewstep.sample(from_diffusers(model, cfg, shape=(4,)), solver="unipc", nfe=5, schedule=schedule,
+                         schedule_options=options, noise=NOISE, float64=True)
+    torch.testing.assert_close(out, ref, rtol=1e-7, atol=1e-7)
 
 
 def test_flow_config_zero_terminal_snr_and_custom_sigmas():

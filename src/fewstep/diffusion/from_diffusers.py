@@ -266,7 +266,8 @@ class DiffusersDenoiser(Denoiser):
         if self.timestep_fn is not None:
             t = self.timestep_fn(t)
         dtype = self.model_dtype or x.dtype
-        out = call_model(self.model, xt.to(dtype), t.to(device=x.device, dtype=dtype), cond).to(x.dtype)
+        t_dtype = torch.float64 if dtype == torch.float64 else torch.float32  # as pipelines pass timesteps
+        out = call_model(self.model, xt.to(dtype), t.to(device=x.device, dtype=t_dtype), cond).to(x.dtype)
         return self.spec.to_x0(out, xt, sigma)
 
     def identity(self) -> dict[str, Any]:
