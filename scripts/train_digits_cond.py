@@ -99,7 +99,8 @@ def train(steps: int, batch: int, seed: int) -> tuple[dict[str, torch.Tensor], f
         if step >= steps - max(1, steps // 10):
             tail.append(loss.item())
         if (step + 1) % max(1, steps // 10) == 0:
-            print(f"  step {step + 1}/{steps}  loss {loss.item():.4f}  {time.perf_counter() - start:.0f} s", flush=True)
+            seconds = time.perf_counter() - start
+            print(f"  step {step + 1}/{steps}  loss {loss.item():.4f}  {seconds:.0f} s", flush=True)
     return ema, sum(tail) / len(tail), time.perf_counter() - start
 
 

@@ -186,8 +186,8 @@ def test_time_shift_ddim_reduces_to_ddim_without_shifts_and_shifts_per_sample(ga
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda m: EpsScaling(m, 0.0), "positive finite"),
-    (lambda m: EpsScaling(m, math.nan), "positive finite"),
+    (lambda m: EpsScaling(m, 0.0), r"scale \(lambda, or a callable of sigma\) must be a finite number > 0"),
+    (lambda m: EpsScaling(m, math.nan), "finite number > 0"),
     (lambda m: DynamicThreshold(m, percentile=1.5), r"percentile must lie in \(0, 1\]"),
     (lambda m: DynamicThreshold(m, max_value=-1.0), "max_value must be"),
     (lambda m: CalibrationTable(torch.tensor([1.0, 0.5]), torch.zeros(2, 6)), "strictly increasing"),

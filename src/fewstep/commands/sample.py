@@ -62,7 +62,8 @@ def run(args) -> int:
         sample = functools.partial(sample, recipe=recipe, force=args.force)
     get_solver(args.solver)
     model = CountingDenoiser(load_model(args.model))
-    denoiser, cond_for = cli_conditioning(model, seeds, args.class_labels, args.cfg, args.cads, args.guidance_interval)
+    denoiser, cond_for = cli_conditioning(model, seeds, args.class_labels, args.cfg, args.cads,
+                                          args.guidance_interval)
     t0 = time.perf_counter()
     calls_per_batch = []
 
@@ -78,8 +79,8 @@ def run(args) -> int:
         return 0
     images = x.reshape(len(seeds), *(model.shape or x.shape[1:]))
     np.savez_compressed(npz, samples=images.numpy(), seeds=np.asarray(seeds), model=args.model,
-                        solver=args.solver, nfe=calls_per_batch[0],
-                        **({} if args.class_labels is None else {"class_labels": cond_for(seeds)["class_labels"].numpy()}))
+                        solver=args.solver, nfe=calls_per_batch[0], **({} if args.class_labels is None else
+                                                                       {"class_labels": cond_for(seeds)["class_labels"]}))
     if images.ndim == 4:
         save_grid(images, png)
     else:

@@ -28,10 +28,19 @@ from fewstep.diffusion.denoiser import Denoiser, bcast
 from fewstep.diffusion.processes import NoiseProcess, VPDiscrete, rescale_zero_terminal_snr
 from fewstep.diffusion.solvers._core import ddim_step, emit, register
 
-__all__ = ["Wrapper", "EpsScaling", "DynamicThreshold", "CalibrationTable", "Calibrated", "calibrate",
+__all__ = ["check_number", "Wrapper", "EpsScaling", "DynamicThreshold", "CalibrationTable", "Calibrated", "calibrate",
            "zero_terminal_snr", "ddim_time_shift"]
 
 Tensor = torch.Tensor
+
+
+def check_number(what: str, value: Any, low: float = 0.0, strict: bool = True) -> float:
+    """``value`` as a float, finite and ``> low`` (``>= low`` unless ``strict``); else a ValueError naming it."""
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+          and (value > low if strict else value >= low))
+    if not ok:
+        raise ValueError(f"{what} must be a finite number {'>' if strict else '>='} {low:g}; got {value!r}")
+    return float(value)
 
 
 class Wrapper(Denoiser):
@@ -84,11 +93,7 @@ class EpsScaling(Wrapper):
 
     def __init__(self, model: Denoiser, scale: float | Callable[[Tensor], Tensor]):
         super().__init__(model)
-        if not callable(scale):
-            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
-                raise ValueError(f"scale (lambda) must be a positive finite number or a callable of sigma; got {scale!r}")
-            scale = float(scale)
-        self.scale = scale
+        self.scale = scale if callable(scale) else check_number("scale (lambda, or a callable of sigma)", scale)
 
     def settings(self):
         return {"scale": self.scale if isinstance(self.scale, float) else repr(self.scale)}
@@ -119,9 +124,7 @@ class DynamicThreshold(Wrapper):
         super().__init__(model)
         if not 0 < percentile <= 1:
             raise ValueError(f"percentile must lie in (0, 1]; got {percentile!r}")
-        if not (math.isfinite(max_value) and max_value > 0):
-            raise ValueError(f"max_value must be a positive finite number; got {max_value!r}")
-        self.percentile, self.max_value = float(percentile), float(max_value)
+        self.percentile, self.max_value = float(percentile), check_number("max_value", max_value)
 
     def settings(self):
         return {"percentile": self.percentile, "max_value": self.max_value}
@@ -155,7 +158,7 @@ class CalibrationTable:
 
     def __post_init__(self):
         s = torch.as_tensor(self.sigmas, dtype=torch.float64).flatten()
-        if s.numel() < 1 or not bool(torch.isfinite(s).all()) or bool((s <= 0).any()) or bool((s[1:] <= s[:-1]).any()):
+        if s.numel() < 1 or not bool(torch.isfinite(s).all()) or bool((s <= 0).any()) or bool((s.diff() <= 0).any()):
             raise ValueError(f"calibration sigmas must be positive, finite and strictly increasing; got {s.tolist()}")
         eta = torch.as_tensor(self.eta, dtype=torch.float32)
         if eta.ndim < 2 or eta.shape[0] != s.numel():
@@ -164,7 +167,7 @@ class CalibrationTable:
         object.__setattr__(self, "eta", eta)
 
     def at(self, sigma: Tensor) -> Tensor:
-        """``eta`` at each sigma ``[B]``, linear in log sigma between rows, constant beyond the ends: ``[B, *shape]``."""
+        """``eta`` ``[B, *shape]`` at sigmas ``[B]``: linear in log sigma between rows, constant beyond the ends."""
         if self.sigmas.numel() == 1:
             return self.eta[0].expand(sigma.shape[0], *self.eta.shape[1:])
         ls = self.sigmas.log()

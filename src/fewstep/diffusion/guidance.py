@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import torch
 
-from fewstep.diffusion.corrections import Wrapper
+from fewstep.diffusion.corrections import Wrapper, check_number
 from fewstep.diffusion.denoiser import Denoiser, bcast
 
 __all__ = ["CADS", "CFG", "unit_time"]
@@ -135,8 +135,7 @@ class CFG(Wrapper):
                  interval: tuple[float, float] | None = None, rescale: float = 0.0,
                  rescale_space: Literal["eps", "x0"] = "eps", cads: CADS | None = None):
         super().__init__(model)
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale >= 0):
-            raise ValueError(f"the guidance scale must be a finite number >= 0; got {scale!r}")
+        scale = check_number("the guidance scale", scale, strict=False)
         if uncond is None:
             if getattr(model, "null_class", None) is None:
                 raise ValueError(f"{model.name} has no null_class; pass uncond={{...}}, the model keywords of its "
@@ -155,7 +154,7 @@ class CFG(Wrapper):
             raise TypeError(f"cads must be a CADS(...) schedule or None; got {type(cads).__name__}")
         if cads is not None and not callable(getattr(model, "embed", None)):
             raise ValueError(f"CADS adds noise to the condition embedding, but {model.name} exposes no embed(labels)")
-        self.scale, self.uncond, self.interval = float(scale), dict(uncond), interval
+        self.scale, self.uncond, self.interval = scale, dict(uncond), interval
         self.rescale, self.rescale_space, self.cads = float(rescale), rescale_space, cads
 
     def settings(self):
@@ -188,7 +187,8 @@ class CFG(Wrapper):
 
     def denoise(self, x, sigma, cond):
         if not cond:
-            raise ValueError("CFG needs the condition: call it with cond={'class_labels': ...} (or the model's keywords)")
+            raise ValueError("CFG needs the condition: call it with cond={'class_labels': ...} "
+                             "(or the model's own keywords)")
         cond = dict(cond)
         seeds = cond.pop(SEEDS_KEY, None)
         if self.cads is not None:
@@ -196,7 +196,8 @@ class CFG(Wrapper):
         else:
             uncond = self.uncond
         if set(cond) != set(uncond):
-            raise ValueError(f"cond and uncond must hold the same keys to be batched; got {sorted(cond)} and {sorted(uncond)}")
+            raise ValueError(f"cond and uncond must hold the same keys to be batched; got {sorted(cond)} "
+                             f"and {sorted(uncond)}")
         on = self.guided(sigma)
         if not on.any():
             return self.model(x, sigma, cond)
@@ -233,7 +234,8 @@ def _parse_classes(text: str, num_classes: int) -> list[int]:
             a, _, b = part.strip().partition("-")
             classes.extend(range(int(a), int(b or a) + 1))
         except ValueError:
-            raise ValueError(f"bad --class {text!r}: write one class like 3, a range like 0-9, or a list like 1,4,7") from None
+            raise ValueError(f"bad --class {text!r}: write one class like 3, a range like 0-9, "
+                             "or a list like 1,4,7") from None
     if not classes or min(classes) < 0 or max(classes) >= num_classes:
         raise ValueError(f"--class {text!r} must name classes in 0..{num_classes - 1}")
     return classes
@@ -248,7 +250,8 @@ def cli_conditioning(model: Denoiser, seeds: Sequence[int], classes: str | None,
             raise ValueError("--cfg, --cads and --guidance-interval need --class")
         return model, lambda ids: None
     if getattr(model, "null_class", None) is None:
-        raise ValueError(f"--class needs a class-conditional model such as digits-cond; {model.name} is unconditional")
+        raise ValueError(f"--class needs a class-conditional model such as digits-cond; "
+                         f"{model.name} is unconditional")
     labels = _parse_classes(classes, int(model.num_classes))
     label_of = {int(s): labels[i % len(labels)] for i, s in enumerate(seeds)}
     span = None
