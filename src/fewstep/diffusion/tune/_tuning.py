@@ -74,6 +74,12 @@ class Predictor:
         self.ref = reference_samples(model, self.seeds, sigma_max=start_sigma(model))[0]
         self.calls = 0
 
+    def head(self, n: int) -> Predictor:
+        """The same predictor on the first ``n`` seeds only (the references are shared, not recomputed)."""
+        out = object.__new__(Predictor)
+        out.model, out.seeds, out.noise, out.ref, out.calls = self.model, self.seeds[:n], self.noise[:n], self.ref[:n], 0
+        return out
+
     def samples(self, sigmas: Any, solver: str, options: Mapping[str, Any] | None = None) -> torch.Tensor:
         sigmas = check_sigmas(sigmas)
         with torch.no_grad():

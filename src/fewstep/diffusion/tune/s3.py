@@ -197,12 +197,13 @@ def tune(model, *, solver: str = "unipc", nfe: int = 10, seeds: Sequence[int] = 
     seeds = T.seed_list(seeds, "seeds")
     ints = {"batch": batch, "population": population, "generations": generations, "children": children,
             "elite": elite, "refine_sweeps": refine_sweeps, "finalists": finalists}
-    bad = {k: v for k, v in ints.items() if not isinstance(v, int) or v < (0 if k in ("generations", "refine_sweeps")
-                                                                          else 1)}
+    least = {"generations": 0, "refine_sweeps": 0}
+    bad = {k: v for k, v in ints.items() if isinstance(v, bool) or not isinstance(v, int) or v < least.get(k, 1)}
     if bad:
         raise ValueError(f"S3 search sizes must be positive integers (generations, refine_sweeps may be 0); got {bad}")
     s_max, s_min = T.start_sigma(model), float(model.sigma_min)
-    search = Search(T.Predictor(model, seeds[:batch]), nfe, s_max, s_min, random.Random(seed))
+    full = T.Predictor(model, seeds)
+    search = Search(full.head(batch), nfe, s_max, s_min, random.Random(seed))
     with T.progress_bar(population + generations + refine_sweeps * (n_steps + 1), "s3", progress) as bar:
         start = search.seeds(population)
         for c in start:
@@ -210,9 +211,9 @@ def tune(model, *, solver: str = "unipc", nfe: int = 10, seeds: Sequence[int] = 
             bar.update()
         pop = evolve(search, start, generations, children, elite, bar)
         pop = sorted(set([search.refine(pop[0], refine_sweeps, bar=bar)] + pop), key=search.score)
-    full = T.Predictor(model, seeds) if len(seeds) > batch else None
-    ranked = sorted(pop[:finalists], key=lambda c: full(list(c.sigmas), "usf", search.options(c))) if full else pop
-    best = ranked[0]
+    if len(seeds) > batch:  # re-rank the finalists on every tuning seed
+        pop = sorted(pop[:finalists], key=lambda c: full(list(c.sigmas), "usf", search.options(c)))
+    best = pop[0]
     untuned = min(search.score(c) for c in start[:5])  # hand-made plans on the rho = 7 Karras grid
     objective = {"name": "rmse_ref on tuning seeds", "initial": untuned, "final": search.score(best),
                  "evaluations": len(search.cache), "note": "initial: the best hand-made usf plan on a Karras grid"}
