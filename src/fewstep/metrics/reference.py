@@ -1,6 +1,9 @@
 """``rmse_ref``: distance to a high-accuracy reference solution of the same ODE from the same noise.
 
-References come from the adaptive float64 solver in ``fewstep.diffusion.reference``. Each is
+References come from the adaptive float64 solver in ``fewstep.diffusion.reference``, integrated
+from the start sigma down to the model's ``sigma_min`` and closed by ``x = D(x, sigma_min)``: the
+same final step every grid ending in 0 takes, so ``rmse_ref`` measures the discretisation error
+on the model's own range (a trained net is never asked about sigmas below what it learned). Each is
 computed twice, at ``rtol`` and ``rtol / 2``; the difference (the tolerance check) is stored with
 it. They are cached on disk, keyed by the model's identity, the seeds and the sigma range, under
 ``$FEWSTEP_CACHE`` (default ``~/.cache/fewstep``).
@@ -38,15 +41,16 @@ def reference_samples(model, seeds: Sequence[int], *, sigma_max: float | None = 
     tolerance check: the RMS difference between solutions at ``rtol`` and ``rtol / 2``."""
     top = float(model.sigma_max if sigma_max is None else sigma_max)
     seeds = [int(s) for s in seeds]
-    key = hashlib.sha256(json.dumps([model_hash(model), seeds, top, rtol]).encode()).hexdigest()[:24]
+    key = hashlib.sha256(json.dumps([model_hash(model), seeds, top, float(model.sigma_min), rtol]).encode()).hexdigest()[:24]
     path = cache_dir() / "reference" / f"{key}.pt"
     if use_cache and path.exists():
         blob = torch.load(path, weights_only=True)
         return blob["x"], float(blob["tol_check"])
     noise = seeded_noise(seeds, model.shape, dtype=torch.float64)
     x_T = noise if math.isinf(top) else top * noise
-    ref = reference_solution(model, x_T, top, rtol=rtol, atol=rtol * 1e-2)
-    half = reference_solution(model, x_T, top, rtol=rtol / 2, atol=rtol * 5e-3)
+    end = float(model.sigma_min)
+    ref = reference_solution(model, x_T, top, rtol=rtol, atol=rtol * 1e-2, sigma_end=end)
+    half = reference_solution(model, x_T, top, rtol=rtol / 2, atol=rtol * 5e-3, sigma_end=end)
     tol_check = float((ref - half).pow(2).mean().sqrt())
     if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
