@@ -77,7 +77,8 @@ class Predictor:
     def head(self, n: int) -> Predictor:
         """The same predictor on the first ``n`` seeds only (the references are shared, not recomputed)."""
         out = object.__new__(Predictor)
-        out.model, out.seeds, out.noise, out.ref, out.calls = self.model, self.seeds[:n], self.noise[:n], self.ref[:n], 0
+        out.model, out.seeds, out.calls = self.model, self.seeds[:n], 0
+        out.noise, out.ref = self.noise[:n], self.ref[:n]
         return out
 
     def samples(self, sigmas: Any, solver: str, options: Mapping[str, Any] | None = None) -> torch.Tensor:
