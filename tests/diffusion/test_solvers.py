@@ -44,6 +44,7 @@ ORDER_CASES = [
     ("dpm_solver_v3", {"corrector": False, "lower_order_final": False}, karras, 3),
     ("dpm_solver_v3", {"order": 2, "corrector": False, "lower_order_final": False}, karras, 2),
     ("unipc_dc", {"lower_order_final": False}, karras, 3), ("dpmpp_2m_dc", {"lower_order_final": False}, karras, 2),
+    ("ipndm_dc", {}, karras, 2),
     ("iia_ddim", {}, karras, 1), ("iia_dpmpp_2m", {}, karras, 2), ("iia_heun", {}, karras, 2),
     ("usf", {}, karras, 3),
 ]

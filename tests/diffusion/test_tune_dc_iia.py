@@ -33,7 +33,7 @@ def _setup(tmp_path_factory):
 def test_without_fitted_options_they_are_their_base_solvers():
     x = 80 * torch.randn(16, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     s = karras(7, 0.002, 80.0).tolist() + [0.0]
-    for tuned, base in [("unipc_dc", "unipc"), ("dpmpp_2m_dc", "dpmpp_2m"), ("iia_ddim", "ddim"),
+    for tuned, base in [("unipc_dc", "unipc"), ("dpmpp_2m_dc", "dpmpp_2m"), ("ipndm_dc", "ipndm"), ("iia_ddim", "ddim"),
                         ("iia_dpmpp_2m", "dpmpp_2m"), ("iia_heun", "heun")]:
         torch.testing.assert_close(solve(MODEL, x, s, tuned), solve(MODEL, x, s, base), rtol=1e-12, atol=1e-12)
     ones = [1.0] * 7

@@ -71,7 +71,15 @@ class EMS:
         self.lam, self.l, self.s, self.b = grid.contiguous(), arrays["l"], arrays["s"], arrays["b"]
         self.meta = {str(k): str(v) for k, v in (meta or {}).items()}
         self.dlam = float(grid[-1] - grid[0]) / (grid.numel() - 1)
-        self._cum_l, self._cum_s = self._cumulative(self.l), self._cumulative(self.s)
+        # numpy views for the step coefficients (many tiny arrays), with the exact cumulative integrals
+        # of the piecewise-linear l and s at the grid nodes, and a cache of step coefficients
+        self._arr = {k: getattr(self, k).numpy() for k in ("lam", "l", "s", "b")}
+        for k in ("l", "s"):
+            v = self._arr[k]
+            self._arr["cum_" + k] = np.concatenate([np.zeros((1, v.shape[1])),
+                                                    np.cumsum(0.5 * self.dlam * (v[1:] + v[:-1]), 0)])
+        self._has_b = bool(np.any(self._arr["b"] != 0))
+        self._cache: dict = {}
 
     # -- construction and storage ----------------------------------------------------------------
 
@@ -109,21 +117,10 @@ class EMS:
         """The arrays as nested lists (for small EMS stored inline in a recipe)."""
         return {"lambda": self.lam.tolist(), "l": self.l.tolist(), "s": self.s.tolist(), "b": self.b.tolist()}
 
-    # -- piecewise-linear statistics and their integrals (numpy: many tiny arrays) ------------------
-
-    def _cumulative(self, v: Tensor) -> Tensor:
-        return torch.cat([v.new_zeros(1, v.shape[1]), torch.cumsum(0.5 * self.dlam * (v[1:] + v[:-1]), 0)])
-
-    def _np(self):
-        if not hasattr(self, "_arr"):
-            self._arr = {k: getattr(self, k).numpy() for k in ("lam", "l", "s", "b")}
-            self._arr["cum_l"], self._arr["cum_s"] = self._cum_l.numpy(), self._cum_s.numpy()
-            self._has_b = bool(np.any(self._arr["b"] != 0))
-            self._cache: dict = {}
-        return self._arr
+    # -- piecewise-linear statistics and their integrals ---------------------------------------------
 
     def _cell(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        grid = self._np()["lam"]
+        grid = self._arr["lam"]
         lo, hi = float(grid[0]), float(grid[-1])
         tol = 1e-9 * (1.0 + abs(lo) + abs(hi))
         if q.min() < lo - tol or q.max() > hi + tol:
@@ -136,13 +133,13 @@ class EMS:
 
     def value(self, name: str, q: np.ndarray) -> np.ndarray:
         """``l``, ``s`` or ``b`` at the points ``q`` ``[Q]`` -> ``[Q, D]``."""
-        v = self._np()[name]
+        v = self._arr[name]
         k, u = self._cell(np.asarray(q, dtype=np.float64))
         return v[k] + (v[k + 1] - v[k]) * (u / self.dlam)[:, None]
 
     def _LS(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``L`` and ``S`` at ``q``: exact integrals of the piecewise-linear ``l`` and ``s``."""
-        a = self._np()
+        a = self._arr
         k, u = self._cell(q)
         return tuple(c[k] + v[k] * u[:, None] + (v[k + 1] - v[k]) * (u * u / (2 * self.dlam))[:, None]
                      for v, c in ((a["l"], a["cum_l"]), (a["s"], a["cum_s"])))
@@ -155,7 +152,7 @@ class EMS:
 
     def _breaks(self, a: float, b: float) -> np.ndarray:
         """``a < b`` split at the grid nodes, with no piece longer than ``_MAX_WIDTH``."""
-        grid = self._np()["lam"]
+        grid = self._arr["lam"]
         pts = [a, *grid[(grid > a) & (grid < b)].tolist(), b]
         out = [a]
         for p0, p1 in zip(pts[:-1], pts[1:]):
@@ -182,7 +179,6 @@ class EMS:
         Returns ``decay = e^{L_s - L_t}`` ``[D]``, ``J`` ``[n + 1, D]``, ``J_beta`` ``[D]``, and for the
         other points ``eS = e^{S_s - S_j}`` and ``beta`` ``[len(lam_others), D]``.
         """
-        self._np()
         key = (lam_s, lam_t, tuple(lam_others), n)
         if key in self._cache:
             return self._cache[key]

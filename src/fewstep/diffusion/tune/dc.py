@@ -21,12 +21,13 @@ from typing import Any
 import numpy as np
 
 from fewstep.diffusion.solvers._core import lam, register
+from fewstep.diffusion.solvers.adams import ipndm
 from fewstep.diffusion.solvers.dpm import dpmpp_2m
 from fewstep.diffusion.solvers.unipc import unipc
 
-__all__ = ["cpr_ratios", "fit_cpr", "fit_ratios", "tune", "unipc_dc", "dpmpp_2m_dc"]
+__all__ = ["cpr_ratios", "fit_cpr", "fit_ratios", "tune", "unipc_dc", "dpmpp_2m_dc", "ipndm_dc"]
 
-BASES = {"unipc_dc": "unipc", "dpmpp_2m_dc": "dpmpp_2m"}
+BASES = {"unipc_dc": "unipc", "dpmpp_2m_dc": "dpmpp_2m", "ipndm_dc": "ipndm"}
 _PAPER = "Zhao et al., DC-Solver, arXiv 2409.03755"
 
 
@@ -91,6 +92,15 @@ def dpmpp_2m_dc(D, x, sigmas, *, callback=None, lower_order_final: bool = True, 
     """DPM-Solver++(2M) with dynamic compensation (a predictor-only solver)."""
     comp = _Compensated(D, sigmas, _ratios(sigmas, dc_ratios, cpr, guidance_scale))
     return dpmpp_2m(comp, x, sigmas, callback=callback, lower_order_final=lower_order_final, solver_type=solver_type)
+
+
+@register("ipndm_dc", order=2, options={"order": 4, "dc_ratios": None, "cpr": None, "guidance_scale": 1.0},
+          paper=f"{_PAPER}, as a plug-in for iPNDM (arXiv 2204.13902)",
+          notes="fitted ratios from fewstep.diffusion.tune.dc; without them it is ipndm")
+def ipndm_dc(D, x, sigmas, *, callback=None, order: int = 4, dc_ratios=None, cpr=None, guidance_scale: float = 1.0):
+    """iPNDM with dynamic compensation (a predictor-only solver)."""
+    comp = _Compensated(D, sigmas, _ratios(sigmas, dc_ratios, cpr, guidance_scale))
+    return ipndm(comp, x, sigmas, callback=callback, order=order)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -218,7 +228,7 @@ def tune(model, *, solver: str = "unipc_dc", nfe: int, seeds=range(100_000, 100_
     """Fit DC ratios for ``solver`` at ``nfe`` on the first ``trajectories`` tuning seeds (about 10, as
     in the paper) against adaptive reference states (``fit_rtol``) at every grid point.
 
-    ``solver`` is ``unipc_dc`` or ``dpmpp_2m_dc`` (``unipc`` and ``dpmpp_2m`` name them too);
+    ``solver`` is ``unipc_dc``, ``dpmpp_2m_dc`` or ``ipndm_dc`` (or their base solvers' names);
     ``solver_options`` are the base solver's (``order``, ``variant``, ...); ``sigmas`` replaces the
     ``schedule`` grid (for example a tuned schedule). With ``cpr_nfes`` the ratios are fitted at each
     of those NFEs, CPR is fitted to them, and the recipe stores the CPR coefficients, which predict

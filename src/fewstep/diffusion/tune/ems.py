@@ -31,7 +31,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,7 @@ CONFIGS = ({"order": 3}, {"order": 2}, {"order": 3, "corrector": False}, {"order
            {"order": 2, "corrector_pseudo": True})
 
 
-def compute_ems(model, *, data: str | torch.Tensor = "auto", n_samples: int = 1024, n_grid: int = 120,
+def compute_ems(model, *, data: str | torch.Tensor = "auto", n_samples: int = 512, n_grid: int = 60,
                 sigma_min: float | None = None, sigma_max: float | None = None, derivative: str = "fd",
                 fd_step: float = 1e-3, batch: int = 512, pooled: bool = False, seed: int = 0,
                 cond: Mapping[str, Any] | None = None, progress: bool = False) -> EMS:
@@ -189,33 +189,39 @@ def gauss_ems(model, lam: np.ndarray) -> EMS:
 
 def tune(model, *, solver: str = "dpm_solver_v3", nfe: int, seeds=T.TUNE_SEEDS, eval_seeds=T.EVAL_SEEDS,
          progress: bool = True, ems: EMS | str | Path | None = None, ems_path: str | Path | None = None,
-         schedule: str = "karras", sigmas=None, trajectories: int = 32, data: str = "auto", n_samples: int = 1024,
-         n_grid: int = 120, derivative: str = "fd", pooled: bool = False) -> Recipe:
-    """Compute (or reuse) EMS, pick the v3 configuration with the lowest error on the tuning seeds,
-    and record held-out quality.
+         schedules: Sequence[str] = ("karras", "logsnr"), sigmas=None, trajectories: int = 128, data: str = "auto",
+         n_samples: int = 512, n_grid: int = 60, derivative: str = "fd", pooled: bool = False) -> Recipe:
+    """Compute (or reuse) EMS, then pick the grid and v3 configuration with the lowest error on the
+    tuning seeds, and record held-out quality.
 
-    The configurations tried are ``CONFIGS`` (order 2/3, corrector, pseudo-orders), ranked by RMSE to
-    the reference on the first ``trajectories`` tuning seeds. The recipe's solver is always
-    ``dpm_solver_v3``; ``solver`` names the untuned sampler it is compared with on ``eval_seeds``
-    (``dpm_solver_v3`` itself: the same configuration on ``l = 1, s = b = 0``, i.e. DPM-Solver++).
+    Every schedule in ``schedules`` (or the explicit ``sigmas``, e.g. a tuned schedule) is tried with
+    every configuration in ``CONFIGS`` (order 2/3, corrector, pseudo-orders), ranked by RMSE to the
+    reference on the first ``trajectories`` tuning seeds. The recipe's solver is ``dpm_solver_v3``;
+    ``solver`` names the untuned sampler it is compared with on ``eval_seeds`` (on Karras; for
+    ``dpm_solver_v3`` itself the chosen configuration on ``l = 1, s = b = 0``, i.e. DPM-Solver++).
 
     Args:
         ems: precomputed statistics (an ``EMS`` or a path); otherwise ``compute_ems`` with ``data``,
-            ``n_samples``, ``n_grid``, ``derivative``, ``pooled`` over the grid's sigma range, cached
+            ``n_samples``, ``n_grid``, ``derivative``, ``pooled`` over the grids' sigma range, cached
             under ``$FEWSTEP_CACHE/ems`` so that other NFEs reuse it.
         ems_path: where to save the EMS; EMS of at most ``INLINE_LIMIT`` numbers are stored in the recipe.
-        sigmas: an explicit grid instead of ``schedule`` (for example a tuned schedule).
     """
     t0 = time.perf_counter()
     T.check_args(model, "dpm_solver_v3", nfe)
     T.check_args(model, solver, nfe)
     tune_seeds = M.trajectories(T.seed_list(seeds, "seeds"), trajectories)
     M.disjoint(tune_seeds, eval_seeds)
-    sigmas = M.grid(model, "dpm_solver_v3", nfe, schedule, sigmas=sigmas)
+    if sigmas is not None:
+        grids = {"explicit": M.grid(model, "dpm_solver_v3", nfe, sigmas=sigmas)}
+    else:
+        if isinstance(schedules, str) or not schedules:
+            raise ValueError(f"schedules must be a non-empty list of schedule names; got {schedules!r}")
+        grids = {s: M.grid(model, "dpm_solver_v3", nfe, s) for s in schedules}
+    lo = min(v for g in grids.values() for v in g if v > 0)
+    hi = max(g[0] for g in grids.values())
     if ems is None:
-        hi = sigmas[0] if math.isfinite(sigmas[0]) else sigmas[1]
         opts = {"data": data, "n_samples": n_samples, "n_grid": n_grid, "derivative": derivative, "pooled": pooled}
-        stats, cached = _cached(model, min(v for v in sigmas if v > 0), hi, progress, opts)
+        stats, cached = _cached(model, lo, hi, progress, opts)
     else:
         stats, cached = (ems, None) if isinstance(ems, EMS) else (EMS.load(ems), Path(ems))
     t_ems = time.perf_counter() - t0
@@ -225,15 +231,19 @@ def tune(model, *, solver: str = "dpm_solver_v3", nfe: int, seeds=T.TUNE_SEEDS, 
         ems_opt = stats.to_dict()
     else:
         ems_opt = str((cached or stats.save(_cache_path(model, repr(stats.to_dict())))).resolve())
-    ref = M.references(model, tune_seeds, sigmas[0])
-    errs = [M.rmse(M.run(model, tune_seeds, sigmas, "dpm_solver_v3", {"ems": stats, **c}), ref) for c in CONFIGS]
-    plain = [M.rmse(M.run(model, tune_seeds, sigmas, "dpm_solver_v3", c), ref) for c in CONFIGS]
-    best = dict(CONFIGS[int(np.argmin(errs))])
+    if any(abs(g[0] - hi) > 1e-9 * hi for g in grids.values()):
+        raise ValueError(f"the candidate schedules must start at the same sigma; got {[g[0] for g in grids.values()]}")
+    ref = M.references(model, tune_seeds, hi)
+    trials = [(name, dict(c)) for name in grids for c in CONFIGS]
+    errs = [M.rmse(M.run(model, tune_seeds, grids[name], "dpm_solver_v3", {"ems": stats, **c}), ref)
+            for name, c in trials]
+    name, best = trials[int(np.argmin(errs))]
     baseline = ("dpm_solver_v3", best) if solver == "dpm_solver_v3" else (solver, {})
-    objective = {"rmse_tune_seeds": {"configs": list(CONFIGS), "with_ems": errs, "without_ems": plain},
-                 "chosen": best, "ems_seconds": round(t_ems, 2), "ems_meta": stats.meta}
-    return T.make_recipe(model, "ems", "dpm_solver_v3", nfe, sigmas, t_start=t0, solver_options={"ems": ems_opt, **best},
-                         objective=objective, options={"schedule": schedule, "n_grid": stats.lam.numel() - 1},
+    objective = {"rmse_tune_seeds": [[n, c, e] for (n, c), e in zip(trials, errs)], "chosen": best,
+                 "schedule": name, "ems_seconds": round(t_ems, 2), "ems_meta": stats.meta}
+    return T.make_recipe(model, "ems", "dpm_solver_v3", nfe, grids[name], t_start=t0,
+                         solver_options={"ems": ems_opt, **best}, objective=objective,
+                         options={"schedules": list(grids), "n_grid": stats.lam.numel() - 1},
                          tune_seeds=tune_seeds, eval_seeds=eval_seeds, baseline=baseline)
 
 
