@@ -135,6 +135,16 @@ def train(name: str, steps: int, batch: int, seed: int) -> tuple[dict[str, torch
     return ema, sum(tail) / len(tail), time.perf_counter() - start
 
 
+def save_weights(state: dict[str, torch.Tensor], info: dict, path: Path) -> None:
+    """Write ``state`` as float16 safetensors with ``info`` as JSON under the one metadata key ``fewstep``.
+
+    One key, because safetensors writes several metadata keys in a random order, which would give
+    the same weights a different SHA-256 on every run.
+    """
+    tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in state.items()}
+    save_file(tensors, str(path), metadata={"fewstep": json.dumps(info, sort_keys=True)})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+", help=f"model names: {', '.join(trained.SPECS)}")
@@ -159,11 +169,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {count_parameters(trained.build_net(name))} parameters, {args.steps} steps of "
               f"{args.batch}, {args.threads} thread(s)", flush=True)
         ema, final_loss, seconds = train(name, args.steps, args.batch, args.seed)
-        meta = {"model": name, "config": json.dumps(spec.config.to_dict()), "steps": str(args.steps),
-                "batch": str(args.batch), "seed": str(args.seed), "final_loss": f"{final_loss:.5f}",
-                "threads": str(args.threads), "torch": torch.__version__}
+        info = {"model": name, "config": spec.config.to_dict(), "steps": args.steps, "batch": args.batch,
+                "seed": args.seed, "final_loss": round(final_loss, 5), "threads": args.threads,
+                "torch": torch.__version__}
         path = args.out / spec.file
-        save_file({k: v.to(torch.float16).contiguous() for k, v in ema.items()}, str(path), metadata=meta)
+        save_weights(ema, info, path)
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         print(f"{name}: final loss {final_loss:.4f} (mean of the last 10% of steps), {seconds:.1f} s")
         print(f'    "{spec.file}": "{digest}",  # {path.stat().st_size / 1e6:.2f} MB', flush=True)

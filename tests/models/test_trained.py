@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import struct
 import subprocess
 import sys
 
@@ -105,12 +106,11 @@ def test_a_corrupted_copy_is_refused(name, tmp_path, monkeypatch):
 def test_weights_trained_for_another_architecture_are_refused(tmp_path, monkeypatch):
     name = "digits-edm"
     blob = trained.weights_path(name).read_bytes()
-    (n,) = __import__("struct").unpack("<Q", blob[:8])
-    meta = json.loads(blob[8:8 + n])["__metadata__"]
-    config = json.loads(meta["config"])
-    config["time_scale"] = 1.0
-    meta["config"] = json.dumps(config)
-    forged = save(load_safetensors(blob), metadata=meta)
+    (n,) = struct.unpack("<Q", blob[:8])
+    info = json.loads(json.loads(blob[8:8 + n])["__metadata__"]["fewstep"])
+    assert info["model"] == name and info["config"] == trained.SPECS[name].config.to_dict()
+    info["config"]["time_scale"] = 1.0
+    forged = save(load_safetensors(blob), metadata={"fewstep": json.dumps(info)})
     (tmp_path / trained.SPECS[name].file).write_bytes(forged)
     monkeypatch.setattr(trained, "DATA_DIR", tmp_path)
     monkeypatch.setitem(trained.SHA256, trained.SPECS[name].file, hashlib.sha256(forged).hexdigest())

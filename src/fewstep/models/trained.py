@@ -74,9 +74,9 @@ SPECS: dict[str, TrainedSpec] = {
 
 # SHA-256 of each weights file, as printed by scripts/train_digits.py.
 SHA256: dict[str, str] = {
-    "digits_edm.safetensors": "c0bb9b1bcc19c0885e9d33b6c50d6f5590663af6b5dfbd81d762c3577b178411",
-    "digits_flow.safetensors": "91b54260e9c865e48acdbbc2a0fa2f7aaf9dcc4294325c5796bec9a60a635837",
-    "digits_vp_eps.safetensors": "66e4026c4f81c8aeeba2821a16d93150c3f32815e21f85a2a498056ba6c05e4d",
+    "digits_edm.safetensors": "1fb0bfbbd140a91009dea2e52e8558575ef249cf8a26fc01b33f7b85b547ba6f",
+    "digits_flow.safetensors": "92431149503d47360a741c63cc72984f775747f4f20b8d740ebaebc4a35c2c53",
+    "digits_vp_eps.safetensors": "d9e5fed136558037393453850cfc61dcead373006debf153f2abd77a6d9f6fb0",
 }
 
 
@@ -106,14 +106,19 @@ def wrap(name: str, net: torch.nn.Module) -> Denoiser:
     return ModelDenoiser(net, VPDiscrete.from_betas("linear"), "eps", shape=SHAPE, name=name)
 
 
-def _header_metadata(blob: bytes) -> dict[str, str]:
-    # safetensors layout: 8-byte little-endian header length, then a JSON header.
+def _header_info(blob: bytes) -> dict:
+    # safetensors layout: 8-byte little-endian header length, then a JSON header whose
+    # "__metadata__" holds the training script's record as JSON under the key "fewstep".
     (n,) = struct.unpack("<Q", blob[:8])
-    return json.loads(blob[8:8 + n]).get("__metadata__", {})
+    meta = json.loads(blob[8:8 + n]).get("__metadata__") or {}
+    return json.loads(meta.get("fewstep", "{}"))
 
 
-def read_weights(name: str, path: Path | None = None) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Verify the SHA-256 of the weights of ``name`` and return ``(float32 state dict, metadata)``.
+def read_weights(name: str, path: Path | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """Verify the SHA-256 of the weights of ``name`` and return ``(float32 state dict, training record)``.
+
+    The record is what ``scripts/train_digits.py`` stored: model, config, steps, batch, seed,
+    final loss, threads and torch version.
 
     The bytes are hashed and then parsed from memory, so what is loaded is exactly what was checked.
 
@@ -135,14 +140,14 @@ def read_weights(name: str, path: Path | None = None) -> tuple[dict[str, torch.T
         raise ChecksumError(f"SHA-256 mismatch for {path}: expected {expected}, got {actual}. The file is corrupt "
                             f"or was replaced; restore it from git or retrain with scripts/train_digits.py {name}")
     state = {k: v.float() for k, v in load_safetensors(blob).items()}
-    return state, _header_metadata(blob)
+    return state, _header_info(blob)
 
 
 def load_trained(name: str, device: str | torch.device = "cpu") -> Denoiser:
     """Load the bundled network ``name`` as a float32, frozen, eval-mode ``Denoiser`` on ``device``."""
     spec = _spec(name)
-    state, meta = read_weights(name)
-    stored = json.loads(meta.get("config", "null"))
+    state, info = read_weights(name)
+    stored = info.get("config")
     if stored != spec.config.to_dict():
         raise ValueError(f"the weights of {name!r} were trained with config {stored}, but the code builds "
                          f"{spec.config.to_dict()}; retrain with scripts/train_digits.py {name}")
