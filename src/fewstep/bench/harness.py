@@ -143,7 +143,8 @@ def run_bench(spec: BenchSpec, progress: bool = True, log: Callable[[str], None]
                     if main:
                         top = kw.get("sigma_max", model.sigma_max)
                         if "rmse_ref" in spec.metrics and top not in refs:
-                            refs[top], row_tol = reference_samples(model.inner, spec.seeds, sigma_max=top)
+                            refs[top], row_tol = reference_samples(model.inner, spec.seeds, sigma_max=top,
+                                                                   rtol=spec.extra.get("rtol", 1e-6))
                             log(f"reference for {model_name} from sigma {top:g}: tolerance check {row_tol:.2e}")
                         row.update(compute_metrics(spec.metrics, x, refs.get(top), data))
                         rows.append(row)

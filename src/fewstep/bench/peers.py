@@ -59,7 +59,7 @@ def peer_rows(spec, progress: bool = True) -> list[dict[str, Any]]:
             rows.append(row)
             continue
         if "rmse_ref" in spec.metrics and top not in refs:
-            refs[top] = reference_samples(model.inner, spec.seeds, sigma_max=top)[0]
+            refs[top] = reference_samples(model.inner, spec.seeds, sigma_max=top, rtol=spec.extra.get("rtol", 1e-6))[0]
         row.update(compute_metrics(spec.metrics, x.to(torch.float64), refs.get(top), data))
         rows.append(row)
     return rows
