@@ -39,7 +39,7 @@ SHARED_SCHEDULE = {"ays": ("unipc", "ipndm", "ipndm_v"), "gits": ("dpmpp_2m", "u
 def method_options(method: str, exact: bool) -> dict:
     """Sizes: exact models are cheap to evaluate, the trained U-Nets are not (about 0.4 s per 256 samples here)."""
     if method == "ays":
-        return {"mc_samples": 256 if exact else 128}
+        return {"mc_samples": 256} if exact else {"mc_samples": 128, "max_sweeps": 3}
     if method == "s3":
         return {"batch": 512, "generations": 24} if exact else {"batch": 64, "population": 16, "generations": 10,
                                                                  "children": 12}
