@@ -54,7 +54,8 @@ def recipe_rows(paths: Sequence[str | Path], spec, progress: bool = True,
             continue
         top = model.sigma_max if math.isfinite(model.sigma_max) else SIGMA_CAP
         if "rmse_ref" in spec.metrics and top not in refs:
-            refs[top], tol = reference_samples(model.inner, spec.seeds, sigma_max=top, rtol=spec.extra.get("rtol", 1e-6))
+            rtol = spec.extra.get("rtol", 1e-6)
+            refs[top], tol = reference_samples(model.inner, spec.seeds, sigma_max=top, rtol=rtol)
             log(f"reference for {recipe.model} from sigma {top:g}: tolerance check {tol:.2e}")
         row.update(compute_metrics(spec.metrics, x.to(torch.float64), refs.get(top), data))
         rows.append(row)
