@@ -65,7 +65,8 @@ def run_model(name: str, nfes, seeds, log) -> list[dict]:
             r.save(folder / f"{method}-{solver}-nfe{nfe}.json")
             q = r.quality
             row["tuned"][solver] = {"rmse_ref": q["rmse_ref"], "fd": q.get("fd", math.nan),
-                                    "base_rmse_ref": q["untuned"]["rmse_ref"], "base_fd": q["untuned"].get("fd", math.nan),
+                                    "base_rmse_ref": q["untuned"]["rmse_ref"],
+                                    "base_fd": q["untuned"].get("fd", math.nan),
                                     "seconds": r.info["tune_seconds"], "options": _short(r.solver_options)}
             log(f"{name} NFE {nfe} {solver}: rmse {q['rmse_ref']:.4g} (untuned {q['untuned']['rmse_ref']:.4g}) "
                 f"in {r.info['tune_seconds']:.1f} s")
@@ -120,7 +121,8 @@ def tables(rows: list[dict], cprs: list[dict]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", nargs="+", default=["digits-gmm", "gmm2d", "digits-edm", "digits-flow", "digits-vp-eps"])
+    ap.add_argument("--models", nargs="+",
+                    default=["digits-gmm", "gmm2d", "digits-edm", "digits-flow", "digits-vp-eps"])
     ap.add_argument("--nfes", nargs="+", type=int, default=[4, 5, 6, 8])
     ap.add_argument("--eval-seeds", type=int, default=256, help="held-out seeds 0..N-1")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (small batches: 1 is fastest)")

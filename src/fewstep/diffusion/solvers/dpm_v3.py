@@ -6,9 +6,10 @@ With ``lambda = -log sigma`` the PF-ODE is ``dx/dlambda = -(x - D) = -sigma eps`
 
     x_t = e^{L_s - L_t} x_s - int_{lambda_s}^{lambda_t} e^{L(lambda) - L_t} f(lambda) dlambda.
 
-The change of variable ``g = e^{S_s - S} f - beta`` with ``beta(lambda) = int_{lambda_s}^{lambda} e^{S_s - S(r)} b(r) dr``
-makes ``g`` constant wherever ``df/dlambda = s f + b`` holds along trajectories, which is what the
-EMS ``(s, b)`` are fitted to. Expanding ``g`` about ``lambda_s`` (``A = (L + S) - (L + S)_s``):
+The change of variable ``g = e^{S_s - S} f - beta``, with
+``beta(lambda) = int_{lambda_s}^{lambda} e^{S_s - S(r)} b(r) dr``, makes ``g`` constant wherever
+``df/dlambda = s f + b`` holds along trajectories, which is what the EMS ``(s, b)`` are fitted to.
+Expanding ``g`` about ``lambda_s`` (``A = (L + S) - (L + S)_s``):
 
     x_t = e^{L_s - L_t} [x_s - sum_k J_k g^(k) / k! - J_beta],
     J_k = int e^A (lambda - lambda_s)^k dlambda,   J_beta = int e^A beta dlambda.

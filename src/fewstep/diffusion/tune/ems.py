@@ -116,8 +116,9 @@ def _x0(model, data, n: int, seed: int) -> torch.Tensor:
         from fewstep.models.digits_data import digits_data
 
         pool = digits_data("train")[0].double().reshape(-1, 1, 8, 8)
-        idx = torch.randperm(len(pool), generator=gen)[:n] if n <= len(pool) else torch.randint(len(pool), (n,), generator=gen)
-        return pool[idx]
+        if n <= len(pool):
+            return pool[torch.randperm(len(pool), generator=gen)[:n]]
+        return pool[torch.randint(len(pool), (n,), generator=gen)]
     from fewstep.diffusion.sampling import sample
 
     with torch.no_grad():

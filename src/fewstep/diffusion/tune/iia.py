@@ -113,9 +113,7 @@ def _fine_target(model, x, s: float, s_next: float, base: str, fine_steps: int, 
         return reference_solution(model, x, s, s_next, rtol=rtol, atol=rtol * 1e-2)
     end = s_next if s_next > 0 else s / 100
     sub = torch.exp(torch.linspace(math.log(s), math.log(end), fine_steps + 1, dtype=torch.float64)).tolist()
-    if s_next == 0:
-        sub = sub[:-1] + [end, 0.0] if fine_steps > 1 else [s, 0.0]
-    return solve(model, x, sub, base, float64=True)
+    return solve(model, x, sub if s_next > 0 else sub + [0.0], base, float64=True)
 
 
 def fit_coefficients(model, x, sigmas: list[float], solver: str = "iia_dpmpp_2m", *, fine_steps: int = 10,
@@ -185,5 +183,6 @@ def tune(model, *, solver: str = "iia_dpmpp_2m", nfe: int, seeds=range(100_000, 
     final = [M.rmse(M.run(model, tune_seeds, sigmas, solver, opts), ref) for opts in ({}, {"coefficients": rows})]
     objective = {"step_mse_before_after": per_step, "final_rmse_tune_seeds": final}
     return T.make_recipe(model, "iia", solver, nfe, sigmas, t_start=t0, solver_options={"coefficients": rows},
-                         objective=objective, options={"target": target, "fine_steps": fine_steps, "schedule": schedule},
+                         objective=objective,
+                         options={"target": target, "fine_steps": fine_steps, "schedule": schedule},
                          tune_seeds=tune_seeds, eval_seeds=eval_seeds, baseline=(BASES[solver], {}))
