@@ -93,7 +93,7 @@ def _hf(model, assistant, prompts, sampler, gens, gamma=None):
 def _run_config(runner, encoded, batch, args):
     import torch
 
-    tokens, start = 0, time.perf_counter()
+    tokens, start, cpu = 0, time.perf_counter(), time.process_time()
     stats = []
     for i in range(0, len(encoded), batch):
         gens = [torch.Generator().manual_seed(i + j) for j in range(batch)]
@@ -102,14 +102,17 @@ def _run_config(runner, encoded, batch, args):
         tokens += sum(map(len, rows))
         if not isinstance(result, list):
             stats.append(result.stats)
-    return tokens, time.perf_counter() - start, stats
+    return tokens, time.perf_counter() - start, time.process_time() - cpu, stats
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
     import transformers
 
+    from fewstep.commands.generate import _quiet_transformers
     from fewstep.lm import Sampler, load_bundled, load_tokenizer
+
+    _quiet_transformers()
 
     for name in ("gamma", "batch", "prompts", "max_new_tokens", "repeats", "threads"):
         if getattr(args, name) < 1:
@@ -124,24 +127,27 @@ def run(args: argparse.Namespace) -> int:
     encoded = [tok.encode(text).ids for text in PROMPTS[: args.prompts]]
     target, draft, fr_draft = load_bundled("target"), load_bundled("draft"), load_bundled("draft", 256)
     hf_target, hf_draft = target.model, draft.model
-    target_calls, draft_calls = Counter(hf_target.base_model), Counter(hf_draft.base_model)
+    target_calls = Counter(hf_target.base_model)
+    draft_counters = [Counter(hf_draft.base_model), Counter(fr_draft.model.base_model)]
     configs = _configs(args, target, draft, fr_draft, hf_target, hf_draft, sampler)
-    results = {i: dict(seconds=[], tokens=0, target=0, draft=0, stats=[]) for i in range(len(configs))}
+    results = {i: dict(seconds=[], cpu=[], tokens=0, target=0, draft=0, stats=[]) for i in range(len(configs))}
     refused = {}
     for repeat in range(args.repeats + 1):  # repeat 0 is the warm-up and is not recorded
         for i, (_, _, batch, runner) in enumerate(configs):
             if i in refused:
                 continue
-            t0, d0 = target_calls.calls, draft_calls.calls
+            t0, d0 = target_calls.calls, sum(c.calls for c in draft_counters)
             try:
-                tokens, seconds, stats = _run_config(runner, encoded, batch, args)
+                tokens, seconds, cpu, stats = _run_config(runner, encoded, batch, args)
             except ValueError as exc:  # transformers refuses (assisted generation at batch size > 1)
                 refused[i] = str(exc).splitlines()[0]
                 continue
             if repeat:
                 r = results[i]
                 r["seconds"].append(seconds)
-                r["tokens"], r["target"], r["draft"] = tokens, target_calls.calls - t0, draft_calls.calls - d0
+                r["cpu"].append(cpu)
+                r["tokens"], r["target"] = tokens, target_calls.calls - t0
+                r["draft"] = sum(c.calls for c in draft_counters) - d0
                 r["stats"] = stats
     rows = [_row(configs[i], results[i], refused.get(i), args) for i in range(len(configs))]
     env = dict(torch=torch.__version__, transformers=transformers.__version__, python=platform.python_version(),
@@ -164,11 +170,10 @@ def _row(config, result, refused, args) -> dict:
     tokens, target, draft = result["tokens"], result["target"], result["draft"]
     accepted = sum(s.accepted_tokens for s in result["stats"])
     drafted = sum(s.draft_tokens for s in result["stats"])
-    rounds = target if draft else 0  # every target call of a speculative run is one round (prefill included)
     return {**row, "status": "ok", "tokens": tokens,
             "tokens_per_second": statistics.median(tokens / s for s in result["seconds"]),
+            "tokens_per_cpu_second": statistics.median(tokens / s for s in result["cpu"]),
             "target_calls_per_token": target / tokens, "draft_calls_per_token": draft / tokens,
-            "tokens_per_target_call": tokens / target if rounds else None,
             # transformers does not report acceptance: a round emits accepted + 1 tokens, every draft call proposes one
             "acceptance_rate": (accepted / drafted if drafted else (tokens - target) / draft) if draft else None,
             "acceptance_per_position": _per_position(result["stats"])}
@@ -182,16 +187,16 @@ def _per_position(stats) -> list[float] | None:
 
 
 def _table(rows) -> str:
-    lines = ["| engine | configuration | batch | tokens/s | target calls/token | draft calls/token | "
-             "tokens/target call | acceptance rate |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| engine | configuration | batch | tokens/s (wall) | tokens/CPU-s | target calls/token | "
+             "draft calls/token | acceptance rate |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["status"] != "ok":
             lines.append(f"| {r['engine']} | {r['config']} | {r['batch']} | {r['status']} | | | | |")
             continue
-        opt = lambda v: "" if v is None else f"{v:.3f}"  # noqa: E731
+        rate = "" if r["acceptance_rate"] is None else f"{r['acceptance_rate']:.3f}"
         lines.append(f"| {r['engine']} | {r['config']} | {r['batch']} | {r['tokens_per_second']:.0f} | "
-                     f"{r['target_calls_per_token']:.3f} | {r['draft_calls_per_token']:.3f} | "
-                     f"{opt(r['tokens_per_target_call'])} | {opt(r['acceptance_rate'])} |")
+                     f"{r['tokens_per_cpu_second']:.0f} | {r['target_calls_per_token']:.3f} | "
+                     f"{r['draft_calls_per_token']:.3f} | {rate} |")
     return "\n".join(lines)
 
 

@@ -43,6 +43,13 @@ def load(name: str, vocab_size: int | None = None):
     return models.TransformersLM(model), AutoTokenizer.from_pretrained(name, local_files_only=True)
 
 
+def _quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+
+
 def encode(tokenizer, text: str) -> list[int]:
     ids = tokenizer.encode(text)
     return list(getattr(ids, "ids", ids))
@@ -58,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from fewstep.lm import Sampler, generate, speculative_generate
+
+    _quiet_transformers()
 
     sampler = Sampler.parse(args.sampler, order=args.order)
     if args.samples < 1:

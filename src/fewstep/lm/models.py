@@ -80,7 +80,9 @@ class TransformersLM:
     @torch.inference_mode()
     def logits(self, input_ids, attention_mask, position_ids, cache):
         cache = self._new_cache() if cache is None else cache
-        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask.long(), "position_ids": position_ids,
+        # without holes, no mask lets transformers skip building one (a measurable share of a tiny model's call)
+        mask = None if bool(attention_mask.all()) else attention_mask.long()
+        kwargs = {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids,
                   self._cache_kw: cache, "use_cache": True}
         if self.vocab_ids is None:
             return self.model(**kwargs).logits, cache

@@ -43,6 +43,8 @@ def temperature(logits: torch.Tensor, t: float) -> torch.Tensor:
     """Divide logits by ``t`` (Ackley et al. 1985); ``t = 0`` is greedy: only the first argmax survives."""
     _check("temperature", t)
     x = _work(logits)
+    if t == 1:
+        return x
     if t == 0:
         first = torch.zeros_like(x, dtype=torch.bool).scatter_(-1, x.argmax(-1, keepdim=True), True)
         return x.masked_fill(~first, -math.inf)

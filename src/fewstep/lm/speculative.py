@@ -59,14 +59,27 @@ def selection_law(p: torch.Tensor, q: torch.Tensor, m: torch.Tensor) -> torch.Te
     return torch.where(m == 1, q, law)
 
 
-def _pick(x: torch.Tensor, alive: torch.Tensor, p: torch.Tensor, q: torch.Tensor, rng: Rng) -> torch.Tensor:
+def _pick(x: torch.Tensor, alive: torch.Tensor, p: torch.Tensor, q: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Importance-sampling step over the alive drafts ``x`` [B, k]: first that passes, else the last alive."""
     rows = torch.arange(x.shape[0])[:, None]
-    passed = alive & (rng.uniform(*x.shape) * q[rows, x] < torch.minimum(p, q)[rows, x])
+    passed = alive & (u * q[rows, x] < torch.minimum(p, q)[rows, x])
     order = torch.arange(x.shape[1])
     first = torch.where(passed, order, x.shape[1]).amin(1)
     last = torch.where(alive, order, -1).amax(1)
     return torch.where(first < x.shape[1], first, last)
+
+
+def _verify_single(p: torch.Tensor, q: torch.Tensor, x: torch.Tensor, rng: Rng):
+    """One draft per row, all positions at once (Leviathan et al. Alg. 1, arXiv 2211.17192)."""
+    batch, gamma = x.shape
+    rows = torch.arange(batch)
+    u = rng.uniform(batch, gamma)
+    p_x = p[:, :gamma].gather(-1, x[..., None])[..., 0]
+    q_x = q.gather(-1, x[..., None])[..., 0]
+    accepted = (u * q_x < p_x).cumprod(1).bool()
+    n = accepted.sum(1)
+    stop_q = torch.where((n < gamma)[:, None], q[rows, n.clamp(max=gamma - 1)], 0.0)  # q = 0 at the bonus
+    return n, rng.sample(residual(p[rows, n], stop_q)), torch.zeros_like(n), accepted
 
 
 def verify(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, rng: Rng):
@@ -76,36 +89,36 @@ def verify(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, rng: Rng):
         p: target probabilities [B, k, gamma + 1, V] (position ``i`` scores draft token ``i``).
         q: draft probabilities [B, k, gamma, V], those the drafts were sampled from.
         drafts: draft tokens [B, k, gamma].
+        rng: randomness; every row draws the same amount whatever happens in other rows.
 
     Returns:
         (n, token, path, accepted): accepted count [B], the corrected or bonus token [B], the index of
         a draft whose first ``n`` tokens are the accepted ones [B], and per-position acceptance [B, gamma].
     """
     batch, k, gamma = drafts.shape
+    if k == 1:
+        return _verify_single(p[:, 0], q[:, 0], drafts[:, 0], rng)
     rows = torch.arange(batch)
+    u = rng.uniform(batch, gamma)
+    u_pick = rng.uniform(batch, gamma * k).view(batch, gamma, k)
     alive = torch.ones(batch, k, dtype=torch.bool)
     running = torch.ones(batch, dtype=torch.bool)
-    token = torch.zeros(batch, dtype=torch.long)
     accepted = torch.zeros(batch, gamma, dtype=torch.bool)
+    stop_p = stop_q = torch.zeros_like(p[:, 0, 0])  # where each row stops: the final draw is max(p - q, 0)
     for i in range(gamma):
         path = alive.to(torch.int8).argmax(1)  # alive drafts share the prefix, so any one's p, q will do
         p_i, q_i, x = p[rows, path, i], q[rows, path, i], drafts[:, :, i]
-        if k == 1:
-            y, law = x[:, 0], q_i
-        else:
-            y = x[rows, _pick(x, alive, p_i, q_i, rng)]
-            law = selection_law(p_i, q_i, alive.sum(1))
-        ok = running & (rng.uniform(batch, 1)[:, 0] * law[rows, y] < p_i[rows, y])
-        rejected = running & ~ok
-        if rejected.any():
-            token = torch.where(rejected, rng.sample(residual(p_i, law)), token)
+        y = x[rows, _pick(x, alive, p_i, q_i, u_pick[:, i])]
+        law = selection_law(p_i, q_i, alive.sum(1))
+        ok = running & (u[:, i] * law[rows, y] < p_i[rows, y])
+        rejected = (running & ~ok)[:, None]
+        stop_p, stop_q = torch.where(rejected, p_i, stop_p), torch.where(rejected, law, stop_q)
         accepted[:, i] = ok
         alive = torch.where(ok[:, None], alive & (x == y[:, None]), alive)
         running = ok
     path = alive.to(torch.int8).argmax(1)
-    if running.any():
-        token = torch.where(running, rng.sample(p[rows, path, gamma]), token)
-    return accepted.sum(1), token, path, accepted
+    stop_p = torch.where(running[:, None], p[rows, path, gamma], stop_p)  # bonus token: q = 0
+    return accepted.sum(1), rng.sample(residual(stop_p, stop_q)), path, accepted
 
 
 def speculative_generate(target: CausalLM, draft: CausalLM, prompts: Any, sampler: str | Sampler = "", *,
