@@ -14,6 +14,8 @@ from fewstep.diffusion.solvers import dpm_v3  # noqa: F401  (DPM-Solver-v3 on em
 from fewstep.diffusion.solvers import restart, sde, stochastic  # noqa: F401  (stochastic samplers)
 from fewstep.diffusion.solvers._core import SOLVERS, SolverInfo, get_solver, register
 from fewstep.diffusion.tune import dc, iia  # noqa: E402,F401  (tuned solvers: DC-Solver, IIA)
+from fewstep.diffusion import corrections  # noqa: E402,F401  (ddim_ts, the time-shift sampler)
+from fewstep.diffusion.tune import usf  # noqa: E402,F401  (usf, the per-step solver of S3)
 
 __all__ = ["SOLVERS", "SolverInfo", "get_solver", "list_solvers", "register"]
 
