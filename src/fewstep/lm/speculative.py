@@ -43,7 +43,10 @@ from fewstep.lm.processors import Sampler
 
 
 def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """``max(p - q, 0)``, unnormalised; falls back to ``p`` where rounding left it empty."""
+    """``max(p - q, 0)``, the law drawn from on rejection (arXiv 2211.17192), unnormalised.
+
+    Falls back to ``p`` where rounding left it empty; with ``q = 0`` it is ``p`` (the bonus draw).
+    """
     r = (p - q).clamp(min=0)
     return torch.where(r.sum(-1, keepdim=True) > 0, r, p)
 
@@ -155,9 +158,11 @@ def speculative_generate(target: CausalLM, draft: CausalLM, prompts: Any, sample
     while rows:
         b = len(rows)
         fan = torch.arange(b).repeat_interleave(k)
-        if k > 1:
-            tgt.select(fan), dft.select(fan)
-        krng = rng.select(fan) if k > 1 else rng
+        krng = rng
+        if k > 1:  # every row fans out into k draft sequences that share its cache
+            tgt.select(fan)
+            dft.select(fan)
+            krng = rng.select(fan)
         # 1. draft gamma tokens per row and draft sequence, keeping the probabilities they came from
         tokens, valid, drafted, q = tokens_d[fan], valid_d[fan], [], []
         for _ in range(gamma):
@@ -175,7 +180,8 @@ def speculative_generate(target: CausalLM, draft: CausalLM, prompts: Any, sample
         # 3. keep each row's accepted path; roll both caches back to it
         if k > 1:
             chosen = torch.arange(b) * k + path
-            tgt.select(chosen), dft.select(chosen)
+            tgt.select(chosen)
+            dft.select(chosen)
             drafted_t = drafted_t[chosen]
         tgt.drop(gamma - n)
         dft.drop(gamma - 1 - n.clamp(max=gamma - 1))  # the draft never saw its last proposal
@@ -191,11 +197,12 @@ def speculative_generate(target: CausalLM, draft: CausalLM, prompts: Any, sample
         finished = append(out, rows, new, max_new_tokens, eos_token_id)
         if any(finished):
             keep = torch.tensor([r for r in range(b) if not finished[r]], dtype=torch.long)
-            tgt.select(keep), dft.select(keep)
+            tgt.select(keep)
+            dft.select(keep)
             rng = rng.select(keep)
             rows = [rows[r] for r in keep.tolist()]
             tokens_t, valid_t, tokens_d, valid_d = tokens_t[keep], valid_t[keep], tokens_d[keep], valid_d[keep]
     stats = DecodeStats(new_tokens=sum(map(len, out)), seconds=time.perf_counter() - start,
-                        target_calls=tgt.calls, draft_calls=dft.calls, accepted_per_position=tuple(
-                            per_position.tolist()), **counts)
+                        target_calls=tgt.calls, draft_calls=dft.calls,
+                        accepted_per_position=tuple(per_position.tolist()), **counts)
     return Generation(out, stats)
