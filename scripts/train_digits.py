@@ -13,16 +13,20 @@ the 8x8 digits (``fewstep.models.digits_data``, 1438 images in [-1, 1]) with one
 Adam with a linear warm-up and a cosine decay, gradient clipping, and an exponential moving
 average (EMA) of the weights, which is what is saved (as float16 safetensors, with the config,
 the run's settings and the final loss in the metadata). No data augmentation: digits are not
-invariant to flips, and the shifts the data set does not have would only blur the samples.
+invariant to flips, and the data set's digits are centred, so shifts would change the
+distribution the models are meant to learn.
 
 Determinism: fixed seeds, one generator for all training randomness,
 ``torch.use_deterministic_algorithms(True)`` and a fixed thread count (default 1). The same
 torch version on the same CPU reproduces the weights bit for bit; the script prints each file's
 SHA-256, which goes into ``SHA256`` in ``src/fewstep/models/trained.py``.
 
-Run time: one thread is used because on a 2-core machine shared with other jobs, two OpenMP
-threads spin-wait on each other and run about 5x slower. Measured on such a shared 2-core
-machine (AMD EPYC, torch 2.13.0 CPU): see docs/models.md (filled in by the final run below).
+Run time (1,200 steps of 128 per model, measured on a 2-core AMD EPYC machine shared with other
+jobs, torch 2.13.0 CPU): a step takes about 0.21 s on a quiet core, i.e. 4 to 5 minutes per
+model; under the other jobs' load (load average 3 to 12) the runs took 508 to 1056 s per model.
+The script prints its run time; docs/models.md lists each run. It uses one thread because on a
+shared 2-core machine two OpenMP threads spin-wait on each other and run several times slower
+(10x in one measurement).
 
 From the repository root::
 

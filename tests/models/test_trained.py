@@ -197,3 +197,21 @@ def test_samples_are_classified_as_digits(models, name):
     train = digits_data("train")[0]
     fake = train.mean(0) + train.std(0) * torch.randn(n, 64, generator=torch.Generator().manual_seed(4))
     assert fd_digits(fake.clamp(-1, 1), heldout) > 2 * fd_real
+
+
+def test_unet_config_round_trips_and_rejects_bad_values():
+    from fewstep.models.nets import DigitsUNet, UNetConfig
+
+    for spec in trained.SPECS.values():
+        assert UNetConfig(**spec.config.to_dict()) == spec.config
+    for bad, match in [(dict(channels=(30, 64)), "multiple of groups"), (dict(channels=()), "1 to 4 levels"),
+                       (dict(blocks=0), "blocks"), (dict(emb_dim=7), "emb_dim"),
+                       (dict(time_scale=float("nan")), "time_scale")]:
+        with pytest.raises(ValueError, match=match):
+            UNetConfig(**bad)
+    net = DigitsUNet(UNetConfig(channels=(8, 8), emb_dim=8))
+    assert net(torch.zeros(2, 1, 8, 8), 0.5).shape == (2, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"\[B, 1, 8, 8\]"):
+        net(torch.zeros(2, 64), torch.zeros(2))
+    with pytest.raises(ValueError, match=r"shape \[B\] = \[2\]"):
+        net(torch.zeros(2, 1, 8, 8), torch.zeros(3))
