@@ -236,7 +236,10 @@ def write_doc(rows, recipe_paths, models, nfes, methods, failures, seeds, minute
         f"reaches; no sampler can halve an fd already near it): {fd_floor(models, seeds)}.",
         f"![best tuned and best untuned against NFE](img/{png.name})", "", target, "",
         "### Each method against the best untuned (ratio; below 1 helps, below 0.5 meets the target)", "", per, "",
-        "### Tuning time per recipe (range over NFE 4-8; reference solutions cached beforehand)", "",
+        "### Tuning time per recipe (range over NFE)",
+        "Reference ODE solutions of the tuning seeds are computed on first use and cached; the first method "
+        "that needs them pays for it (the largest AYS time on a trained model; `ays` runs first). "
+        "Held-out quality measurement is not included.", "",
         timing_table(recipe_paths, methods, models),
     ]
     if failures:
