@@ -14,7 +14,6 @@ Calibrated(EpsScaling(model, 1.005), table))``). In sigma space ``eps_hat = (x -
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
