@@ -141,11 +141,11 @@ def run_guidance(seeds: list[int], nfe: int, log) -> str:
     return "\n".join(lines)
 
 
-def _weights() -> str:
+def _weights(names) -> str:
     from fewstep.models import cond, trained
 
-    digests = {name: trained.SHA256[trained.SPECS[name].file] for name in MODELS}
-    digests["digits-cond"] = cond.SHA256
+    digests = {name: trained.SHA256[trained.SPECS[name].file] for name in names if name in trained.SPECS}
+    digests.update({"digits-cond": cond.SHA256} if "digits-cond" in names else {})
     return ", ".join(f"{k} {v[:12]}" for k, v in digests.items())
 
 
@@ -175,17 +175,21 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"need --seeds >= 20 and 1 <= --ref-seeds <= --seeds; got {args.seeds}, {args.ref_seeds}")
     torch.set_num_threads(args.threads)
     seeds, nfes = list(range(args.seeds)), [int(v) for v in args.nfe.split(",")]
-    header = (f"Command: `.venv/bin/python benchmarks/corrections.py --write docs/benchmarks.md` "
-              f"({args.seeds} seeds; rmse_ref on the first {args.ref_seeds}); device: cpu "
-              f"({platform.processor() or platform.machine()}, {args.threads} threads); fewstep "
-              f"{fewstep.__version__}, torch {torch.__version__}; weights SHA-256 {_weights()}.\n\n")
+    command = " ".join(["benchmarks/corrections.py", *(sys.argv[1:] if argv is None else argv)])
+
+    def header(names) -> str:
+        return (f"Command: `.venv/bin/python {command}` ({args.seeds} seeds; rmse_ref on the first "
+                f"{args.ref_seeds}); device: cpu ({platform.processor() or platform.machine()}, {args.threads} "
+                f"thread(s)); fewstep {fewstep.__version__}, torch {torch.__version__}; weights SHA-256 "
+                f"{_weights(names)}.\n\n")
+
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     with torch.no_grad():
-        for part, fn in (("corrections", lambda: run_corrections(seeds, args.ref_seeds, nfes, log)),
-                         ("guidance", lambda: run_guidance(seeds, args.guidance_nfe, log))):
+        for part, names, fn in (("corrections", MODELS, lambda: run_corrections(seeds, args.ref_seeds, nfes, log)),
+                                ("guidance", ("digits-cond",), lambda: run_guidance(seeds, args.guidance_nfe, log))):
             if args.part in ("all", part):
                 t0 = time.perf_counter()
-                body = header + fn() + f"\n\n({time.perf_counter() - t0:.0f} s)"
+                body = header(names) + fn() + f"\n\n({time.perf_counter() - t0:.0f} s)"
                 print(body)
                 if args.write is not None:
                     write_between(args.write, part, body)

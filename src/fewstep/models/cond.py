@@ -41,7 +41,7 @@ SIGMA_DATA = 0.5
 CONFIG = UNetConfig(channels=(32, 64, 64), time_scale=250.0)  # c_noise = log(sigma)/4, as digits-edm
 WEIGHTS = Path(__file__).resolve().parent / "data" / "digits_cond.safetensors"
 # SHA-256 of WEIGHTS, as printed by scripts/train_digits_cond.py.
-SHA256 = "7b4ec4c92a5db3ce0e60e70c190ee68c235ee73904a3102d39dcbbb28e1b8137"
+SHA256 = "036acc6d16296f3282703dfeedf5dd21230260ae4fd0c5bf4ff77c553c4f04da"
 
 
 class CondDigitsUNet(DigitsUNet):
@@ -150,8 +150,9 @@ def wrap(net: CondDigitsUNet) -> CondEDM:
     return CondEDM(net)
 
 
-def read_verified(path: Path, sha256: str) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Hash the bytes of ``path``, compare with ``sha256``, and parse those same bytes (float32 state, metadata)."""
+def read_verified(path: Path, sha256: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Hash the bytes of ``path``, compare with ``sha256``, and parse those same bytes: the float32 state and
+    the training record the script stores as JSON under the metadata key ``fewstep``."""
     from fewstep.models.trained import ChecksumError
 
     path = Path(path)
@@ -166,14 +167,14 @@ def read_verified(path: Path, sha256: str) -> tuple[dict[str, Tensor], dict[str,
         raise ChecksumError(f"SHA-256 mismatch for {path}: expected {sha256}, got {actual}. The file is corrupt or "
                             "was replaced; restore it from git or rerun scripts/train_digits_cond.py")
     n = int.from_bytes(blob[:8], "little")  # safetensors: 8-byte header length, then a JSON header
-    meta = json.loads(blob[8:8 + n]).get("__metadata__", {})
-    return {k: v.float() for k, v in load_safetensors(blob).items()}, meta
+    meta = json.loads(blob[8:8 + n]).get("__metadata__") or {}
+    return {k: v.float() for k, v in load_safetensors(blob).items()}, json.loads(meta.get("fewstep", "{}"))
 
 
 def load_digits_cond(device: str | torch.device = "cpu") -> CondEDM:
     """Load ``digits-cond`` as a frozen, eval-mode, float32 ``CondEDM`` on ``device``."""
     state, meta = read_verified(WEIGHTS, SHA256)
-    stored = json.loads(meta.get("config", "null"))
+    stored = meta.get("config")
     if stored != CONFIG.to_dict():
         raise ValueError(f"the weights of 'digits-cond' were trained with config {stored}, but the code builds "
                          f"{CONFIG.to_dict()}; retrain with scripts/train_digits_cond.py")
