@@ -215,3 +215,18 @@ def test_unet_config_round_trips_and_rejects_bad_values():
         net(torch.zeros(2, 64), torch.zeros(2))
     with pytest.raises(ValueError, match=r"shape \[B\] = \[2\]"):
         net(torch.zeros(2, 1, 8, 8), torch.zeros(3))
+
+
+def test_identity_carries_the_weights_digest():
+    """Recipes and cached references are keyed by the identity, so it must change with the weights."""
+    from fewstep.metrics.reference import model_hash
+    from fewstep.models.trained import SHA256, SPECS
+
+    hashes = set()
+    for name, spec in SPECS.items():
+        model = fewstep.load_model(name)
+        assert model.identity()["weights_sha256"] == SHA256[spec.file]
+        hashes.add(model_hash(model))
+        model.weights_sha256 = "0" * 64
+        assert model_hash(model) not in hashes
+    assert len(hashes) == len(SPECS)

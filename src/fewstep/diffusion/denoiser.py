@@ -54,6 +54,7 @@ class Denoiser:
     prediction: str = "x0"
     shape: tuple[int, ...] | None = None
     name: str = "denoiser"
+    weights_sha256: str | None = None  # set by loaders of trained nets; part of the identity
 
     def __init__(self, process: NoiseProcess | None = None):
         self.process = process if process is not None else VE()
@@ -83,8 +84,12 @@ class Denoiser:
         return self.denoise(x, as_sigma(sigma, x), cond)
 
     def identity(self) -> dict[str, Any]:
-        """A JSON-serialisable description, hashed to tie recipes and caches to this model."""
-        return {"name": self.name, "prediction": self.prediction, "process": self.process.describe()}
+        """A JSON-serialisable description, hashed to tie recipes and caches to this model (and to its
+        weights, when a loader set ``weights_sha256``)."""
+        d = {"name": self.name, "prediction": self.prediction, "process": self.process.describe()}
+        if self.weights_sha256 is not None:
+            d["weights_sha256"] = self.weights_sha256
+        return d
 
     def __repr__(self) -> str:
         return (

@@ -139,11 +139,6 @@ class CondEDM(EDMPrecond):
                              "allowed: class_labels, class_embedding")
         return super().denoise(x, sigma, cond)
 
-    def identity(self) -> dict[str, Any]:
-        d = super().identity()
-        d["weights_sha256"] = SHA256
-        return d
-
 
 def wrap(net: CondDigitsUNet) -> CondEDM:
     """The denoiser contract around a (trained or training) ``CondDigitsUNet``."""
@@ -180,7 +175,9 @@ def load_digits_cond(device: str | torch.device = "cpu") -> CondEDM:
                          f"{CONFIG.to_dict()}; retrain with scripts/train_digits_cond.py")
     net = CondDigitsUNet(CONFIG)
     net.load_state_dict(state, strict=True)
-    return wrap(net.to(device).eval().requires_grad_(False))
+    model = wrap(net.to(device).eval().requires_grad_(False))
+    model.weights_sha256 = SHA256  # ties recipes and cached references to these weights
+    return model
 
 
 register_model("digits-cond", "trained",

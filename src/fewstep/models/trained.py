@@ -154,7 +154,9 @@ def load_trained(name: str, device: str | torch.device = "cpu") -> Denoiser:
     net = build_net(name)
     net.load_state_dict(state, strict=True)
     net = net.to(device).eval().requires_grad_(False)
-    return wrap(name, net)
+    model = wrap(name, net)
+    model.weights_sha256 = SHA256[spec.file]  # ties recipes and cached references to these weights
+    return model
 
 
 def _loader(name: str):
