@@ -124,6 +124,24 @@ def test_torchrun_sharded_sampling_equals_single_process(tmp_path):
     np.testing.assert_array_equal(a["samples"], b["samples"])
 
 
+def test_torchrun_sharded_bench_equals_single_process(tmp_path):
+    env = {**ENV, "FEWSTEP_CACHE": str(tmp_path / "cache")}
+    common = ["bench", "--models", "gmm2d", "--solvers", "ddim,unipc", "--nfe", "4,6", "--seeds", "0-20",
+              "--metrics", "rmse_ref,sw,precision", "--no-progress"]
+    one, two = tmp_path / "one.json", tmp_path / "two.json"
+    subprocess.run([sys.executable, "-m", "fewstep", *common, "--json", str(one)], check=True, env=env,
+                   capture_output=True, timeout=120)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", "-m", "fewstep", *common, "--json", str(two)]
+    subprocess.run(cmd, check=True, capture_output=True, env=env, timeout=180)
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert len(a) == len(b) == 4  # rank 0 alone writes the gathered rows
+    for ra, rb in zip(a, b):
+        assert (ra["solver"], ra["nfe_budget"]) == (rb["solver"], rb["nfe_budget"])
+        for metric in ("rmse_ref", "sw", "precision"):
+            assert rb[metric] == pytest.approx(ra[metric], rel=1e-6, abs=1e-9), (ra["solver"], metric)
+
+
 def test_bench_peers_rows_beside_fewstep(tmp_path, monkeypatch):
     pytest.importorskip("diffusers")
     monkeypatch.setenv("FEWSTEP_CACHE", str(tmp_path / "cache"))
