@@ -88,31 +88,9 @@ class CondDigitsUNet(DigitsUNet):
         return c.to(dtype)
 
     def forward(self, x: Tensor, t: Tensor, class_labels: Any = None, class_embedding: Any = None) -> Tensor:
-        if x.ndim != 4 or tuple(x.shape[1:]) != SHAPE:
-            raise ValueError(f"x must have shape [B, 1, 8, 8]; got {tuple(x.shape)}")
-        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-        if t.ndim == 0:
-            t = t.expand(x.shape[0])
-        if t.shape != (x.shape[0],):
-            raise ValueError(f"t must be a scalar or have shape [B] = [{x.shape[0]}]; got {tuple(t.shape)}")
+        t = self.check_inputs(x, t)
         c = self._condition(x.shape[0], class_labels, class_embedding, x.dtype)
-        emb = F.silu(self.time_mlp(self.time(t).to(x.dtype)) + self.class_mlp(c))
-        h = self.conv_in(x)
-        skips = []
-        for i, blocks in enumerate(self.down_blocks):
-            for block in blocks:
-                h = block(h, emb)
-            skips.append(h)
-            if i < len(self.downsample):
-                h = self.downsample[i](h)
-        h = self.mid(h, emb)
-        for j, blocks in enumerate(self.up_blocks):
-            h = torch.cat([h, skips.pop()], dim=1)
-            for block in blocks:
-                h = block(h, emb)
-            if j < len(self.upsample):
-                h = self.upsample[j](F.interpolate(h, scale_factor=2.0, mode="nearest"))
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.trunk(x, F.silu(self.time_mlp(self.time(t).to(x.dtype)) + self.class_mlp(c)))
 
 
 class CondEDM(EDMPrecond):

@@ -144,6 +144,11 @@ class DigitsUNet(nn.Module):
         nn.init.zeros_(self.conv_out.bias)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.trunk(x, self.embed_time(self.check_inputs(x, t)))
+
+    @staticmethod
+    def check_inputs(x: Tensor, t: Tensor) -> Tensor:
+        """Validate ``x`` ``[B, 1, 8, 8]`` and return ``t`` as ``[B]`` in ``x``'s dtype and device."""
         if x.ndim != 4 or tuple(x.shape[1:]) != (1, 8, 8):
             raise ValueError(f"x must have shape [B, 1, 8, 8]; got {tuple(x.shape)}")
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
@@ -151,7 +156,7 @@ class DigitsUNet(nn.Module):
             t = t.expand(x.shape[0])
         if t.shape != (x.shape[0],):
             raise ValueError(f"t must be a scalar or have shape [B] = [{x.shape[0]}]; got {tuple(t.shape)}")
-        return self.trunk(x, self.embed_time(t.to(x.dtype)))
+        return t
 
     def embed_time(self, t: Tensor) -> Tensor:
         """The time embedding ``[B, emb_dim]`` that every residual block is modulated by."""
