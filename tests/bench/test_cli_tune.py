@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from fewstep.cli import main
 from fewstep.diffusion.tune import METHOD_MODULES, Recipe
@@ -13,12 +12,7 @@ TUNE_ARGS = ["tune", "--model", "gmm2d", "--method", "gits", "--solver", "dpmpp_
              "--seeds", "100000-100023", "--eval-seeds", "500-531", "--option", "fine_steps=16", "--no-progress"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only add overhead
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 @pytest.fixture(autouse=True)
@@ -28,7 +22,7 @@ def _cache(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def recipe_path(tmp_path_factory, _one_thread):
+def recipe_path(tmp_path_factory, one_thread):
     path = tmp_path_factory.mktemp("tune") / "gits.json"
     mp = pytest.MonkeyPatch()
     mp.setenv("FEWSTEP_CACHE", str(tmp_path_factory.getbasetemp() / "fewstep-cache"))

@@ -20,14 +20,7 @@ from fewstep.models.digits_data import digits_data
 LABELS = torch.arange(100) % 10
 SEEDS = list(range(100))
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # two OpenMP threads on a shared 2-core machine spin-wait on each other: one is several times faster
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -19,14 +19,7 @@ from fewstep.models.trained import ChecksumError
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train_digits_cond.py"
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # two OpenMP threads on a shared 2-core machine spin-wait on each other: one is several times faster
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 @pytest.fixture(scope="module")
