@@ -27,15 +27,20 @@ def plot_quality(rows, metric: str, path: str | Path) -> None:
         for (label, schedule), pts in sorted(lines.items()):
             pts.sort()
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{label} ({schedule})")
-        ax.set_yscale("log")
-        ax.set_xlabel("NFE")
-        ax.set_ylabel(metric)
-        ax.set_title(model)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        style_axis(ax, metric, model)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def style_axis(ax, metric: str, title: str) -> None:
+    """The look every quality-against-NFE panel shares: log y axis, labels, grid, small legend."""
+    ax.set_yscale("log")
+    ax.set_xlabel("NFE")
+    ax.set_ylabel(metric)
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
 
 
 def markdown_table(rows, metrics, nfes) -> str:
