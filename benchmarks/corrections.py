@@ -32,7 +32,9 @@ import fewstep
 from fewstep.diffusion import corrections as C
 from fewstep.diffusion.denoiser import CountingDenoiser
 from fewstep.diffusion.guidance import CADS, CFG
+from fewstep.diffusion.processes import VPDiscrete
 from fewstep.diffusion.sampling import sample
+from fewstep.diffusion.schedules import discrete_timesteps
 from fewstep.metrics import digits_features, digits_predict, fd, precision_recall, rmse
 from fewstep.metrics.reference import reference_samples
 from fewstep.models.digits_data import digits_data
@@ -48,16 +50,34 @@ GUIDE_SCALES = (1.0, 2.0, 3.0, 5.0, 8.0)
 CADS_DIGITS = CADS(tau1=0.35, tau2=0.75, noise_scale=1.0)
 
 
+def _discrete_grid(process, nfe: int) -> dict:
+    """``sample`` options for DDIM on the trailing timesteps of a discrete ``process`` (then sigma = 0)."""
+    t = torch.from_numpy(discrete_timesteps(nfe, process.num_train_timesteps, "trailing"))
+    sigmas = torch.cat([process.t_to_sigma(t).double(), torch.zeros(1, dtype=torch.float64)])
+    return {"schedule": "explicit", "schedule_options": {"sigmas": sigmas}}
+
+
 def corrections_for(name: str, model, train: torch.Tensor):
-    """(label, denoiser, solver, schedule options) for each correction of ``model``."""
+    """(label, denoiser, solver, nfe -> extra ``sample`` options) for each correction of ``model``."""
     table = C.calibrate(model, train, CAL_SIGMAS, seed=0)
-    rows = [("none (DDIM)", model, "ddim", {}),
-            (f"eps scaling, lambda = {EPS_LAMBDA}", C.EpsScaling(model, EPS_LAMBDA), "ddim", {}),
-            (f"time shift (ddim_ts, w = {TS['window']}, cutoff = {TS['cutoff']})", model, "ddim_ts", {}),
-            (f"calibrated (train split, {len(CAL_SIGMAS)} sigmas)", C.Calibrated(model, table), "ddim", {}),
-            ("dynamic threshold (p = 0.995, max 1)", C.DynamicThreshold(model), "ddim", {})]
+    none = lambda nfe: {}  # noqa: E731
+    rows = [("none (DDIM)", model, "ddim", none),
+            (f"eps scaling, lambda = {EPS_LAMBDA}", C.EpsScaling(model, EPS_LAMBDA), "ddim", none),
+            (f"time shift (ddim_ts, w = {TS['window']}, cutoff = {TS['cutoff']})", model, "ddim_ts", none),
+            (f"calibrated (train split, {len(CAL_SIGMAS)} sigmas)", C.Calibrated(model, table), "ddim", none),
+            ("dynamic threshold (p = 0.995, max 1)", C.DynamicThreshold(model), "ddim", none)]
     if name == "digits-vp-eps":  # Lin et al.'s sample-step flaw: leading spacing never starts at T - 1
-        rows.append(("leading spacing (default is trailing)", model, "ddim", {"spacing": "leading"}))
+        rows.append(("leading spacing (default is trailing)", model, "ddim",
+                     lambda nfe: {"schedule_options": {"spacing": "leading"}}))
+    if name == "digits-flow":
+        # Lin et al.'s schedule flaw on the one bundled model that can be evaluated at zero SNR (it predicts
+        # velocity; in sigma space any discrete VP schedule is only a grid): DDPM's linear betas end at
+        # sigma = 157, their zero-terminal-SNR rescaling at sigma = inf, where sampling starts from pure noise
+        linear = VPDiscrete.from_betas("linear")
+        rows += [(f"discrete linear betas, trailing (from sigma = {float(linear.sigma_max):.0f})", model, "ddim",
+                  lambda nfe: _discrete_grid(linear, nfe)),
+                 ("zero terminal SNR: rescaled linear betas, trailing (from sigma = inf)", model, "ddim",
+                  lambda nfe: _discrete_grid(C.zero_terminal_snr(linear), nfe))]
     return rows
 
 
@@ -76,11 +96,11 @@ def run_corrections(seeds: list[int], ref_seeds: int, nfes: list[int], log) -> s
         ref, tol = reference_samples(base, seeds[:ref_seeds])
         log(f"{name}: reference for {ref_seeds} seeds (tolerance check {tol:.1e}), {time.perf_counter() - t0:.0f} s")
         base_fds = None
-        for label, den, solver, sched in corrections_for(name, base, train):
+        for label, den, solver, options in corrections_for(name, base, train):
             fds, errs = [], []
             for nfe in nfes:
                 counter = CountingDenoiser(den)
-                x = sample(counter, solver=solver, nfe=nfe, seeds=seeds, schedule_options=sched)
+                x = sample(counter, solver=solver, nfe=nfe, seeds=seeds, **options(nfe))
                 if counter.calls > nfe:
                     raise RuntimeError(f"{label} used {counter.calls} evaluations for a budget of {nfe}")
                 fds.append(fd(digits_features(x.float()).double(), held_feats.double()))
