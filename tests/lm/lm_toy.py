@@ -59,3 +59,10 @@ def total_variation(law: dict[tuple, float], samples: list[list[int]]) -> float:
 def expected_tv(law: dict[tuple, float], n: int) -> float:
     """E[TV] of n exact samples, to first order: 0.5 * sum sqrt(2 p (1 - p) / (pi n))."""
     return 0.5 * sum((2 * w * (1 - w) / (torch.pi * n)) ** 0.5 for w in law.values())
+
+
+def random_law(g: torch.Generator, vocab: int, zeros: int = 0) -> torch.Tensor:
+    """A random float64 law on ``vocab`` tokens, peaked (cubed uniforms), with ``zeros`` tokens of mass 0."""
+    w = torch.rand(vocab, generator=g, dtype=torch.float64) ** 3
+    w[torch.randperm(vocab, generator=g)[:zeros]] = 0
+    return w / w.sum()

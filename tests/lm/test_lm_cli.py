@@ -33,7 +33,7 @@ def test_generate_json_with_a_draft(capsys):
 
 def test_generate_text_batch_and_fr_spec(capsys):
     assert main(["generate", "--prompt", "Comparisons", "--samples", "2", "--draft", "bundled", "--draft-vocab", "256",
-                 "--num-drafts", "2", "--max-new-tokens", "8"]) == 0
+                 "--num-drafts", "2", "--selection", "first_accept", "--max-new-tokens", "8"]) == 0
     out = capsys.readouterr().out
     assert "--- sample 1 (seed 1)" in out and "acceptance rate" in out and "per position" in out
 
@@ -42,6 +42,9 @@ def test_generate_text_batch_and_fr_spec(capsys):
     (["--sampler", "top_p=2"], r"top_p must be in (0, 1], got 2.0"),
     (["--draft-vocab", "64"], "--draft-vocab and --num-drafts need --draft"),
     (["--draft", "bundled", "--gamma", "0"], "gamma must be an integer >= 1, got 0"),
+    (["--selection", "priority"], "--selection needs --draft"),
+    (["--draft", "bundled", "--num-drafts", "2", "--selection", "best"],
+     "selection must be one of 'priority', 'first_accept', got 'best'"),
 ])
 def test_generate_bad_input_is_one_line(capsys, args, message):
     assert main(["generate", "--prompt", "x", *args]) == 2
@@ -56,7 +59,7 @@ def test_bench_lm_rows_and_docs_section(capsys, tmp_path):
             "--update-docs", str(doc)]
     assert main(args) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert len(rows) == 10 and {r["engine"] for r in rows} == {"fewstep", "transformers"}
+    assert len(rows) == 11 and {r["engine"] for r in rows} == {"fewstep", "transformers"}
     refused = [r for r in rows if r["status"] != "ok"]
     assert [(r["engine"], r["batch"]) for r in refused] == [("transformers", 2)]
     assert "batch_size = 1" in refused[0]["status"]

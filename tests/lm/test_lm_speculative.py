@@ -1,20 +1,14 @@
 """Exactness of speculative sampling: one-step identities, whole-sequence laws, a negative control."""
 
-import itertools
+import dataclasses
 
 import pytest
 import torch
-from lm_toy import TableLM, expected_tv, sequence_law, total_variation
+from lm_toy import TableLM, expected_tv, random_law, sequence_law, total_variation
 
-from fewstep.lm import generate, selection_law, speculative, speculative_generate
+from fewstep.lm import generate, multidraft, speculative, speculative_generate
 from fewstep.lm.decoding import Rng
 from fewstep.lm.processors import Sampler
-
-
-def random_law(g, vocab, zeros=0):
-    w = torch.rand(vocab, generator=g, dtype=torch.float64) ** 3
-    w[torch.randperm(vocab, generator=g)[:zeros]] = 0
-    return w / w.sum()
 
 
 def test_one_step_identity_single_draft():
@@ -30,31 +24,6 @@ def test_one_step_identity_single_draft():
         torch.testing.assert_close(out, p, rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("k", [1, 2, 3])
-def test_multi_draft_selection_law_and_identity_by_enumeration(k):
-    """Enumerate all k-tuples of i.i.d. drafts: the scan picks Y with law p_I, and verifying Y against
-    p_I yields exactly p; acceptance is never below single-draft's."""
-    g = torch.Generator().manual_seed(k)
-    vocab = 5
-    for _ in range(30):
-        p, q = random_law(g, vocab, zeros=1), random_law(g, vocab)
-        a = torch.minimum(p, q) / q
-        law_y = torch.zeros(vocab, dtype=torch.float64)
-        for xs in itertools.product(range(vocab), repeat=k):
-            weight = torch.prod(q[list(xs)])
-            reach = 1.0
-            for j, x in enumerate(xs):
-                take = reach * (a[x] if j < k - 1 else 1.0)  # the last one is taken when all others failed
-                law_y[x] += weight * take
-                reach *= 1 - a[x]
-        p_i = selection_law(p[None], q[None], torch.tensor([k]))[0]
-        torch.testing.assert_close(p_i, law_y, rtol=0, atol=1e-12)
-        res = speculative.residual(p, p_i)
-        out = torch.minimum(p, p_i) + (1 - torch.minimum(p, p_i).sum()) * res / res.sum()
-        torch.testing.assert_close(out, p, rtol=0, atol=1e-12)
-        assert torch.minimum(p, p_i).sum() >= torch.minimum(p, q).sum() - 1e-12
-
-
 SAMPLER = Sampler.parse("temperature=0.9,top_p=0.95")
 PROMPT, LENGTH, N = [2, 1], 4, 12000
 SIZES = (750, 3000, N)
@@ -62,7 +31,7 @@ SIZES = (750, 3000, N)
 
 def tv_curve(draft, **kw):
     key = (draft.vocab_size, None if draft.vocab_ids is None else tuple(draft.vocab_ids.tolist()),
-           speculative.verify, speculative.residual, tuple(sorted(kw.items())))
+           speculative.verify, speculative.residual, speculative.plan, tuple(sorted(kw.items())))
     if key not in _CURVES:
         _CURVES[key] = _tv_curve(draft, **kw)
     return _CURVES[key]
@@ -81,6 +50,7 @@ def _tv_curve(draft, **kw):
 @pytest.mark.parametrize("name, draft, kw", [
     ("single draft", TableLM(1), {}),
     ("3 drafts", TableLM(1), {"num_drafts": 3}),
+    ("3 drafts, first_accept selection", TableLM(1), {"num_drafts": 3, "selection": "first_accept"}),
     ("reduced draft vocabulary", TableLM(1, vocab_ids=[0, 2]), {}),
     ("draft with its own sampler", TableLM(1), {"draft_sampler": "temperature=1.5,top_k=2"}),
 ])
@@ -98,25 +68,38 @@ def test_plain_sampling_matches_target_too():
     assert total_variation(law, out.tokens) < 1.2 * expected_tv(law, N)
 
 
-def accept_everything(p, q, drafts, rng):
+def accept_everything(p, q, drafts, rng, selection="priority"):
     batch, _, gamma = drafts.shape
     return (torch.full((batch,), gamma), rng.sample(p[:, 0, gamma]), torch.zeros(batch, dtype=torch.long),
             torch.ones(batch, gamma, dtype=torch.bool))
 
 
-@pytest.mark.parametrize("wrong", ["accept everything", "resample from p, not the residual"])
-def test_negative_control_wrong_rules_fail(monkeypatch, wrong):
+def verify_against_q(p, q, m, selection):
+    """The tempting mistake: select among several drafts, then verify as if the selected token came from q."""
+    return dataclasses.replace(multidraft.plan(p, q, m, selection), law=q)
+
+
+@pytest.mark.parametrize("wrong, kw", [
+    ("accept everything", {}),
+    ("resample from p, not the residual", {}),
+    ("3 drafts verified against q, not p_I", {"num_drafts": 3}),
+])
+def test_negative_control_wrong_rules_fail(monkeypatch, wrong, kw):
     if wrong == "accept everything":
         monkeypatch.setattr(speculative, "verify", accept_everything)
-    else:
+    elif wrong.startswith("resample"):
         monkeypatch.setattr(speculative, "residual", lambda p, q: p)
-    tv, expected, _ = tv_curve(TableLM(1))
+    else:
+        monkeypatch.setattr(speculative, "plan", verify_against_q)
+    tv, expected, _ = tv_curve(TableLM(1), **kw)
     assert tv[2] > 3 * expected, (tv, expected)  # a bias that more samples do not wash out
 
 
 def test_multi_draft_accepts_more_than_single():
     singles = tv_curve(TableLM(1))[2].acceptance_rate
-    assert tv_curve(TableLM(1), num_drafts=3)[2].acceptance_rate > singles + 0.05
+    first = tv_curve(TableLM(1), num_drafts=3, selection="first_accept")[2].acceptance_rate
+    priority = tv_curve(TableLM(1), num_drafts=3)[2].acceptance_rate
+    assert first > singles + 0.05 and priority > first, (singles, first, priority)
 
 
 def test_per_row_generators_make_rows_independent_of_batch():
@@ -153,6 +136,8 @@ def test_bad_input_raises_with_the_allowed_values():
     t, d = TableLM(0), TableLM(1)
     with pytest.raises(ValueError, match="gamma must be an integer >= 1, got 0"):
         speculative_generate(t, d, [[1]], gamma=0)
+    with pytest.raises(ValueError, match="selection must be one of 'priority', 'first_accept', got 'best'"):
+        speculative_generate(t, d, [[1]], num_drafts=2, selection="best")
     with pytest.raises(ValueError, match="share a vocabulary"):
         speculative_generate(t, TableLM(1, vocab=5), [[1]])
     with pytest.raises(ValueError, match=r"prompt 0 must be a non-empty list of token ids in \[0, 4\)"):

@@ -21,6 +21,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--draft", default=None, help="'bundled' or a local directory: enables speculative sampling")
     p.add_argument("--gamma", type=int, default=4, help="draft tokens per verification round")
     p.add_argument("--num-drafts", type=int, default=1, help="independent draft sequences per round")
+    p.add_argument("--selection", default=None,
+                   help="how one of several drafts is picked at each position: 'priority' (default) or "
+                        "'first_accept'; both keep the output exact (see docs/lm.md)")
     p.add_argument("--draft-vocab", type=int, default=None,
                    help="FR-Spec: restrict the bundled draft's LM head to the N most frequent tokens")
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -65,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from fewstep.lm import Sampler, generate, speculative_generate
+    from fewstep.lm.multidraft import DEFAULT
 
     _quiet_transformers()
 
@@ -80,16 +84,19 @@ def run(args: argparse.Namespace) -> int:
     if args.draft is None:
         if args.draft_vocab is not None or args.num_drafts != 1:
             raise ValueError("--draft-vocab and --num-drafts need --draft")
+        if args.selection is not None:
+            raise ValueError("--selection needs --draft")
         result = generate(target, [prompt] * args.samples, sampler, **common)
     else:
         draft, _ = load("draft" if args.draft == "bundled" else args.draft, args.draft_vocab)
         result = speculative_generate(target, draft, [prompt] * args.samples, sampler, gamma=args.gamma,
-                                      num_drafts=args.num_drafts, **common)
+                                      num_drafts=args.num_drafts, selection=args.selection or DEFAULT, **common)
     texts = [tokenizer.decode(prompt + tokens) for tokens in result.tokens]
     stats = result.stats.to_dict()
     if args.json:
         print(json.dumps({"prompt": args.prompt, "sampler": str(sampler), "model": args.model, "draft": args.draft,
                           "gamma": args.gamma if args.draft else None, "num_drafts": args.num_drafts,
+                          "selection": (args.selection or DEFAULT) if args.draft else None,
                           "draft_vocab": args.draft_vocab, "seed": args.seed, "texts": texts, **stats}))
         return 0
     for i, text in enumerate(texts):

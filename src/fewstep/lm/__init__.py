@@ -13,10 +13,11 @@ from fewstep.lm.models import (CausalLM, TransformersLM, bundled_token_counts, c
                                load_bundled, load_tokenizer)
 from fewstep.lm.processors import ORDERS, PROCESSORS, Sampler, epsilon, eta, min_p, temperature, top_k, top_p, \
     typical
-from fewstep.lm.speculative import selection_law, speculative_generate, verify
+from fewstep.lm.multidraft import SELECTIONS, selection_law
+from fewstep.lm.speculative import speculative_generate, verify
 
 __all__ = [
-    "CausalLM", "DecodeStats", "Generation", "ORDERS", "PROCESSORS", "Sampler", "TransformersLM",
+    "CausalLM", "DecodeStats", "Generation", "ORDERS", "PROCESSORS", "SELECTIONS", "Sampler", "TransformersLM",
     "bundled_token_counts", "count_tokens", "epsilon", "eta", "frequent_tokens", "generate", "load_bundled",
     "load_tokenizer", "min_p", "selection_law", "speculative_generate", "temperature", "top_k", "top_p",
     "typical", "verify",

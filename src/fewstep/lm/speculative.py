@@ -9,15 +9,12 @@ where ``p`` and ``q`` are one-hot.
 
 Several drafts (canonical decomposition of Khisti et al., arXiv 2410.18234; SpecTr, arXiv 2310.15141).
 ``k`` independent draft sequences share the prompt. At each position the ``m`` drafts still consistent
-with the accepted prefix carry i.i.d. tokens from ``q``. An importance-sampling step picks one of them,
-``Y``: scanning in order, take the first ``X_j`` that passes ``u * q(X_j) < min(q, p)(X_j)``, else the
-last one. The law of ``Y`` is, with ``a = min(1, p/q)`` and ``beta = sum min(p, q)``,
-
-    p_I = min(p, q) * (1 - (1 - beta)^m) / beta + (1 - beta)^(m - 1) * (q - min(p, q)),
-
-and ``Y`` then goes through single-draft verification against ``p_I`` instead of ``q``. Exactness
-needs nothing else; with ``m = 1`` it *is* the single-draft rule, and its acceptance
-``sum min(p, p_I)`` is never below single-draft's ``beta``.
+with the accepted prefix carry i.i.d. tokens from ``q``. A selection rule (``fewstep.lm.multidraft``)
+picks one of them, ``Y``, whose law ``p_I`` it knows in closed form, and ``Y`` then goes through
+single-draft verification against ``p_I`` instead of ``q``. Exactness needs nothing else; with
+``m = 1`` every rule gives ``p_I = q``, the single-draft rule. The default rule, ``"priority"``,
+ranks tokens by ``p/q`` around the cut of the acceptance bound ``min_S p(S) + 1 - q(S)^m``;
+``"first_accept"`` keeps the earlier scan (first draft with ``u * q(X_j) < min(p, q)(X_j)``).
 
 Reduced draft vocabulary (FR-Spec, arXiv 2502.14856): a draft whose ``vocab_ids`` restrict its LM head
 proposes only frequent tokens (``q = 0`` elsewhere); verification is unchanged and still exact, the
@@ -39,6 +36,7 @@ from fewstep.lm.decoding import (Generation, Generators, Rng, Stream, append, ch
                                  full_probs, left_pad)
 from fewstep.lm.metrics import DecodeStats
 from fewstep.lm.models import CausalLM
+from fewstep.lm.multidraft import DEFAULT, check_selection, pick, plan
 from fewstep.lm.processors import Sampler
 
 
@@ -49,27 +47,6 @@ def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """
     r = (p - q).clamp(min=0)
     return torch.where(r.sum(-1, keepdim=True) > 0, r, p)
-
-
-def selection_law(p: torch.Tensor, q: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """``p_I``: the law of the token picked among ``m`` i.i.d. drafts by the scan above (arXiv 2410.18234)."""
-    overlap = torch.minimum(p, q)
-    beta = overlap.sum(-1, keepdim=True)
-    m = m[:, None].to(p.dtype)
-    miss = 1 - beta
-    gain = torch.where(beta > 0, (1 - miss**m) / beta.clamp(min=torch.finfo(p.dtype).tiny), m)
-    law = overlap * gain + miss ** (m - 1) * (q - overlap)
-    return torch.where(m == 1, q, law)
-
-
-def _pick(x: torch.Tensor, alive: torch.Tensor, p: torch.Tensor, q: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Importance-sampling step over the alive drafts ``x`` [B, k]: first that passes, else the last alive."""
-    rows = torch.arange(x.shape[0])[:, None]
-    passed = alive & (u * q[rows, x] < torch.minimum(p, q)[rows, x])
-    order = torch.arange(x.shape[1])
-    first = torch.where(passed, order, x.shape[1]).amin(1)
-    last = torch.where(alive, order, -1).amax(1)
-    return torch.where(first < x.shape[1], first, last)
 
 
 def _verify_single(p: torch.Tensor, q: torch.Tensor, x: torch.Tensor, rng: Rng):
@@ -85,7 +62,7 @@ def _verify_single(p: torch.Tensor, q: torch.Tensor, x: torch.Tensor, rng: Rng):
     return n, rng.sample(residual(p[rows, n], stop_q)), torch.zeros_like(n), accepted
 
 
-def verify(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, rng: Rng):
+def verify(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, rng: Rng, selection: str = DEFAULT):
     """Verify ``k`` draft sequences per row.
 
     Args:
@@ -93,6 +70,7 @@ def verify(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, rng: Rng):
         q: draft probabilities [B, k, gamma, V], those the drafts were sampled from.
         drafts: draft tokens [B, k, gamma].
         rng: randomness; every row draws the same amount whatever happens in other rows.
+        selection: the rule that picks one of the alive drafts (``fewstep.lm.multidraft.SELECTIONS``).
 
     Returns:
         (n, token, path, accepted): accepted count [B], the corrected or bonus token [B], the index of
@@ -111,8 +89,9 @@ def verify(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, rng: Rng):
     for i in range(gamma):
         path = alive.to(torch.int8).argmax(1)  # alive drafts share the prefix, so any one's p, q will do
         p_i, q_i, x = p[rows, path, i], q[rows, path, i], drafts[:, :, i]
-        y = x[rows, _pick(x, alive, p_i, q_i, u_pick[:, i])]
-        law = selection_law(p_i, q_i, alive.sum(1))
+        rule = plan(p_i, q_i, alive.sum(1), selection)
+        y = x[rows, pick(x, alive, rule, u_pick[:, i])]
+        law = rule.law
         ok = running & (u[:, i] * law[rows, y] < p_i[rows, y])
         rejected = (running & ~ok)[:, None]
         stop_p, stop_q = torch.where(rejected, p_i, stop_p), torch.where(rejected, law, stop_q)
@@ -126,7 +105,7 @@ def verify(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, rng: Rng):
 
 def speculative_generate(target: CausalLM, draft: CausalLM, prompts: Any, sampler: str | Sampler = "", *,
                          draft_sampler: str | Sampler | None = None, gamma: int = 4, num_drafts: int = 1,
-                         max_new_tokens: int = 64, generator: Generators = None,
+                         selection: str = DEFAULT, max_new_tokens: int = 64, generator: Generators = None,
                          eos_token_id: int | None = None) -> Generation:
     """Sample from ``target`` (after ``sampler``) with ``draft`` proposing ``gamma`` tokens a round.
 
@@ -136,6 +115,8 @@ def speculative_generate(target: CausalLM, draft: CausalLM, prompts: Any, sample
         sampler: the target's processor chain; the output follows exactly this distribution.
         draft_sampler: the draft's chain (default: the same); any choice keeps the output exact.
         gamma: draft tokens per round. num_drafts: independent draft sequences per row (``k``).
+        selection: how one of the ``k`` drafts is picked at each position (``"priority"`` or
+            ``"first_accept"``, see ``fewstep.lm.multidraft``); every rule is exact.
         generator: one ``torch.Generator`` per prompt, or one for the batch.
     """
     sampler = Sampler.parse(sampler)
@@ -145,6 +126,7 @@ def speculative_generate(target: CausalLM, draft: CausalLM, prompts: Any, sample
                          f"and {draft.vocab_size}")
     prompts = check_prompts(prompts, target.vocab_size)
     gamma, k = check_count("gamma", gamma), check_count("num_drafts", num_drafts)
+    check_selection(selection)
     check_count("max_new_tokens", max_new_tokens)
     start = time.perf_counter()
     batch = len(prompts)
@@ -176,7 +158,7 @@ def speculative_generate(target: CausalLM, draft: CausalLM, prompts: Any, sample
         p = full_probs(target, sampler, logits[:, -gamma - 1:])
         v = p.shape[-1]
         n, token, path, accepted = verify(p.view(b, k, gamma + 1, v), torch.stack(q, 1).view(b, k, gamma, v),
-                                          drafted_t.view(b, k, gamma), rng)
+                                          drafted_t.view(b, k, gamma), rng, selection)
         # 3. keep each row's accepted path; roll both caches back to it
         if k > 1:
             chosen = torch.arange(b) * k + path
