@@ -226,13 +226,18 @@ def check_selection(name: str) -> str:
 def plan(p: torch.Tensor, q: torch.Tensor, m: torch.Tensor, selection: str = DEFAULT) -> Plan:
     """The rule ``selection`` for target ``p`` and draft ``q`` [B, V] with ``m`` [B] drafts; float64 inside.
 
-    ``q`` is renormalised, since the drafts were drawn from ``q / sum(q)``.
+    ``q`` is renormalised, since the drafts were drawn from ``q / sum(q)``. Rows with ``m = 1`` skip the
+    rule: one draft is picked whatever the rule, and ``p_I = q``.
     """
     rule = SELECTIONS[check_selection(selection)]
     p64, q64 = p.double(), q.double()
     q64 = q64 / q64.sum(-1, keepdim=True)
-    out = rule.plan(p64, q64, m.to(torch.float64))
-    return Plan(out.top, out.a, out.law.to(p.dtype))
+    top, a, law = torch.zeros_like(p, dtype=torch.long), torch.ones_like(q64), q64.clone()
+    many = m > 1
+    if many.any():
+        out = rule.plan(p64[many], q64[many], m[many].to(torch.float64))
+        top[many], a[many], law[many] = out.top, out.a, out.law
+    return Plan(top, a, law.to(p.dtype))
 
 
 def selection_law(p: torch.Tensor, q: torch.Tensor, m: torch.Tensor, selection: str = DEFAULT) -> torch.Tensor:

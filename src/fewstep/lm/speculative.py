@@ -89,7 +89,7 @@ def verify(p: torch.Tensor, q: torch.Tensor, drafts: torch.Tensor, rng: Rng, sel
     for i in range(gamma):
         path = alive.to(torch.int8).argmax(1)  # alive drafts share the prefix, so any one's p, q will do
         p_i, q_i, x = p[rows, path, i], q[rows, path, i], drafts[:, :, i]
-        rule = plan(p_i, q_i, alive.sum(1), selection)
+        rule = plan(p_i, q_i, torch.where(running, alive.sum(1), 1), selection)  # stopped rows: no work
         y = x[rows, pick(x, alive, rule, u_pick[:, i])]
         law = rule.law
         ok = running & (u[:, i] * law[rows, y] < p_i[rows, y])
