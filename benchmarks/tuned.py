@@ -234,8 +234,9 @@ def write_doc(rows, recipe_paths, models, nfes, methods, failures, seeds, minute
     met = sum(r <= 0.5 for *_, r in verdict)
     parts = [
         "## Tuned samplers",
-        f"Made by `python benchmarks/tuned.py --models {','.join(models)}` ({minutes:.0f} min on {device_name()}, "
-        f"torch {torch.__version__}, {threads} thread(s)); {len(seeds)} seeds ({seeds[0]}-{seeds[-1]}), the same "
+        f"Made by `python benchmarks/tuned.py --models {','.join(models)}` on {device_name()}, "
+        f"torch {torch.__version__}, {threads} thread(s) (this invocation {minutes:.0f} min; with `--resume` the rows "
+        f"of models already done come from fewstep-out/tuned/, and tuning times are in the last table); {len(seeds)} seeds ({seeds[0]}-{seeds[-1]}), the same "
         "noise for every row. Untuned: every deterministic fewstep solver on karras, logsnr and time_uniform grids "
         "(and discrete for digits-vp-eps), and the diffusers and k-diffusion samplers on the same grids; the "
         "best of them per metric. Tuned: one recipe per method and NFE, fitted on seeds 100000+ (disjoint "
