@@ -19,6 +19,7 @@ import argparse
 import torch
 
 from fewstep.lm import SELECTIONS, selection_law
+from fewstep.lm.multidraft import acceptance_bound
 
 
 def lm_like(g: torch.Generator, rows: int, vocab: int, noise: float, top_p: float = 0.95):
@@ -32,15 +33,6 @@ def lm_like(g: torch.Generator, rows: int, vocab: int, noise: float, top_p: floa
     return law(z), law(z + noise * torch.randn(rows, vocab, generator=g, dtype=torch.float64))
 
 
-def bound(p: torch.Tensor, q: torch.Tensor, k: int) -> torch.Tensor:
-    """min over ratio suffixes S of p(S) + 1 - q(S)^k, which is the minimum over all sets S."""
-    order = torch.argsort(torch.where(q > 0, p / q.clamp(min=1e-300), torch.inf), dim=1, descending=True)
-    zero = torch.zeros(len(p), 1, dtype=p.dtype)
-    cp = torch.cat([zero, p.gather(1, order).cumsum(1)], 1)
-    cq = torch.cat([zero, q.gather(1, order).cumsum(1)], 1).clamp(max=1)
-    return (1 - cp + 1 - (1 - cq) ** k).min(1).values
-
-
 def exact_table(rows: int) -> None:
     print("| vocab | draft noise | k | single | first_accept | priority | bound | max gap |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -50,7 +42,7 @@ def exact_table(rows: int) -> None:
         for k in (2, 3, 4):
             m = torch.full((rows,), k)
             acc = {s: torch.minimum(p, selection_law(p, q, m, s)).sum(1) for s in SELECTIONS}
-            best = bound(p, q, k)
+            best = acceptance_bound(p, q, m)
             print(f"| {vocab} | {noise} | {k} | {torch.minimum(p, q).sum(1).mean():.4f} | "
                   f"{acc['first_accept'].mean():.4f} | {acc['priority'].mean():.4f} | {best.mean():.4f} | "
                   f"{(best - acc['priority']).max():.4f} |")

@@ -1,5 +1,5 @@
 """Tuned samplers against the best untuned ones, at NFE 4, 5, 6 and 8. Writes the `tuned` section of
-docs/benchmarks.md and docs/img/tuned-*.png.
+docs/benchmarks.md and docs/img/tuned.png.
 
     .venv/bin/python benchmarks/tuned.py                      # every bundled model (hours on 2 busy cores)
     .venv/bin/python benchmarks/tuned.py --models digits-gmm  # minutes
@@ -236,8 +236,9 @@ def write_doc(rows, recipe_paths, models, nfes, methods, failures, seeds, minute
         "## Tuned samplers",
         f"Made by `python benchmarks/tuned.py --models {','.join(models)}` on {device_name()}, "
         f"torch {torch.__version__}, {threads} thread(s) (this invocation {minutes:.0f} min; with `--resume` the rows "
-        f"of models already done come from fewstep-out/tuned/, and tuning times are in the last table); {len(seeds)} seeds ({seeds[0]}-{seeds[-1]}), the same "
-        "noise for every row. Untuned: every deterministic fewstep solver on karras, logsnr and time_uniform grids "
+        "of models already done come from fewstep-out/tuned/, and tuning times are in the last table); "
+        f"{len(seeds)} seeds ({seeds[0]}-{seeds[-1]}), the same noise for every row. Untuned: every deterministic "
+        "fewstep solver on karras, logsnr and time_uniform grids "
         "(and discrete for digits-vp-eps), and the diffusers and k-diffusion samplers on the same grids; the "
         "best of them per metric. Tuned: one recipe per method and NFE, fitted on seeds 100000+ (disjoint "
         "from these), run through `fewstep bench --recipes`. AYS and GITS schedules are also run with the other "

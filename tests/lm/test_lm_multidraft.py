@@ -153,6 +153,8 @@ def test_the_bound_uses_the_lowest_ratio_sets():
             suffixes = [order[i:] for i in range(len(p) + 1)]
             best = min(float(p[s].sum() + 1 - q[s].sum() ** k) for s in suffixes)
             assert best == pytest.approx(bound(p, q, k), abs=1e-12)
+            fast = multidraft.acceptance_bound(p[None], q[None], torch.tensor([k]))
+            assert float(fast[0]) == pytest.approx(best, abs=1e-12)
 
 
 def test_unknown_selection_lists_the_rules():

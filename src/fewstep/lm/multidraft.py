@@ -99,10 +99,8 @@ def _first_accept(p: torch.Tensor, q: torch.Tensor, m: torch.Tensor) -> Plan:
 
 def _priority(p: torch.Tensor, q: torch.Tensor, m: torch.Tensor, grid: int = 32) -> Plan:
     """Four classes: the bound's cut ``H`` first, two classes on each side (module docstring)."""
-    ratio = torch.where(q > 0, p / q.clamp(min=torch.finfo(q.dtype).tiny), torch.inf)
-    order = torch.argsort(ratio, dim=1, descending=True, stable=True)
-    r = _Sorted(ratio.gather(1, order), p.gather(1, order), q.gather(1, order), m[:, None])
-    cut = (cover(r.cq, r.m) - r.cp).argmin(1)  # minimiser of p(S) + 1 - q(S)^m over S = ratio suffixes
+    r, order = _Sorted.of(p, q, m)
+    cut = r.bound_terms.argmin(1)  # minimiser of p(S) + 1 - q(S)^m over S = ratio suffixes
     zero, end = torch.zeros_like(cut), torch.full_like(cut, p.shape[1])
     # sides [i0, i1) in ratio order: H and the rest for the cut, and the whole vocabulary for no cut
     i0, i1 = torch.stack([zero, cut, zero], 1), torch.stack([cut, end, end], 1)
@@ -134,6 +132,18 @@ class _Sorted:
     p: torch.Tensor
     q: torch.Tensor
     m: torch.Tensor
+
+    @classmethod
+    def of(cls, p: torch.Tensor, q: torch.Tensor, m: torch.Tensor) -> tuple[_Sorted, torch.Tensor]:
+        """The sorted view of ``p``, ``q`` [B, V] with ``m`` [B] drafts, and the order [B, V] it uses."""
+        ratio = torch.where(q > 0, p / q.clamp(min=torch.finfo(q.dtype).tiny), torch.inf)
+        order = torch.argsort(ratio, dim=1, descending=True, stable=True)
+        return cls(ratio.gather(1, order), p.gather(1, order), q.gather(1, order), m[:, None]), order
+
+    @cached_property
+    def bound_terms(self) -> torch.Tensor:
+        """``p(S) + 1 - q(S)^m`` [B, V + 1] for ``S`` every suffix of the order (the first ``i`` tokens cut off)."""
+        return 1 + cover(self.cq, self.m) - self.cp
 
     @cached_property
     def cp(self) -> torch.Tensor:
@@ -199,6 +209,13 @@ class _Sorted:
                               want + (1 - want) * ((bs - filled) / (ws - filled).clamp(min=1e-300)).clamp(0, 1))
             a = torch.where(inside, fit, a)
         return a
+
+
+def acceptance_bound(p: torch.Tensor, q: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """``min_S p(S) + 1 - q(S)^m`` [B]: no selection rule accepts more among ``m`` [B] i.i.d. drafts from
+    ``q`` [B, V] for target ``p`` (module docstring; the minimiser is a lowest-``p/q`` set)."""
+    p64, q64 = p.double(), q.double()
+    return _Sorted.of(p64, q64 / q64.sum(-1, keepdim=True), m.to(torch.float64))[0].bound_terms.amin(1)
 
 
 @dataclass(frozen=True)
