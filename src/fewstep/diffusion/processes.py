@@ -169,7 +169,13 @@ class VPDiscrete(NoiseProcess):
         t = np.where(np.isposinf(log_s), ls.size - 1, t)
         if not self.fractional:
             t = np.round(t)
-        return torch.from_numpy(t).to(sigma.device, sigma.dtype)
+        out = torch.from_numpy(t).to(sigma.device, sigma.dtype)
+        if sigma.requires_grad and self.fractional:  # the interpolation's slope, for gradients in sigma
+            i = np.clip(np.searchsorted(finite, log_s), 1, finite.size - 1)
+            slope = torch.from_numpy(1.0 / (finite[i] - finite[i - 1])).to(sigma.device, sigma.dtype)
+            log_sigma = torch.log(sigma)
+            out = out + (log_sigma - log_sigma.detach()) * slope
+        return out
 
     def t_to_sigma(self, t):
         tt = t.double().cpu().numpy()

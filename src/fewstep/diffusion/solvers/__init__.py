@@ -16,6 +16,7 @@ from fewstep.diffusion.solvers._core import SOLVERS, SolverInfo, get_solver, reg
 from fewstep.diffusion.tune import dc, iia  # noqa: E402,F401  (tuned solvers: DC-Solver, IIA)
 from fewstep.diffusion import corrections  # noqa: E402,F401  (ddim_ts, the time-shift sampler)
 from fewstep.diffusion.tune import usf  # noqa: E402,F401  (usf, the per-step solver of S3)
+from fewstep.diffusion.tune import learned  # noqa: E402,F401  (learned, the solver ld3 trains)
 
 __all__ = ["SOLVERS", "SolverInfo", "get_solver", "list_solvers", "register"]
 

@@ -14,6 +14,7 @@ METHOD_MODULES = {
     "dc": "fewstep.diffusion.tune.dc",
     "iia": "fewstep.diffusion.tune.iia",
     "ems": "fewstep.diffusion.tune.ems",
+    "ld3": "fewstep.diffusion.tune.ld3",
 }
 
 __all__ = ["METHODS", "METHOD_MODULES", "Recipe", "as_recipe"]

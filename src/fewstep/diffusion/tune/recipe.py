@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 RECIPE_VERSION = 1
-METHODS = ("ays", "gits", "dc", "s3", "iia", "ems", "manual")
+METHODS = ("ays", "gits", "dc", "s3", "iia", "ems", "ld3", "manual")
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,15 @@ def _cost(n_steps: int, final_zero: bool, options) -> int:
     return n_steps - (options.get("first_x0") is not None)
 
 
+def mean_start(first_x0, x: torch.Tensor, solver: str) -> torch.Tensor:
+    """USF's ``average_x0``: the flat list ``first_x0`` (one value per data coordinate) as the model
+    output for every sample of ``x``."""
+    d = torch.as_tensor(first_x0, dtype=x.dtype, device=x.device)
+    if d.numel() != x[0].numel():
+        raise ValueError(f"{solver} first_x0 needs {x[0].numel()} values (one per data coordinate); got {d.numel()}")
+    return d.reshape(x.shape[1:]).expand_as(x)
+
+
 @register("usf", order=3, cost=_cost,
           options={"orders": None, "predictions": None, "correctors": None, "relax": None, "first_x0": None},
           paper="Liu et al., USF / S3, arXiv 2312.07243 (per-step solver schedule)",
@@ -118,10 +127,7 @@ def usf(D, x, sigmas, *, callback=None, orders=None, predictions=None, corrector
     if first_x0 is None:
         d = D(x, sigmas[0])
     else:
-        d = torch.as_tensor(first_x0, dtype=x.dtype, device=x.device)
-        if d.numel() != x[0].numel():
-            raise ValueError(f"usf first_x0 needs {x[0].numel()} values (one per data coordinate); got {d.numel()}")
-        d = d.reshape(x.shape[1:]).expand_as(x)
+        d = mean_start(first_x0, x, "usf")
     eps = (x - d) / sigmas[0]
     hist: list = []  # (lambda, D, eps) of earlier points, newest first
     for i, (s, s_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):

@@ -1,0 +1,131 @@
+"""LD3-style learned sampler: the linear form of the solvers, the ``learned`` solver, and the fit."""
+
+import json
+
+import pytest
+import torch
+
+import fewstep
+from fewstep.diffusion.denoiser import CountingDenoiser
+from fewstep.diffusion.sampling import solve
+from fewstep.diffusion.schedules import get_sigmas
+from fewstep.diffusion.tune import ld3
+from fewstep.diffusion.tune.learned import linear_form
+from fewstep.diffusion.tune._tuning import Predictor
+from fewstep.diffusion.tune.recipe import Recipe
+from fewstep.models import load_model
+from fewstep.models.exact import Gauss
+
+TUNE = range(100_000, 100_032)
+HELD_OUT = range(500, 532)
+GAUSS = Gauss(dim=3, mean=torch.tensor([0.5, -1.0, 2.0]), std=torch.tensor([0.5, 1.0, 0.7]))
+X_T = 80 * torch.randn(8, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("FEWSTEP_CACHE", str(tmp_path_factory.getbasetemp() / "fewstep-cache"))
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
+
+
+@pytest.fixture(scope="module")
+def gmm2d():
+    return load_model("gmm2d")
+
+
+@pytest.mark.parametrize("solver", ["ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "ipndm", "ipndm_v", "deis",
+                                    "gradient_estimation", "ddim_accelerated"])
+def test_the_linear_form_reproduces_the_solver(solver):
+    s = get_sigmas("karras", 6, GAUSS).tolist()
+    form = linear_form(solver, s)
+    assert [len(r) for r in form["d_coefs"]] == list(range(7)) and len(form["eval_sigmas"]) == 6
+    assert torch.allclose(solve(GAUSS, X_T, s, "learned", **form), solve(GAUSS, X_T, s, solver), rtol=0, atol=1e-10)
+
+
+def test_the_linear_form_of_ddim_is_the_known_one():
+    s = [10.0, 2.0, 0.5, 0.0]
+    form = linear_form("ddim", s)
+    # y_1 = (2/10) x + (1 - 2/10) D_0; the step to 0 returns D_2
+    assert form["x_coefs"] == pytest.approx([1.0, 0.2, 0.05, 0.0])
+    assert form["d_coefs"][1] == pytest.approx([0.8]) and form["d_coefs"][2] == pytest.approx([0.2, 0.75])
+    assert form["d_coefs"][3] == pytest.approx([0.0, 0.0, 1.0])
+    assert form["eval_sigmas"] == s[:3]
+
+
+def test_the_linear_form_refuses_two_evaluations_per_step():
+    with pytest.raises(ValueError, match="more than once per step"):
+        linear_form("heun", [10.0, 1.0, 0.1, 0.0])
+
+
+def test_learned_without_coefficients_is_ddim_and_checks_its_options():
+    s = get_sigmas("karras", 5, GAUSS).tolist()
+    assert torch.equal(solve(GAUSS, X_T, s, "learned"), solve(GAUSS, X_T, s, "ddim"))
+    form = linear_form("dpmpp_2m", s)
+    with pytest.raises(ValueError, match="together"):
+        solve(GAUSS, X_T, s, "learned", x_coefs=form["x_coefs"])
+    with pytest.raises(ValueError, match="x_coefs needs 6"):
+        solve(GAUSS, X_T, s, "learned", **{**form, "x_coefs": form["x_coefs"][:-1]})
+    with pytest.raises(ValueError, match="lengths 0, 1"):
+        solve(GAUSS, X_T, s, "learned", **{**form, "d_coefs": form["d_coefs"][:-1] + [[1.0]]})
+    with pytest.raises(ValueError, match="positive and finite"):
+        solve(GAUSS, X_T, s, "learned", **{**form, "eval_sigmas": [0.0] + form["eval_sigmas"][1:]})
+    with pytest.raises(ValueError, match="eval_sigmas needs 4"):  # the data-mean start takes the first call
+        solve(GAUSS, X_T, s, "learned", **{**form, "first_x0": GAUSS.data_mean().tolist()})
+
+
+def test_the_data_mean_start_saves_the_first_evaluation():
+    s = get_sigmas("karras", 5, GAUSS).tolist()
+    form = linear_form("dpmpp_2m", s)
+    mean = GAUSS.data_mean().tolist()
+    counted = CountingDenoiser(GAUSS)
+    with_mean = solve(counted, X_T, s, "learned", **{**form, "eval_sigmas": form["eval_sigmas"][1:], "first_x0": mean})
+    assert counted.calls == 4
+    # at sigma = 80 the Gaussian's denoiser is std^2 / (std^2 + 80^2) of the way from its mean to x, so
+    # the result barely moves
+    exact = solve(GAUSS, X_T, s, "dpmpp_2m")
+    assert not torch.equal(with_mean, exact) and torch.allclose(with_mean, exact, rtol=0, atol=1e-2)
+
+
+def test_ld3_lowers_its_objective_and_the_held_out_error(gmm2d):
+    r = ld3.tune(gmm2d, nfe=4, seeds=TUNE, eval_seeds=HELD_OUT, progress=False, steps=60, check_every=5)
+    obj = r.info["objective"]
+    assert r.method == "ld3" and r.solver == "learned" and r.nfe == 4
+    assert obj["held_back_final"] < 0.8 * obj["held_back_initial"]
+    assert obj["final"] < 0.8 * obj["initial"]
+    # the start is the best untuned pair on the tuning seeds (among the solvers ld3 can start from)
+    base = r.info["options"]["base"]
+    assert base in ld3.base_candidates(gmm2d)
+    counted = CountingDenoiser(gmm2d)
+    fewstep.sample(counted, recipe=r, seeds=range(3))
+    assert counted.calls == 4
+    # the recipe round-trips through JSON and reproduces the predictor's number
+    again = Recipe.from_json(r.to_json())
+    assert again == r and json.loads(r.to_json())["solver_options"]["eval_sigmas"] == r.solver_options["eval_sigmas"]
+    assert Predictor(gmm2d, TUNE)(again.sigmas, "learned", again.solver_options) == pytest.approx(obj["final"], rel=1e-6)
+    assert r.quality["rmse_ref"] < r.quality["untuned"]["rmse_ref"]
+
+
+def test_ld3_times_only_moves_only_the_evaluation_times(gmm2d):
+    r = ld3.tune(gmm2d, nfe=4, solver="dpmpp_2m", schedule="logsnr", coefficients=False, seeds=TUNE, eval_seeds=None,
+                 progress=False, steps=30, check_every=5, lr=0.03)
+    opts = r.solver_options
+    form = linear_form("dpmpp_2m", r.sigmas)
+    if "first_x0" in opts:  # the data-mean start won the start: its first output is no model call
+        form["eval_sigmas"] = form["eval_sigmas"][1:]
+    assert opts["x_coefs"] == pytest.approx(form["x_coefs"]) and opts["d_coefs"] == form["d_coefs"]
+    assert opts["eval_sigmas"] != pytest.approx(form["eval_sigmas"])
+    assert r.info["objective"]["held_back_final"] < 0.5 * r.info["objective"]["held_back_initial"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"solver": "heun"}, "one-evaluation-per-step solver"),
+    ({"schedule": "cosine"}, "schedule must be"),
+    ({"steps": 0}, "positive integers"),
+    ({"holdout": 1.0}, "holdout"),
+    ({"coefficients": False, "times": False}, "nothing to learn"),
+])
+def test_ld3_rejects_bad_options(gmm2d, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ld3.tune(gmm2d, nfe=4, seeds=TUNE, eval_seeds=None, progress=False, **kwargs)
