@@ -30,7 +30,8 @@ from solvers import DOC, IMG, write_section  # noqa: E402  (the shared docs/benc
 MODELS = ["digits-gmm", "digits-edm", "digits-flow", "digits-vp-eps"]
 NFES = [4, 5, 6, 8]
 OUT = ROOT / "fewstep-out" / "tuned"
-MINE = {"ays": "dpmpp_2m", "gits": "ipndm", "s3": "unipc"}  # method -> solver it tunes (s3: compares with)
+MINE = {"ays": "dpmpp_2m", "gits": "ipndm", "s3": "unipc", "ld3": "best"}  # method -> solver it tunes (s3: compares
+# with; ld3: starts from the best one-evaluation-per-step solver and schedule on the tuning seeds)
 # AYS's objective and GITS's one-step costs are the same for every one-evaluation-per-step multistep
 # solver, so their schedule is also benchmarked with these solvers (same recipe, solver replaced).
 SHARED_SCHEDULE = {"ays": ("unipc", "ipndm", "ipndm_v"), "gits": ("dpmpp_2m", "unipc", "ipndm_v")}
@@ -43,10 +44,14 @@ def method_options(method: str, exact: bool) -> dict:
     if method == "s3":
         return {"batch": 512, "generations": 24} if exact else {"batch": 64, "population": 16, "generations": 10,
                                                                  "children": 12}
+    if method == "ld3":
+        return {"steps": 200}
     return {}
 
 
 def tuning_seeds(method: str, exact: bool) -> range:
+    if method == "ld3":  # it fits more parameters than the others: more seeds keep it from overfitting
+        return range(100_000, 100_512 if exact else 100_256)
     return range(100_000, 100_512 if (method == "s3" and exact) else 100_128)
 
 
@@ -273,6 +278,22 @@ def unloadable(name: str) -> str | None:
     return None
 
 
+def add_methods(blob: dict, name: str, nfes, methods, seeds) -> dict:
+    """``blob`` (a model's saved rows, recipes and failures) with ``methods`` tuned anew: their old
+    rows, recipe files and failures are replaced."""
+    from fewstep.bench.harness import BenchSpec
+    from fewstep.bench.recipes import recipe_rows
+
+    new_paths, new_failures = tune_model(name, nfes, methods, seeds, print)
+    spec = BenchSpec(models=[name], solvers=[], nfes=nfes, metrics=["rmse_ref", "fd"], seeds=seeds)
+    ours = set(methods)
+    rows = [r for r in blob["rows"] if not (r.get("source") == "fewstep-recipe" and r.get("label") in ours)]
+    recipes = [p for p in blob["recipes"] if Path(p).name.split("-")[0] not in ours]
+    failures = [f for f in blob["failures"] if f.split(" on ")[0] not in ours]
+    return {"rows": rows + recipe_rows(new_paths, spec), "recipes": recipes + [str(p) for p in new_paths],
+            "failures": failures + new_failures}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(MODELS))
@@ -281,6 +302,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0-255")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core machine)")
     ap.add_argument("--resume", action="store_true", help="reuse fewstep-out/tuned/<model>.json rows")
+    ap.add_argument("--add", default=None, metavar="METHODS",
+                    help="with --resume: tune these methods again (or for the first time) and replace their rows")
     args = ap.parse_args()
 
     import torch
@@ -305,6 +328,9 @@ def main() -> None:
             print(failures[-1])
         elif args.resume and saved.exists():
             blob = json.loads(saved.read_text())
+            if args.add:
+                blob = add_methods(blob, name, nfes, args.add.split(","), seeds)
+                saved.write_text(json.dumps(blob, indent=1, default=str))
             rows += blob["rows"]
             paths += [Path(p) for p in blob["recipes"]]
             failures += blob["failures"]

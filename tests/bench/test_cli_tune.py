@@ -129,3 +129,17 @@ def test_bench_adds_a_row_per_recipe(recipe_path, tmp_path, capsys):
     assert "gits" in capsys.readouterr().out
     assert main(["bench", "--models", "gmm2d", "--nfe", "4", "--recipes", str(tmp_path / "none.json")]) == 2
     assert "no recipe file" in capsys.readouterr().err
+
+
+def test_tune_ld3_from_the_best_solver(tmp_path, capsys):
+    out = tmp_path / "ld3.json"
+    args = list(TUNE_ARGS)
+    args[args.index("gits")] = "ld3"
+    args[args.index("dpmpp_2m")] = "best"
+    args[args.index("fine_steps=16")] = "steps=20"
+    assert main(args + ["--out", str(out)]) == 0
+    r = Recipe.load(out)
+    assert (r.method, r.solver, r.nfe) == ("ld3", "learned", 4)
+    assert r.info["options"]["solver"] == "best" and r.info["options"]["steps"] == 20
+    assert r.quality["rmse_ref"] < r.quality["untuned"]["rmse_ref"]
+    assert "tuned in" in capsys.readouterr().out

@@ -96,7 +96,7 @@ def test_ld3_lowers_its_objective_and_the_held_out_error(gmm2d):
     assert obj["final"] < 0.8 * obj["initial"]
     # the start is the best untuned pair on the tuning seeds (among the solvers ld3 can start from)
     base = r.info["options"]["base"]
-    assert base in ld3.base_candidates(gmm2d)
+    assert base in ld3.base_candidates()
     counted = CountingDenoiser(gmm2d)
     fewstep.sample(counted, recipe=r, seeds=range(3))
     assert counted.calls == 4
@@ -129,3 +129,16 @@ def test_ld3_times_only_moves_only_the_evaluation_times(gmm2d):
 def test_ld3_rejects_bad_options(gmm2d, kwargs, message):
     with pytest.raises(ValueError, match=message):
         ld3.tune(gmm2d, nfe=4, seeds=TUNE, eval_seeds=None, progress=False, **kwargs)
+
+
+def test_discrete_vp_sigma_to_t_passes_the_slope_of_its_interpolation():
+    from fewstep.diffusion.processes import VPDiscrete
+
+    p = VPDiscrete.from_betas("linear", 1000)
+    sigma = torch.tensor([0.05, 1.3, 40.0], dtype=torch.float64, requires_grad=True)
+    t = p.sigma_to_t(sigma)
+    assert torch.equal(t.detach(), p.sigma_to_t(sigma.detach()))
+    (g,) = torch.autograd.grad(t.sum(), sigma)
+    h = 1e-6
+    fd = (p.sigma_to_t(sigma.detach() * (1 + h)) - p.sigma_to_t(sigma.detach() * (1 - h))) / (2 * h * sigma.detach())
+    assert torch.allclose(g, fd, rtol=1e-4)

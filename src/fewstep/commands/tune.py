@@ -18,9 +18,10 @@ def add_parser(sub) -> None:
     p = sub.add_parser("tune", help="fit a schedule / solver schedule / coefficients to a model; write a recipe",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="a name from `fewstep list models`")
-    p.add_argument("--method", required=True, help="ays, gits, s3, dc, iia or ems")
+    p.add_argument("--method", required=True, help="ays, gits, s3, dc, iia, ems or ld3")
     p.add_argument("--solver", default="dpmpp_2m",
-                   help="the solver to tune (s3: the untuned solver it is compared with; it writes solver usf)")
+                   help="the solver to tune (s3: the untuned solver it is compared with; it writes solver usf; "
+                        "ld3: the solver it starts from, or best; it writes solver learned)")
     p.add_argument("--nfe", type=int, default=5, help="model evaluations per sample")
     p.add_argument("--out", required=True, help="the recipe JSON to write")
     p.add_argument("--seeds", default=DEFAULT_TUNE_SEEDS, help="tuning seeds")

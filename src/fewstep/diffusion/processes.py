@@ -164,7 +164,7 @@ class VPDiscrete(NoiseProcess):
     def sigma_to_t(self, sigma):
         ls = self._log_sigmas
         finite = ls[np.isfinite(ls)]
-        log_s = torch.log(sigma.double()).cpu().numpy()
+        log_s = torch.log(sigma.detach().double()).cpu().numpy()
         t = np.interp(log_s, finite, np.arange(finite.size, dtype=np.float64))
         t = np.where(np.isposinf(log_s), ls.size - 1, t)
         if not self.fractional:

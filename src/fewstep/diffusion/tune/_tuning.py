@@ -22,6 +22,7 @@ from fewstep.diffusion.tune.recipe import Recipe
 
 TUNE_SEEDS = range(100_000, 100_128)
 EVAL_SEEDS = range(256)
+REF_BLOCK = 128  # tuning seeds per cached block of reference solutions
 SIGMA_CAP = 80.0  # start of sigma-space grids for models whose sigma_max is infinite (as in the bench)
 
 
@@ -71,7 +72,9 @@ class Predictor:
 
         self.model, self.seeds = model, list(seeds)
         self.noise = seeded_noise(self.seeds, model.shape, dtype=torch.float32)
-        self.ref = reference_samples(model, self.seeds, sigma_max=start_sigma(model))[0]
+        # cached in blocks of REF_BLOCK seeds, so a longer seed list reuses the references of a shorter one
+        self.ref = torch.cat([reference_samples(model, self.seeds[i:i + REF_BLOCK], sigma_max=start_sigma(model))[0]
+                              for i in range(0, len(self.seeds), REF_BLOCK)])
         self.calls = 0
 
     def head(self, n: int) -> Predictor:

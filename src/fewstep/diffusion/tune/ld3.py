@@ -38,7 +38,7 @@ Tensor = torch.Tensor
 __all__ = ["base_candidates", "pick_base", "tune"]
 
 
-def base_candidates(model) -> list[str]:
+def base_candidates() -> list[str]:
     """The registered deterministic solvers that are one-evaluation-per-step and not tuned themselves."""
     from fewstep.diffusion.solvers import SOLVERS
 
@@ -93,26 +93,28 @@ def pick_base(model, predictor, nfe: int, solvers: Sequence[str], schedules: Seq
 
 
 class _Form(torch.nn.Module):
-    """The trainable form: ``a_i = a0_i exp(alpha_i)``, ``c = c0 + delta``, ``sigma_hat = s0 exp(beta)``
-    (clamped to the model's range) and, with the data-mean start, the first output itself."""
+    """The trainable form: ``a_i = a0_i exp(alpha_i) + gamma_i / sigma_0`` (``gamma`` in units of the unit
+    noise, so a coefficient that starts at 0 can move), ``c = c0 + delta``, ``sigma_hat = s0 exp(beta)``
+    (clamped to the model's range); the data-mean start, if any, stays fixed."""
 
-    def __init__(self, form: Mapping[str, Any], lo: float, hi: float, coefficients: bool, times: bool):
+    def __init__(self, form: Mapping[str, Any], sigma0: float, lo: float, hi: float, coefficients: bool,
+                 times: bool):
         super().__init__()
         f64 = torch.float64
         self.a0 = torch.tensor(form["x_coefs"], dtype=f64)
         self.c0 = [torch.tensor(r, dtype=f64) for r in form["d_coefs"]]
         self.s0 = torch.tensor(form["eval_sigmas"], dtype=f64)
-        self.lo, self.hi = lo, hi
+        self.sigma0, self.lo, self.hi = sigma0, lo, hi
         self.alpha = torch.nn.Parameter(torch.zeros_like(self.a0), requires_grad=coefficients)
+        self.gamma = torch.nn.Parameter(torch.zeros_like(self.a0), requires_grad=coefficients)
         self.delta = torch.nn.ParameterList(torch.nn.Parameter(torch.zeros_like(c), requires_grad=coefficients)
                                             for c in self.c0)
         self.beta = torch.nn.Parameter(torch.zeros_like(self.s0), requires_grad=times)
         first = form.get("first_x0")
-        self.first = None if first is None else torch.nn.Parameter(torch.tensor(first, dtype=f64),
-                                                                    requires_grad=False)
+        self.first = None if first is None else torch.tensor(first, dtype=f64)
 
     def values(self):
-        a = self.a0 * torch.exp(self.alpha)
+        a = self.a0 * torch.exp(self.alpha) + self.gamma / self.sigma0
         c = [c0 + d for c0, d in zip(self.c0, self.delta)]
         s = torch.clamp(self.s0 * torch.exp(self.beta), self.lo, self.hi)
         return a, c, s
@@ -134,8 +136,8 @@ class _Form(torch.nn.Module):
 
 def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T.TUNE_SEEDS,
          eval_seeds: Sequence[int] | None = T.EVAL_SEEDS, progress: bool = True, schedule: str = "best",
-         steps: int = 400, lr: float = 0.01, coefficients: bool = True, times: bool = True, holdout: float = 0.25,
-         check_every: int = 10):
+         steps: int = 300, lr: float = 0.02, coefficients: bool = True, times: bool = True, holdout: float = 0.25,
+         slack: float = 0.0, check_every: int = 10):
     """Learn a ``learned`` solver for ``nfe`` evaluations on ``model``; returns a ``Recipe``.
 
     Args:
@@ -146,18 +148,21 @@ def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T
             the one with the lowest RMSE on the tuning seeds is the start.
         seeds: tuning seeds; ``holdout`` of them (the last ones) only choose the iterate kept.
         steps, lr: Adam iterations (full batch, cosine-decayed learning rate) and learning rate.
-        coefficients, times: train the coefficients (and the data-mean start) / the evaluation times.
+        coefficients, times: train the coefficients / the evaluation times.
+        slack: LD3's slack: each training seed's noise may move within a ball of RMS radius ``slack``
+            (its own parameter, trained with the rest and projected back onto the ball), so the fit
+            does not have to match every reference exactly; 0 is the plain loss.
         check_every: iterations between held-back checks.
     """
     t_start = time.perf_counter()
     if solver == "best":
-        solvers = base_candidates(model)
+        solvers = base_candidates()
         T.check_args(model, "ddim", nfe)
     else:
         T.check_args(model, solver, nfe)
-        if solver not in base_candidates(model):
+        if solver not in base_candidates():
             raise ValueError(f"ld3 starts from a one-evaluation-per-step solver: 'best' or one of "
-                             f"{', '.join(base_candidates(model))}; got {solver!r}")
+                             f"{', '.join(base_candidates())}; got {solver!r}")
         solvers = [solver]
     allowed = _schedules(model)
     if schedule != "best" and schedule not in allowed:
@@ -168,8 +173,9 @@ def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T
            if isinstance(v, bool) or not isinstance(v, int) or v < 1}
     if bad:
         raise ValueError(f"steps and check_every must be positive integers; got {bad}")
-    if not (lr > 0 and 0 < holdout < 1):
-        raise ValueError(f"need lr > 0 and 0 < holdout < 1; got lr={lr}, holdout={holdout}")
+    if not (lr > 0 and 0 < holdout < 1 and slack >= 0):
+        raise ValueError(f"need lr > 0, 0 < holdout < 1 and slack >= 0; got lr={lr}, holdout={holdout}, "
+                         f"slack={slack}")
     if not (coefficients or times):
         raise ValueError("nothing to learn: coefficients and times are both off")
     n_fit = max(2, min(len(seeds) - 2, round(len(seeds) * (1 - holdout))))
@@ -180,8 +186,11 @@ def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T
     noise, ref = full.noise.to(torch.float32), full.ref.to(torch.float32)
     x_fit, r_fit = sig[0] * noise[:n_fit], ref[:n_fit]
     x_val, r_val = sig[0] * noise[n_fit:], ref[n_fit:]
-    net = _Form(form, float(model.sigma_min), T.start_sigma(model), coefficients, times)
+    net = _Form(form, sig[0], float(model.sigma_min), T.start_sigma(model), coefficients, times)
     params = [p for p in net.parameters() if p.requires_grad]
+    shift = torch.zeros_like(x_fit, requires_grad=True)  # LD3's slack: a move of each training noise
+    if slack > 0:
+        params.append(shift)
     opt = torch.optim.Adam(params, lr=lr)
     decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
 
@@ -193,13 +202,17 @@ def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T
     best_form, history = net.export(), []
     with T.progress_bar(steps, "ld3", progress) as bar:
         for it in range(1, steps + 1):
-            loss = (net.run(model, x_fit) - r_fit).pow(2).mean()
+            loss = (net.run(model, x_fit + sig[0] * shift) - r_fit).pow(2).mean()
             # gradients for the form's parameters only (the model's weights stay untouched)
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             for p, g in zip(params, grads):
                 p.grad = torch.zeros_like(p) if g is None else g
             opt.step()
             decay.step()
+            if slack > 0:
+                with torch.no_grad():  # back onto the ball of RMS radius slack
+                    rms = shift.flatten(1).pow(2).mean(1).sqrt().clamp_min(slack)
+                    shift.mul_((slack / rms).view(-1, *[1] * (shift.ndim - 1)))
             if it % check_every == 0 or it == steps:
                 v = val_rmse()
                 history.append([it, round(math.sqrt(float(loss.detach())), 6), round(v, 6)])
@@ -212,7 +225,7 @@ def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T
                          f"{' with the data-mean start' if 'first_x0' in form else ''}"}
     options = {"solver": solver, "schedule": schedule, "base": base, "base_schedule": base_schedule,
                "mean_start": "first_x0" in form, "steps": steps, "lr": lr, "coefficients": coefficients,
-               "times": times, "holdout": holdout}
+               "times": times, "holdout": holdout, "slack": slack}
     return T.make_recipe(model, "ld3", "learned", nfe, sig, t_start=t_start, solver_options=best_form,
                          objective=objective, options=options, tune_seeds=seeds, eval_seeds=eval_seeds,
                          baseline=(base, {}))
