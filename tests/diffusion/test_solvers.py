@@ -47,6 +47,7 @@ ORDER_CASES = [
     ("ipndm_dc", {}, karras, 2),
     ("iia_ddim", {}, karras, 1), ("iia_dpmpp_2m", {}, karras, 2), ("iia_heun", {}, karras, 2),
     ("usf", {}, karras, 3),
+    ("learned", {}, karras, 1),  # without coefficients it is DDIM; with them: tests/diffusion/test_tune_ld3.py
 ]
 
 
