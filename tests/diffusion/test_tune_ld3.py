@@ -103,8 +103,11 @@ def test_ld3_lowers_its_objective_and_the_held_out_error(gmm2d):
     # the recipe round-trips through JSON and reproduces the predictor's number
     again = Recipe.from_json(r.to_json())
     assert again == r and json.loads(r.to_json())["solver_options"]["eval_sigmas"] == r.solver_options["eval_sigmas"]
-    assert Predictor(gmm2d, TUNE)(again.sigmas, "learned", again.solver_options) == pytest.approx(obj["final"], rel=1e-6)
+    again_rmse = Predictor(gmm2d, TUNE)(again.sigmas, "learned", again.solver_options)
+    assert again_rmse == pytest.approx(obj["final"], rel=1e-6)
     assert r.quality["rmse_ref"] < r.quality["untuned"]["rmse_ref"]
+    untuned = r.quality["untuned"]
+    assert untuned["solver"] == base and untuned["schedule"] == r.info["options"]["base_schedule"]
 
 
 def test_ld3_times_only_moves_only_the_evaluation_times(gmm2d):

@@ -101,9 +101,11 @@ class Predictor:
 
 
 def held_out_quality(model: Denoiser, recipe: Recipe, eval_seeds: Sequence[int],
-                     baseline: tuple[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
-    """``rmse_ref`` and ``fd`` of the recipe and of the untuned baseline (``(solver, options)`` on a
-    Karras grid; default the recipe's own solver) on held-out seeds, measured as ``fewstep bench`` does."""
+                     baseline: tuple[str, Mapping[str, Any]] | None = None,
+                     baseline_schedule: str = "karras") -> dict[str, Any]:
+    """``rmse_ref`` and ``fd`` of the recipe and of the untuned baseline (``(solver, options)`` on
+    ``baseline_schedule``; default the recipe's own solver) on held-out seeds, measured as ``fewstep bench``
+    does."""
     from fewstep.bench.harness import DataReference, compute_metrics
     from fewstep.diffusion.sampling import sample
     from fewstep.metrics.reference import reference_samples
@@ -114,10 +116,10 @@ def held_out_quality(model: Denoiser, recipe: Recipe, eval_seeds: Sequence[int],
     names = ["rmse_ref"] + (["fd"] if data.data is not None else [])
     b_solver, b_opts = baseline or (recipe.solver, {})
     tuned = sample(model, recipe=recipe, seeds=seeds)
-    untuned = sample(model, solver=b_solver, nfe=recipe.nfe, schedule="karras", sigma_max=start_sigma(model),
-                     seeds=seeds, solver_options=dict(b_opts))
+    untuned = sample(model, solver=b_solver, nfe=recipe.nfe, schedule=baseline_schedule,
+                     sigma_max=start_sigma(model), seeds=seeds, solver_options=dict(b_opts))
     out: dict[str, Any] = compute_metrics(names, tuned, ref, data)
-    out["untuned"] = {"solver": b_solver, "solver_options": dict(b_opts), "schedule": "karras",
+    out["untuned"] = {"solver": b_solver, "solver_options": dict(b_opts), "schedule": baseline_schedule,
                       **compute_metrics(names, untuned, ref, data)}
     out["eval_seeds"] = _seed_text(seeds)
     return out
@@ -127,7 +129,8 @@ def make_recipe(model: Denoiser, method: str, solver: str, nfe: int, sigmas: Any
                 solver_options: Mapping[str, Any] | None = None, objective: Mapping[str, Any] | None = None,
                 options: Mapping[str, Any] | None = None, tune_seeds: Sequence[int] = (),
                 eval_seeds: Sequence[int] | None = EVAL_SEEDS,
-                baseline: tuple[str, Mapping[str, Any]] | None = None) -> Recipe:
+                baseline: tuple[str, Mapping[str, Any]] | None = None,
+                baseline_schedule: str = "karras") -> Recipe:
     """Build the recipe, then measure its held-out quality (unless ``eval_seeds`` is None)."""
     import fewstep
     from fewstep.metrics.reference import model_hash
@@ -139,7 +142,7 @@ def make_recipe(model: Denoiser, method: str, solver: str, nfe: int, sigmas: Any
                     solver_options=dict(solver_options or {}), info=info)
     if eval_seeds is None:
         return recipe
-    quality = held_out_quality(model, recipe, eval_seeds, baseline)
+    quality = held_out_quality(model, recipe, eval_seeds, baseline, baseline_schedule)
     return dataclasses.replace(recipe, quality=quality)
 
 

@@ -228,4 +228,4 @@ def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T
                "times": times, "holdout": holdout, "slack": slack}
     return T.make_recipe(model, "ld3", "learned", nfe, sig, t_start=t_start, solver_options=best_form,
                          objective=objective, options=options, tune_seeds=seeds, eval_seeds=eval_seeds,
-                         baseline=(base, {}))
+                         baseline=(base, {}), baseline_schedule=base_schedule)
