@@ -17,3 +17,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def shared_reference_cache(tmp_path_factory, monkeypatch):
+    """One reference cache for the whole session (FEWSTEP_CACHE), so each reference is computed once."""
+    monkeypatch.setenv("FEWSTEP_CACHE", str(tmp_path_factory.getbasetemp() / "fewstep-cache"))
+
+
+@pytest.fixture(scope="module")
+def gmm2d():
+    from fewstep.models import load_model
+
+    return load_model("gmm2d")

@@ -12,13 +12,8 @@ TUNE_ARGS = ["tune", "--model", "gmm2d", "--method", "gits", "--solver", "dpmpp_
              "--seeds", "100000-100023", "--eval-seeds", "500-531", "--option", "fine_steps=16", "--no-progress"]
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
+pytestmark = pytest.mark.usefixtures("one_thread", "shared_reference_cache")  # see tests/conftest.py
 
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    # one reference cache for the whole session, so each reference is computed once
-    monkeypatch.setenv("FEWSTEP_CACHE", str(tmp_path_factory.getbasetemp() / "fewstep-cache"))
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,6 @@ from fewstep.diffusion.tune import ld3
 from fewstep.diffusion.tune.learned import linear_form
 from fewstep.diffusion.tune._tuning import Predictor
 from fewstep.diffusion.tune.recipe import Recipe
-from fewstep.models import load_model
 from fewstep.models.exact import Gauss
 
 TUNE = range(100_000, 100_032)
@@ -22,17 +21,9 @@ GAUSS = Gauss(dim=3, mean=torch.tensor([0.5, -1.0, 2.0]), std=torch.tensor([0.5,
 X_T = 80 * torch.randn(8, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("FEWSTEP_CACHE", str(tmp_path_factory.getbasetemp() / "fewstep-cache"))
 
+pytestmark = pytest.mark.usefixtures("one_thread", "shared_reference_cache")  # see tests/conftest.py
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
-
-
-@pytest.fixture(scope="module")
-def gmm2d():
-    return load_model("gmm2d")
 
 
 @pytest.mark.parametrize("solver", ["ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "ipndm", "ipndm_v", "deis",

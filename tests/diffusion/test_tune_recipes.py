@@ -16,10 +16,6 @@ from fewstep.models import load_model
 SIGMAS = (80.0, 4.0, 0.9, 0.1, 0.002, 0.0)
 
 
-@pytest.fixture(scope="module")
-def gmm2d():
-    return load_model("gmm2d")
-
 
 @pytest.fixture()
 def recipe(gmm2d):

@@ -20,18 +20,9 @@ TUNE = range(100_000, 100_024)
 HELD_OUT = range(500, 532)
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path_factory, monkeypatch):
-    # one reference cache for the whole session, so each reference is computed once
-    monkeypatch.setenv("FEWSTEP_CACHE", str(tmp_path_factory.getbasetemp() / "fewstep-cache"))
 
+pytestmark = pytest.mark.usefixtures("one_thread", "shared_reference_cache")  # see tests/conftest.py
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
-
-
-@pytest.fixture(scope="module")
-def gmm2d():
-    return load_model("gmm2d")
 
 
 # ---------------------------------------------------------------------------------------------
