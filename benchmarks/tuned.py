@@ -246,7 +246,9 @@ def write_doc(rows, recipe_paths, models, nfes, methods, failures, seeds, minute
         "fewstep solver on karras, logsnr and time_uniform grids "
         "(and discrete for digits-vp-eps), and the diffusers and k-diffusion samplers on the same grids; the "
         "best of them per metric. Tuned: one recipe per method and NFE, fitted on seeds 100000+ (disjoint "
-        "from these), run through `fewstep bench --recipes`. AYS and GITS schedules are also run with the other "
+        "from these; 128 of them, 512 for S3 and ld3 on digits-gmm, 256 for ld3 on the trained models; "
+        "`tuning_seeds` in the script), run through `fewstep bench --recipes` (a method added or redone "
+        "later: `--resume --add METHOD`). AYS and GITS schedules are also run with the other "
         "one-evaluation-per-step multistep solvers listed in the script (their objectives do not depend on "
         "which). rmse_ref is measured against the reference ODE solution from the model's own start (80 for "
         "digits-flow) even when a recipe starts lower.",
