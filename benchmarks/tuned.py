@@ -281,17 +281,20 @@ def unloadable(name: str) -> str | None:
 
 
 def add_methods(blob: dict, name: str, nfes, methods, seeds) -> dict:
-    """``blob`` (a model's saved rows, recipes and failures) with ``methods`` tuned anew: their old
-    rows, recipe files and failures are replaced."""
+    """``blob`` (a model's saved rows, recipes and failures) with ``methods`` tuned anew at ``nfes``: their
+    old rows, recipe files and failures at those NFEs are replaced, the others kept."""
     from fewstep.bench.harness import BenchSpec
     from fewstep.bench.recipes import recipe_rows
 
     new_paths, new_failures = tune_model(name, nfes, methods, seeds, print)
     spec = BenchSpec(models=[name], solvers=[], nfes=nfes, metrics=["rmse_ref", "fd"], seeds=seeds)
-    ours = set(methods)
-    rows = [r for r in blob["rows"] if not (r.get("source") == "fewstep-recipe" and r.get("label") in ours)]
-    recipes = [p for p in blob["recipes"] if Path(p).name.split("-")[0] not in ours]
-    failures = [f for f in blob["failures"] if f.split(" on ")[0] not in ours]
+    ours = {(m, n) for m in methods for n in nfes}
+    rows = [r for r in blob["rows"]
+            if not (r.get("source") == "fewstep-recipe" and (r.get("label"), r.get("nfe_budget")) in ours)]
+    recipes = [p for p in blob["recipes"]
+               if (Path(p).name.split("-")[0], int(Path(p).stem.rsplit("nfe", 1)[1])) not in ours]
+    failures = [f for f in blob["failures"]
+                if not any(f.startswith(f"{m} on {name} at NFE {n}:") for m, n in ours)]
     return {"rows": rows + recipe_rows(new_paths, spec), "recipes": recipes + [str(p) for p in new_paths],
             "failures": failures + new_failures}
 
