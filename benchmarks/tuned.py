@@ -74,6 +74,9 @@ def tune_model(name: str, nfes, methods, seeds, log) -> tuple[list[Path], list[s
         module = importlib.import_module(METHOD_MODULES[method])
         for nfe in nfes:
             kw = {"solver": MINE[method]} if method in MINE else {}
+            s3_recipe = OUT / name / f"s3-usf-nfe{nfe}.json"
+            if method == "ld3" and s3_recipe.exists():  # ld3 may start from the S3 solver schedule
+                kw["starts"] = [str(s3_recipe)]
             try:
                 r = module.tune(model, nfe=nfe, seeds=tuning_seeds(method, exact), eval_seeds=seeds, progress=True,
                                 **kw, **method_options(method, exact))

@@ -136,3 +136,23 @@ def test_discrete_vp_sigma_to_t_passes_the_slope_of_its_interpolation():
     h = 1e-6
     fd = (p.sigma_to_t(sigma.detach() * (1 + h)) - p.sigma_to_t(sigma.detach() * (1 - h))) / (2 * h * sigma.detach())
     assert torch.allclose(g, fd, rtol=1e-4)
+
+
+def test_ld3_starts_from_a_better_recipe(gmm2d, tmp_path):
+    from fewstep.diffusion.tune import s3
+
+    start = s3.tune(gmm2d, solver="unipc", nfe=4, seeds=TUNE, eval_seeds=None, progress=False, population=8,
+                    generations=3, children=6, elite=4, refine_sweeps=1)
+    path = start.save(tmp_path / "s3.json")
+    plain = ld3.tune(gmm2d, nfe=4, seeds=TUNE, eval_seeds=None, progress=False, steps=5)
+    r = ld3.tune(gmm2d, nfe=4, seeds=TUNE, eval_seeds=HELD_OUT, progress=False, steps=20, check_every=5,
+                 starts=[path])
+    obj = r.info["objective"]
+    # the S3 schedule beats every untuned start on the tuning seeds, so ld3 starts from it (its RMSE)
+    assert start.info["objective"]["final"] < plain.info["objective"]["initial"]
+    assert r.info["options"]["base"] == "s3 recipe (usf)" and obj["initial"] == pytest.approx(
+        Predictor(gmm2d, TUNE)(start.sigmas, "usf", start.solver_options), rel=1e-4)  # float32 runs
+    assert obj["held_back_final"] <= obj["held_back_initial"]
+    assert r.quality["untuned"]["solver"] in ld3.base_candidates()  # compared with an untuned solver
+    with pytest.raises(ValueError, match="made for NFE 4, not 5"):
+        ld3.tune(gmm2d, nfe=5, seeds=TUNE, eval_seeds=None, progress=False, steps=1, starts=[start])

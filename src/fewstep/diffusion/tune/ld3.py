@@ -92,6 +92,26 @@ def pick_base(model, predictor, nfe: int, solvers: Sequence[str], schedules: Seq
     return best
 
 
+def recipe_start(model, predictor, nfe: int, recipe) -> tuple[float, str, list[float], dict[str, Any]]:
+    """``(rmse, label, sigmas, options)``: a tuned recipe's solver in the ``learned`` form."""
+    from fewstep.diffusion.tune.recipe import as_recipe
+
+    r = as_recipe(recipe)
+    r.check(model, nfe)
+    opts = dict(r.solver_options)
+    first = opts.pop("first_x0", None)  # the linear structure does not depend on what the first output is
+    sig = list(r.sigmas)
+    form = linear_form(r.solver, sig, opts)
+    if first is not None:
+        form = {**form, "eval_sigmas": form["eval_sigmas"][1:], "first_x0": first}
+    err = predictor(sig, "learned", form)
+    own = predictor(sig, r.solver, r.solver_options)
+    if not abs(err - own) <= 1e-4 * (1 + own):
+        raise ValueError(f"the recipe's solver {r.solver!r} is not linear in its model outputs (RMSE {own:.6g} "
+                         f"run as itself, {err:.6g} in the linear form); ld3 cannot start from it")
+    return err, f"{r.method} recipe ({r.solver})", sig, form
+
+
 class _Form(torch.nn.Module):
     """The trainable form: ``a_i = a0_i exp(alpha_i) + gamma_i / sigma_0`` (``gamma`` in units of the unit
     noise, so a coefficient that starts at 0 can move), ``c = c0 + delta``, ``sigma_hat = s0 exp(beta)``
@@ -137,7 +157,7 @@ class _Form(torch.nn.Module):
 def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T.TUNE_SEEDS,
          eval_seeds: Sequence[int] | None = T.EVAL_SEEDS, progress: bool = True, schedule: str = "best",
          steps: int = 300, lr: float = 0.02, coefficients: bool = True, times: bool = True, holdout: float = 0.25,
-         slack: float = 0.0, check_every: int = 10):
+         slack: float = 0.0, check_every: int = 10, starts: Sequence[Any] = ()):
     """Learn a ``learned`` solver for ``nfe`` evaluations on ``model``; returns a ``Recipe``.
 
     Args:
@@ -153,6 +173,9 @@ def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T
             (its own parameter, trained with the rest and projected back onto the ball), so the fit
             does not have to match every reference exactly; 0 is the plain loss.
         check_every: iterations between held-back checks.
+        starts: recipes (``Recipe`` objects or JSON paths, made for this model and NFE) of
+            one-evaluation-per-step solvers, e.g. from ``s3``: further starting points, used when
+            their RMSE on the tuning seeds beats the best untuned start.
     """
     t_start = time.perf_counter()
     if solver == "best":
@@ -182,6 +205,11 @@ def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T
     full = T.Predictor(model, seeds)
     mean = [float(v) for v in full.ref.mean(0).flatten()]
     err0, base, base_schedule, sig, form = pick_base(model, full, nfe, solvers, schedules, mean)
+    untuned = (base, base_schedule)  # what the recipe's quality is compared with
+    for path in starts:  # tuned recipes as further starting points (e.g. an S3 solver schedule)
+        err, name, sig_r, form_r = recipe_start(model, full, nfe, path)
+        if err < err0:
+            err0, base, base_schedule, sig, form = err, name, "recipe", sig_r, form_r
 
     noise, ref = full.noise.to(torch.float32), full.ref.to(torch.float32)
     x_fit, r_fit = sig[0] * noise[:n_fit], ref[:n_fit]
@@ -221,11 +249,12 @@ def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T
             bar.update()
     objective = {"name": "rmse_ref on tuning seeds", "initial": err0, "final": full(sig, "learned", best_form),
                  "held_back_initial": start_val, "held_back_final": best_val, "history": history,
-                 "note": f"initial: the best untuned start, {base} on {base_schedule}"
+                 "note": f"initial: the {base}" if base_schedule == "recipe" else
+                         f"initial: the best untuned start, {base} on {base_schedule}"
                          f"{' with the data-mean start' if 'first_x0' in form else ''}"}
     options = {"solver": solver, "schedule": schedule, "base": base, "base_schedule": base_schedule,
                "mean_start": "first_x0" in form, "steps": steps, "lr": lr, "coefficients": coefficients,
-               "times": times, "holdout": holdout, "slack": slack}
+               "times": times, "holdout": holdout, "slack": slack, "starts": [str(p) for p in starts]}
     return T.make_recipe(model, "ld3", "learned", nfe, sig, t_start=t_start, solver_options=best_form,
                          objective=objective, options=options, tune_seeds=seeds, eval_seeds=eval_seeds,
-                         baseline=(base, {}), baseline_schedule=base_schedule)
+                         baseline=(untuned[0], {}), baseline_schedule=untuned[1])
