@@ -39,12 +39,14 @@ __all__ = ["base_candidates", "pick_base", "tune"]
 
 
 def base_candidates() -> list[str]:
-    """The registered deterministic solvers that are one-evaluation-per-step and not tuned themselves."""
+    """The registered deterministic solvers on a fixed grid that are one-evaluation-per-step and need
+    nothing fitted (DPM-Solver-v3 needs its statistics; the tuned solvers their coefficients)."""
     from fewstep.diffusion.solvers import SOLVERS
 
     return sorted(name for name, i in SOLVERS.items()
-                  if not i.stochastic and i.cost is None and i.evals_per_step == 1 and i.final_evals == 1
-                  and not i.fn.__module__.startswith("fewstep.diffusion.tune") and name != "dpm_solver_v3")
+                  if not i.stochastic and i.kind != "state_adaptive" and i.cost is None and i.evals_per_step == 1
+                  and i.final_evals == 1 and not i.fn.__module__.startswith("fewstep.diffusion.tune")
+                  and name != "dpm_solver_v3")
 
 
 def _schedules(model) -> list[str]:
