@@ -137,4 +137,6 @@ def test_tune_ld3_from_the_best_solver(tmp_path, capsys):
     assert (r.method, r.solver, r.nfe) == ("ld3", "learned", 4)
     assert r.info["options"]["solver"] == "best" and r.info["options"]["steps"] == 20
     assert r.quality["rmse_ref"] < r.quality["untuned"]["rmse_ref"]
-    assert "tuned in" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    untuned = r.quality["untuned"]
+    assert "tuned in" in out_text and f"untuned ({untuned['solver']}, {untuned['schedule']})" in out_text

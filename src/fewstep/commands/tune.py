@@ -94,6 +94,6 @@ def run(args) -> int:
     for metric in ("rmse_ref", "fd"):
         if metric in q:
             print(f"  {metric} on held-out seeds {q['eval_seeds']}: {q[metric]:.4g} tuned vs "
-                  f"{q['untuned'][metric]:.4g} untuned ({q['untuned']['solver']}, karras)")
+                  f"{q['untuned'][metric]:.4g} untuned ({q['untuned']['solver']}, {q['untuned']['schedule']})")
     print(f"wrote {out}")
     return 0
