@@ -35,7 +35,7 @@ from fewstep.diffusion.tune import _tuning as T
 from fewstep.diffusion.tune.learned import linear_form, run_form
 
 Tensor = torch.Tensor
-__all__ = ["base_candidates", "pick_base", "tune"]
+__all__ = ["as_learned", "base_candidates", "pick_base", "recipe_start", "tune"]
 
 
 def base_candidates() -> list[str]:
@@ -56,14 +56,32 @@ def _schedules(model) -> list[str]:
     return out
 
 
+def as_learned(predictor, sigmas: list[float], solver: str, options: Mapping[str, Any] | None = None,
+               first_x0: list[float] | None = None) -> dict[str, Any] | None:
+    """``solver`` (with ``options``) on ``sigmas`` as ``learned`` options, with ``first_x0`` in place of its
+    first model output when given; ``None`` when the solver has no such form or its form does not
+    reproduce it on the predictor's seeds (a data-dependent step)."""
+    try:
+        form = linear_form(solver, sigmas, options)
+    except ValueError:
+        return None
+    x_solver = predictor.samples(sigmas, solver, options)
+    x_form = predictor.samples(sigmas, "learned", form)
+    if float((x_solver - x_form).abs().max()) > 1e-4 * (1 + float(x_solver.abs().max())):
+        return None
+    if first_x0 is not None:  # the linear structure does not depend on what the first output is
+        form = {**form, "eval_sigmas": form["eval_sigmas"][1:], "first_x0": list(first_x0)}
+    return form
+
+
 def pick_base(model, predictor, nfe: int, solvers: Sequence[str], schedules: Sequence[str], mean: list[float]):
     """``(rmse, solver, schedule, sigmas, options)``: the ``learned`` options of the (solver, schedule,
     data-mean start or not) with the lowest predictor RMSE, among the solvers whose linear form
-    reproduces them (checked on the predictor's seeds)."""
+    reproduces them (``as_learned``)."""
     from fewstep.diffusion.sampling import plan_steps
     from fewstep.diffusion.schedules import get_sigmas
 
-    best, linear = None, {}
+    best = None
     for solver in solvers:
         for schedule in schedules:
             for first in (False, True):
@@ -71,22 +89,11 @@ def pick_base(model, predictor, nfe: int, solvers: Sequence[str], schedules: Seq
                                                     sigma_max=T.start_sigma(model))]
                 if not math.isfinite(sig[0]):
                     continue
-                try:
-                    form = linear_form(solver, sig)
-                except ValueError:
+                form = as_learned(predictor, sig, solver, first_x0=mean if first else None)
+                if form is None:
                     continue
-                if first:
-                    form = {**form, "eval_sigmas": form["eval_sigmas"][1:], "first_x0": mean}
                 err = predictor(sig, "learned", form)
-                if best is not None and not err < best[0]:
-                    continue
-                if (solver, schedule) not in linear:  # does the form reproduce the solver itself?
-                    ok = form if not first else linear_form(solver, sig[:1] + sig[2:])
-                    x_solver = predictor.samples(sig if not first else sig[:1] + sig[2:], solver)
-                    x_form = predictor.samples(sig if not first else sig[:1] + sig[2:], "learned", ok)
-                    linear[(solver, schedule)] = bool(float((x_solver - x_form).abs().max())
-                                                      <= 1e-4 * (1 + float(x_solver.abs().max())))
-                if linear[(solver, schedule)]:
+                if best is None or err < best[0]:
                     best = (err, solver, schedule, sig, form)
     if best is None:
         raise ValueError(f"none of the solvers {list(solvers)} has a linear one-evaluation-per-step form at "
@@ -101,17 +108,13 @@ def recipe_start(model, predictor, nfe: int, recipe) -> tuple[float, str, list[f
     r = as_recipe(recipe)
     r.check(model, nfe)
     opts = dict(r.solver_options)
-    first = opts.pop("first_x0", None)  # the linear structure does not depend on what the first output is
+    first = opts.pop("first_x0", None)
     sig = list(r.sigmas)
-    form = linear_form(r.solver, sig, opts)
-    if first is not None:
-        form = {**form, "eval_sigmas": form["eval_sigmas"][1:], "first_x0": first}
-    err = predictor(sig, "learned", form)
-    own = predictor(sig, r.solver, r.solver_options)
-    if not abs(err - own) <= 1e-4 * (1 + own):
-        raise ValueError(f"the recipe's solver {r.solver!r} is not linear in its model outputs (RMSE {own:.6g} "
-                         f"run as itself, {err:.6g} in the linear form); ld3 cannot start from it")
-    return err, f"{r.method} recipe ({r.solver})", sig, form
+    form = as_learned(predictor, sig, r.solver, opts, first)
+    if form is None:
+        raise ValueError(f"the recipe's solver {r.solver!r} is not linear in its model outputs with one "
+                         "evaluation per step; ld3 cannot start from it")
+    return predictor(sig, "learned", form), f"{r.method} recipe ({r.solver})", sig, form
 
 
 class _Form(torch.nn.Module):
