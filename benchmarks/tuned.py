@@ -46,13 +46,15 @@ def method_options(method: str, exact: bool) -> dict:
                                                                  "children": 12}
     if method == "ld3":
         return {"steps": 200}
+    if method == "ems" and exact:  # a few seeds of digits-gmm switch modes: 128 seeds rank its trials noisily
+        return {"trajectories": 512}
     return {}
 
 
 def tuning_seeds(method: str, exact: bool) -> range:
     if method == "ld3":  # it fits more parameters than the others: more seeds keep it from overfitting
         return range(100_000, 100_512 if exact else 100_256)
-    return range(100_000, 100_512 if (method == "s3" and exact) else 100_128)
+    return range(100_000, 100_512 if (method in ("s3", "ems") and exact) else 100_128)
 
 
 def available_methods() -> list[str]:
@@ -249,7 +251,7 @@ def write_doc(rows, recipe_paths, models, nfes, methods, failures, seeds, minute
         "fewstep solver on karras, logsnr and time_uniform grids "
         "(and discrete for digits-vp-eps), and the diffusers and k-diffusion samplers on the same grids; the "
         "best of them per metric. Tuned: one recipe per method and NFE, fitted on seeds 100000+ (disjoint "
-        "from these; 128 of them, 512 for S3 and ld3 on digits-gmm, 256 for ld3 on the trained models; "
+        "from these; 128 of them, 512 for S3, EMS and ld3 on digits-gmm, 256 for ld3 on the trained models; "
         "`tuning_seeds` in the script; ld3 is also offered the model's S3 recipe of the same NFE as a starting "
         "point), run through `fewstep bench --recipes` (a method added or redone "
         "later: `--resume --add METHOD`). AYS and GITS schedules are also run with the other "

@@ -13,7 +13,7 @@ from fewstep.diffusion.sampling import solve
 from fewstep.diffusion.schedules import karras
 from fewstep.diffusion.solvers.dpm_v3 import EMS, as_ems
 from fewstep.diffusion.tune import _measure as M
-from fewstep.diffusion.tune.ems import compute_ems, gauss_ems, tune
+from fewstep.diffusion.tune.ems import CONFIGS, STATISTICS, compute_ems, gauss_ems, tune
 from fewstep.diffusion.tune.recipe import Recipe
 from fewstep.models.exact import Gauss, ring_gmm
 
@@ -133,9 +133,18 @@ def test_ems_storage_and_a_recipe_that_samples(tmp_path):
     y = fewstep.sample(model, solver="dpm_solver_v3", nfe=5, schedule="explicit", seeds=range(3),
                        schedule_options={"sigmas": list(r.sigmas)}, solver_options=r.solver_options)
     torch.testing.assert_close(x, y)
+    # the recipe keeps the statistics of its best trial (the others set to 0)
+    trials = r.info["objective"]["rmse_tune_seeds"]
+    assert len(trials) == len(STATISTICS) * len(CONFIGS) * len(r.info["options"]["schedules"])
+    best = min(trials, key=lambda t: t[-1])
+    kept = r.info["objective"]["statistics"]
+    assert best[:3] == [r.info["objective"]["schedule"], kept, chosen]
+    stored = as_ems(r.solver_options["ems"])
+    assert (kept == "lsb" or not stored.b.any()) and ("s" in kept or not stored.s.any())
     # a second NFE reuses the cached statistics; a large EMS is stored as a file next to the cache
-    r2 = tune(model, nfe=6, trajectories=4, eval_seeds=None, progress=False, n_samples=32, n_grid=20)
-    assert r2.solver_options["ems"] == r.solver_options["ems"]
+    one = {"trajectories": 4, "eval_seeds": None, "progress": False, "n_samples": 32, "n_grid": 20,
+           "statistics": ["lsb"]}
+    assert tune(model, nfe=6, **one).solver_options["ems"] == tune(model, nfe=5, **one).solver_options["ems"]
     big = tune(model, nfe=5, trajectories=4, eval_seeds=None, progress=False, ems=stats,
                ems_path=tmp_path / "big.safetensors")
     assert big.solver_options["ems"].endswith("big.safetensors")
@@ -167,3 +176,6 @@ def test_bad_input_raises():
         tune(GAUSS, solver="dpmpp_2m_sde", nfe=5, progress=False)
     with pytest.raises(ValueError, match="seeds must differ"):
         tune(GAUSS, nfe=5, seeds=range(4), eval_seeds=range(3), progress=False)
+    for bad in ("lsb", [], ["lsb", "sb"]):
+        with pytest.raises(ValueError, match="statistics must be"):
+            tune(GAUSS, nfe=5, statistics=bad, progress=False)

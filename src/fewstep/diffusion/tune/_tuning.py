@@ -31,6 +31,15 @@ def start_sigma(model: Denoiser) -> float:
     return float(model.sigma_max) if math.isfinite(model.sigma_max) else SIGMA_CAP
 
 
+def model_schedules(model: Denoiser) -> list[str]:
+    """The schedules tuning methods search over: karras, logsnr, time_uniform, and discrete for a
+    discrete-time model (its training timesteps)."""
+    out = ["karras", "logsnr", "time_uniform"]
+    if getattr(model.process, "num_train_timesteps", None) is not None:
+        out.append("discrete")
+    return out
+
+
 def check_args(model: Any, solver: str, nfe: Any) -> int:
     """Validate the common arguments; returns the number of steps ``solver`` takes within ``nfe``."""
     if not isinstance(model, Denoiser):

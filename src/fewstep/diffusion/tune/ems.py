@@ -43,13 +43,14 @@ from fewstep.diffusion.tune import _measure as M
 from fewstep.diffusion.tune import _tuning as T
 from fewstep.diffusion.tune.recipe import Recipe
 
-__all__ = ["EMS", "compute_ems", "gauss_ems", "tune"]
+__all__ = ["EMS", "compute_ems", "gauss_ems", "keep", "tune"]
 
 DATA_SOURCES = ("auto", "model", "digits", "teacher")
 DERIVATIVES = ("fd", "autograd")
 KAPPA = 1e-2  # |s| <= 5
 RIDGE = 1e-6
 INLINE_LIMIT = 3000  # EMS with at most this many numbers are stored inside the recipe
+STATISTICS = ("lsb", "ls", "l")  # which of the EMS a recipe keeps (the others are set to 0)
 CONFIGS = ({"order": 3}, {"order": 2}, {"order": 3, "corrector": False}, {"order": 3, "predictor_pseudo": True},
            {"order": 2, "corrector_pseudo": True})
 
@@ -190,31 +191,42 @@ def gauss_ems(model, lam: np.ndarray) -> EMS:
 
 def tune(model, *, solver: str = "dpm_solver_v3", nfe: int, seeds=T.TUNE_SEEDS, eval_seeds=T.EVAL_SEEDS,
          progress: bool = True, ems: EMS | str | Path | None = None, ems_path: str | Path | None = None,
-         schedules: Sequence[str] = ("karras", "logsnr"), sigmas=None, trajectories: int = 128, data: str = "auto",
-         n_samples: int = 512, n_grid: int = 60, derivative: str = "fd", pooled: bool = False) -> Recipe:
-    """Compute (or reuse) EMS, then pick the grid and v3 configuration with the lowest error on the
-    tuning seeds, and record held-out quality.
+         schedules: Sequence[str] | None = None, sigmas=None, trajectories: int = 128, data: str = "auto",
+         n_samples: int = 512, n_grid: int = 60, derivative: str = "fd", pooled: bool = False,
+         statistics: Sequence[str] = STATISTICS) -> Recipe:
+    """Compute (or reuse) EMS, then pick the grid, the statistics kept and the v3 configuration with the
+    lowest error on the tuning seeds, and record held-out quality.
 
-    Every schedule in ``schedules`` (or the explicit ``sigmas``, e.g. a tuned schedule) is tried with
-    every configuration in ``CONFIGS`` (order 2/3, corrector, pseudo-orders), ranked by RMSE to the
-    reference on the first ``trajectories`` tuning seeds. The recipe's solver is ``dpm_solver_v3``;
-    ``solver`` names the untuned sampler it is compared with on ``eval_seeds`` (on Karras; for
-    ``dpm_solver_v3`` itself the chosen configuration on ``l = 1, s = b = 0``, i.e. DPM-Solver++).
+    Every schedule in ``schedules`` (default: ``model_schedules``, i.e. karras, logsnr, time_uniform and
+    discrete for a discrete-time model; or the explicit ``sigmas``, e.g. a tuned schedule) is tried with
+    every configuration in ``CONFIGS`` (order 2/3, corrector, pseudo-orders) and every entry of
+    ``statistics``: ``"lsb"`` (all of the EMS), ``"ls"`` (``b = 0``) and ``"l"`` (``s = b = 0``, the
+    paper's optimal linear part alone), ranked by RMSE to the reference on the first ``trajectories``
+    tuning seeds. The second-order statistics ``s, b`` come from regressing a lambda-derivative on
+    ``f``; at large sigma, where ``x`` is huge and ``l`` nearly 1, that regression is noisy (the
+    derivative of the estimated ``l`` multiplies ``x``), and on the trained digits models ``b`` and ``s``
+    can hurt more than they help (docs/benchmarks.md), so the tuning seeds decide. The recipe's solver is
+    ``dpm_solver_v3``; ``solver`` names the untuned sampler it is compared with on ``eval_seeds`` (on
+    Karras; for ``dpm_solver_v3`` itself the chosen configuration on ``l = 1, s = b = 0``, i.e.
+    DPM-Solver++).
 
     Args:
         ems: precomputed statistics (an ``EMS`` or a path); otherwise ``compute_ems`` with ``data``,
             ``n_samples``, ``n_grid``, ``derivative``, ``pooled`` over the grids' sigma range, cached
             under ``$FEWSTEP_CACHE/ems`` so that other NFEs reuse it.
-        ems_path: where to save the EMS; EMS of at most ``INLINE_LIMIT`` numbers are stored in the recipe.
+        ems_path: where to save the EMS the recipe uses; EMS of at most ``INLINE_LIMIT`` numbers are stored in the recipe.
     """
     t0 = time.perf_counter()
     T.check_args(model, "dpm_solver_v3", nfe)
     T.check_args(model, solver, nfe)
     tune_seeds = M.trajectories(T.seed_list(seeds, "seeds"), trajectories)
     M.disjoint(tune_seeds, eval_seeds)
+    if isinstance(statistics, str) or not statistics or set(statistics) - set(STATISTICS):
+        raise ValueError(f"statistics must be a non-empty list drawn from {list(STATISTICS)}; got {statistics!r}")
     if sigmas is not None:
         grids = {"explicit": M.grid(model, "dpm_solver_v3", nfe, sigmas=sigmas)}
     else:
+        schedules = T.model_schedules(model) if schedules is None else schedules
         if isinstance(schedules, str) or not schedules:
             raise ValueError(f"schedules must be a non-empty list of schedule names; got {schedules!r}")
         grids = {s: M.grid(model, "dpm_solver_v3", nfe, s) for s in schedules}
@@ -226,26 +238,39 @@ def tune(model, *, solver: str = "dpm_solver_v3", nfe: int, seeds=T.TUNE_SEEDS, 
     else:
         stats, cached = (ems, None) if isinstance(ems, EMS) else (EMS.load(ems), Path(ems))
     t_ems = time.perf_counter() - t0
-    if ems_path is not None:
-        ems_opt = str(stats.save(ems_path).resolve())
-    elif 3 * stats.l.numel() + stats.lam.numel() <= INLINE_LIMIT:
-        ems_opt = stats.to_dict()
-    else:
-        ems_opt = str((cached or stats.save(_cache_path(model, repr(stats.to_dict())))).resolve())
     if any(abs(g[0] - hi) > 1e-9 * hi for g in grids.values()):
         raise ValueError(f"the candidate schedules must start at the same sigma; got {[g[0] for g in grids.values()]}")
+    variants = {k: keep(stats, k) for k in statistics}
     ref = M.references(model, tune_seeds, hi)
-    trials = [(name, dict(c)) for name in grids for c in CONFIGS]
-    errs = [M.rmse(M.run(model, tune_seeds, grids[name], "dpm_solver_v3", {"ems": stats, **c}), ref)
-            for name, c in trials]
-    name, best = trials[int(np.argmin(errs))]
+    trials = [(name, k, dict(c)) for name in grids for k in statistics for c in CONFIGS]
+    errs = [M.rmse(M.run(model, tune_seeds, grids[name], "dpm_solver_v3", {"ems": variants[k], **c}), ref)
+            for name, k, c in trials]
+    name, kept, best = trials[int(np.argmin(errs))]
+    chosen = variants[kept]
+    if ems_path is not None:
+        ems_opt = str(chosen.save(ems_path).resolve())
+    elif 3 * chosen.l.numel() + chosen.lam.numel() <= INLINE_LIMIT:
+        ems_opt = chosen.to_dict()
+    elif kept == "lsb" and cached is not None:
+        ems_opt = str(cached.resolve())
+    else:
+        ems_opt = str(chosen.save(_cache_path(model, repr(chosen.to_dict()))).resolve())
     baseline = ("dpm_solver_v3", best) if solver == "dpm_solver_v3" else (solver, {})
-    objective = {"rmse_tune_seeds": [[n, c, e] for (n, c), e in zip(trials, errs)], "chosen": best,
-                 "schedule": name, "ems_seconds": round(t_ems, 2), "ems_meta": stats.meta}
+    objective = {"rmse_tune_seeds": [[n, k, c, e] for (n, k, c), e in zip(trials, errs)], "chosen": best,
+                 "statistics": kept, "schedule": name, "ems_seconds": round(t_ems, 2), "ems_meta": stats.meta}
     return T.make_recipe(model, "ems", "dpm_solver_v3", nfe, grids[name], t_start=t0,
                          solver_options={"ems": ems_opt, **best}, objective=objective,
-                         options={"schedules": list(grids), "n_grid": stats.lam.numel() - 1},
+                         options={"schedules": list(grids), "statistics": list(statistics),
+                                  "n_grid": stats.lam.numel() - 1},
                          tune_seeds=tune_seeds, eval_seeds=eval_seeds, baseline=baseline)
+
+
+def keep(stats: EMS, which: str) -> EMS:
+    """``stats`` with only the statistics named in ``which`` (``"lsb"``, ``"ls"`` or ``"l"``; the others 0)."""
+    if which == "lsb":
+        return stats
+    return EMS(stats.lam, stats.l, stats.s if "s" in which else torch.zeros_like(stats.s),
+               torch.zeros_like(stats.b), meta={**stats.meta, "kept": which})
 
 
 def _cache_path(model, key: str) -> Path:

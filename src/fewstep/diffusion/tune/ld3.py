@@ -49,13 +49,6 @@ def base_candidates() -> list[str]:
                   and name != "dpm_solver_v3")
 
 
-def _schedules(model) -> list[str]:
-    out = ["karras", "logsnr", "time_uniform"]
-    if getattr(model.process, "num_train_timesteps", None) is not None:
-        out.append("discrete")
-    return out
-
-
 def as_learned(predictor, sigmas: list[float], solver: str, options: Mapping[str, Any] | None = None,
                first_x0: list[float] | None = None) -> dict[str, Any] | None:
     """``solver`` (with ``options``) on ``sigmas`` as ``learned`` options, with ``first_x0`` in place of its
@@ -192,7 +185,7 @@ def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T
             raise ValueError(f"ld3 starts from a one-evaluation-per-step solver: 'best' or one of "
                              f"{', '.join(base_candidates())}; got {solver!r}")
         solvers = [solver]
-    allowed = _schedules(model)
+    allowed = T.model_schedules(model)
     if schedule != "best" and schedule not in allowed:
         raise ValueError(f"schedule must be 'best' or one of {', '.join(allowed)}; got {schedule!r}")
     schedules = allowed if schedule == "best" else [schedule]
