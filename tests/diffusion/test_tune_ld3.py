@@ -113,10 +113,23 @@ def test_ld3_times_only_moves_only_the_evaluation_times(gmm2d):
     assert r.info["objective"]["held_back_final"] < 0.5 * r.info["objective"]["held_back_initial"]
 
 
+def test_ld3_minibatches(gmm2d):
+    """A batch of at least the training seeds is the full batch; random batches of 8 still learn."""
+    kw = {"nfe": 4, "solver": "dpmpp_2m", "schedule": "logsnr", "seeds": TUNE, "eval_seeds": None, "progress": False,
+          "steps": 30, "check_every": 5}
+    full, same = ld3.tune(gmm2d, **kw), ld3.tune(gmm2d, batch=len(TUNE), **kw)
+    assert same.solver_options == full.solver_options
+    small = ld3.tune(gmm2d, batch=8, **kw)
+    assert small.solver_options != full.solver_options and small.info["options"]["batch"] == 8
+    obj = small.info["objective"]
+    assert obj["held_back_final"] < 0.8 * obj["held_back_initial"] and obj["final"] < 0.8 * obj["initial"]
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"solver": "heun"}, "one-evaluation-per-step solver"),
     ({"schedule": "cosine"}, "schedule must be"),
     ({"steps": 0}, "positive integers"),
+    ({"batch": 0}, "positive integers"),
     ({"holdout": 1.0}, "holdout"),
     ({"coefficients": False, "times": False}, "nothing to learn"),
 ])

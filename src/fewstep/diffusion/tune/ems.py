@@ -214,7 +214,9 @@ def tune(model, *, solver: str = "dpm_solver_v3", nfe: int, seeds=T.TUNE_SEEDS, 
         ems: precomputed statistics (an ``EMS`` or a path); otherwise ``compute_ems`` with ``data``,
             ``n_samples``, ``n_grid``, ``derivative``, ``pooled`` over the grids' sigma range, cached
             under ``$FEWSTEP_CACHE/ems`` so that other NFEs reuse it.
-        ems_path: where to save the EMS the recipe uses; EMS of at most ``INLINE_LIMIT`` numbers are stored in the recipe.
+        ems_path: where to save the EMS the recipe uses; EMS of at most ``INLINE_LIMIT`` numbers are
+            stored in the recipe.
+        statistics: which of the EMS the candidates keep (see above).
     """
     t0 = time.perf_counter()
     T.check_args(model, "dpm_solver_v3", nfe)

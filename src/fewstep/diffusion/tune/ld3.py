@@ -155,7 +155,7 @@ class _Form(torch.nn.Module):
 def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T.TUNE_SEEDS,
          eval_seeds: Sequence[int] | None = T.EVAL_SEEDS, progress: bool = True, schedule: str = "best",
          steps: int = 300, lr: float = 0.02, coefficients: bool = True, times: bool = True, holdout: float = 0.25,
-         slack: float = 0.0, check_every: int = 10, starts: Sequence[Any] = ()):
+         slack: float = 0.0, check_every: int = 10, starts: Sequence[Any] = (), batch: int | None = None):
     """Learn a ``learned`` solver for ``nfe`` evaluations on ``model``; returns a ``Recipe``.
 
     Args:
@@ -171,6 +171,8 @@ def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T
             (its own parameter, trained with the rest and projected back onto the ball), so the fit
             does not have to match every reference exactly; 0 is the plain loss.
         check_every: iterations between held-back checks.
+        batch: training seeds per Adam step (a fresh random subset each step, so more tuning seeds cost no
+            more per step); ``None``: all of them (full batch).
         starts: recipes (``Recipe`` objects or JSON paths, made for this model and NFE) of
             one-evaluation-per-step solvers, e.g. from ``s3``: further starting points, used when
             their RMSE on the tuning seeds beats the best untuned start.
@@ -190,10 +192,10 @@ def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T
         raise ValueError(f"schedule must be 'best' or one of {', '.join(allowed)}; got {schedule!r}")
     schedules = allowed if schedule == "best" else [schedule]
     seeds = T.seed_list(seeds, "seeds", minimum=4)
-    bad = {k: v for k, v in {"steps": steps, "check_every": check_every}.items()
-           if isinstance(v, bool) or not isinstance(v, int) or v < 1}
+    sizes = {"steps": steps, "check_every": check_every, **({} if batch is None else {"batch": batch})}
+    bad = {k: v for k, v in sizes.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1}
     if bad:
-        raise ValueError(f"steps and check_every must be positive integers; got {bad}")
+        raise ValueError(f"steps, check_every and batch (or None) must be positive integers; got {bad}")
     if not (lr > 0 and 0 < holdout < 1 and slack >= 0):
         raise ValueError(f"need lr > 0, 0 < holdout < 1 and slack >= 0; got lr={lr}, holdout={holdout}, "
                          f"slack={slack}")
@@ -224,11 +226,13 @@ def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T
         with torch.no_grad():
             return float((net.run(model, x_val) - r_val).pow(2).mean().sqrt())
 
+    gen = torch.Generator().manual_seed(0)  # the minibatches
     start_val = best_val = val_rmse()
     best_form, history = net.export(), []
     with T.progress_bar(steps, "ld3", progress) as bar:
         for it in range(1, steps + 1):
-            loss = (net.run(model, x_fit + sig[0] * shift) - r_fit).pow(2).mean()
+            pick = slice(None) if batch is None or batch >= n_fit else torch.randperm(n_fit, generator=gen)[:batch]
+            loss = (net.run(model, (x_fit + sig[0] * shift)[pick]) - r_fit[pick]).pow(2).mean()
             # gradients for the form's parameters only (the model's weights stay untouched)
             grads = torch.autograd.grad(loss, params, allow_unused=True)
             for p, g in zip(params, grads):
@@ -252,7 +256,7 @@ def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T
                          f"{' with the data-mean start' if 'first_x0' in form else ''}"}
     options = {"solver": solver, "schedule": schedule, "base": base, "base_schedule": base_schedule,
                "mean_start": "first_x0" in form, "steps": steps, "lr": lr, "coefficients": coefficients,
-               "times": times, "holdout": holdout, "slack": slack, "starts": [str(p) for p in starts]}
+               "times": times, "holdout": holdout, "slack": slack, "starts": [str(p) for p in starts], "batch": batch}
     return T.make_recipe(model, "ld3", "learned", nfe, sig, t_start=t_start, solver_options=best_form,
                          objective=objective, options=options, tune_seeds=seeds, eval_seeds=eval_seeds,
                          baseline=(untuned[0], {}), baseline_schedule=untuned[1])
