@@ -1,0 +1,49 @@
+"""ld3 variants at one NFE on one model: the numbers in docs/design.md ("Learned samplers").
+
+    .venv/bin/python benchmarks/ld3_variants.py digits-flow 8 256                       # full form, 256 seeds
+    .venv/bin/python benchmarks/ld3_variants.py digits-flow 8 256 coefficients=false    # evaluation times only
+    .venv/bin/python benchmarks/ld3_variants.py digits-flow 8 512                       # 512 seeds
+    .venv/bin/python benchmarks/ld3_variants.py digits-flow 8 512 batch=256 steps=300   # minibatches
+
+Tuning seeds 100000+ (their references are computed once and cached: about 30 min per 256 seeds on a
+trained model here), 200 Adam steps unless given, started as in benchmarks/tuned.py (offered the model's
+S3 recipe from fewstep-out/tuned/ when it exists). Prints the held-out rmse_ref (seeds 0-255) and the
+objective; writes the recipe to fewstep-out/ld3-variants/ (one thread, as the tuned benchmark).
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) < 3:
+        sys.exit(__doc__)
+    from fewstep.diffusion.tune import ld3
+    from fewstep.models import load_model
+
+    torch.set_num_threads(1)
+    name, nfe, n = argv[0], int(argv[1]), int(argv[2])
+    kw = {"steps": 200}
+    for a in argv[3:]:
+        k, v = a.split("=", 1)
+        kw[k] = json.loads(v)
+    s3 = Path("fewstep-out/tuned") / name / f"s3-usf-nfe{nfe}.json"
+    t = time.perf_counter()
+    r = ld3.tune(load_model(name), nfe=nfe, seeds=range(100_000, 100_000 + n), progress=True,
+                 starts=[str(s3)] if s3.exists() else [], **kw)
+    o = r.info["objective"]
+    print(f"{name} NFE {nfe}, {n} tuning seeds, {kw}: {time.perf_counter() - t:.0f} s; held-out rmse_ref "
+          f"{r.quality['rmse_ref']:.4g} (untuned start {r.quality['untuned']['rmse_ref']:.4g}); tuning seeds "
+          f"{o['initial']:.4g} -> {o['final']:.4g}, held back {o['held_back_initial']:.4g} -> "
+          f"{o['held_back_final']:.4g}")
+    out = Path("fewstep-out/ld3-variants")
+    out.mkdir(parents=True, exist_ok=True)
+    r.save(out / ("-".join([name, str(nfe), str(n)] + [a.replace("=", "") for a in argv[3:]]) + ".json"))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
