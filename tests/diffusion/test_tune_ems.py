@@ -139,6 +139,7 @@ def test_ems_storage_and_a_recipe_that_samples(tmp_path):
     best = min(trials, key=lambda t: t[-1])
     kept = r.info["objective"]["statistics"]
     assert best[:3] == [r.info["objective"]["schedule"], kept, chosen]
+    assert r.quality["untuned"]["schedule"] == r.info["objective"]["schedule"]  # DPM-Solver++ on the same grid
     stored = as_ems(r.solver_options["ems"])
     assert (kept == "lsb" or not stored.b.any()) and ("s" in kept or not stored.s.any())
     # a second NFE reuses the cached statistics; a large EMS is stored as a file next to the cache

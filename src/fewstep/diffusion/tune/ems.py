@@ -208,7 +208,8 @@ def tune(model, *, solver: str = "dpm_solver_v3", nfe: int, seeds=T.TUNE_SEEDS, 
     can hurt more than they help (docs/benchmarks.md), so the tuning seeds decide. The recipe's solver is
     ``dpm_solver_v3``; ``solver`` names the untuned sampler it is compared with on ``eval_seeds`` (on
     Karras; for ``dpm_solver_v3`` itself the chosen configuration on ``l = 1, s = b = 0``, i.e.
-    DPM-Solver++).
+    DPM-Solver++, on the chosen schedule (Karras for explicit ``sigmas``), so the comparison shows what
+    the statistics add).
 
     Args:
         ems: precomputed statistics (an ``EMS`` or a path); otherwise ``compute_ems`` with ``data``,
@@ -264,7 +265,8 @@ def tune(model, *, solver: str = "dpm_solver_v3", nfe: int, seeds=T.TUNE_SEEDS, 
                          solver_options={"ems": ems_opt, **best}, objective=objective,
                          options={"schedules": list(grids), "statistics": list(statistics),
                                   "n_grid": stats.lam.numel() - 1},
-                         tune_seeds=tune_seeds, eval_seeds=eval_seeds, baseline=baseline)
+                         tune_seeds=tune_seeds, eval_seeds=eval_seeds, baseline=baseline,
+                         baseline_schedule=name if solver == "dpm_solver_v3" and name != "explicit" else "karras")
 
 
 def keep(stats: EMS, which: str) -> EMS:
