@@ -1,5 +1,6 @@
 """rmse_ref: references are exact where the ODE has a closed form, checked by halving, and cached."""
 
+import pytest
 import torch
 
 import fewstep
@@ -27,3 +28,22 @@ def test_reference_matches_the_closed_form_and_is_cached(tmp_path, monkeypatch):
     reference_samples(g, seeds[:3])
     reference_samples(fewstep.load_model("gauss", dim=3, std=0.8, mean=0.2), seeds)
     assert len(list((tmp_path / "reference").glob("*.pt"))) == 3
+
+
+def test_a_checked_subset_gives_the_loose_solution_and_its_error(tmp_path, monkeypatch):
+    """check=k returns the rtol solution of every seed; its tolerance check, from the first k seeds
+    re-solved at rtol / 2, is of the size of its actual error against the closed form."""
+    monkeypatch.setenv("FEWSTEP_CACHE", str(tmp_path))
+    g = fewstep.load_model("gauss", dim=3, std=0.7, mean=0.2)
+    seeds = list(range(8))
+    x_T = g.sigma_max * seeded_noise(seeds, g.shape, dtype=torch.float64)
+    exact = g(g.ode_solution(x_T, g.sigma_max, g.sigma_min), g.sigma_min)
+    loose, tol = reference_samples(g, seeds, rtol=1e-3, check=3)
+    err = float((loose - exact).pow(2).mean().sqrt())
+    assert 1e-7 < err < 1e-2 and err / 20 < tol < 20 * err
+    tight, _ = reference_samples(g, seeds, rtol=1e-3)  # check=None: its own cache entry, the rtol / 2 solution
+    assert float((tight - exact).pow(2).mean().sqrt()) < err
+    assert len(list((tmp_path / "reference").glob("*.pt"))) == 2
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="check must be None"):
+            reference_samples(g, seeds, check=bad)

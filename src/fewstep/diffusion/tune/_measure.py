@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from fewstep.diffusion.tune._tuning import start_sigma
+from fewstep.diffusion.tune._tuning import start_sigma, tuning_references
 
 
 def grid(model, solver: str, nfe: int, schedule: str = "karras", solver_options: Mapping[str, Any] | None = None,
@@ -76,10 +76,8 @@ def reference_states(model, x: torch.Tensor, sigmas: list[float], rtol: float = 
 
 
 def references(model, seeds: list[int], sigma0: float) -> torch.Tensor:
-    """The cached reference solutions (``fewstep.metrics.reference``) for ``seeds`` from ``sigma0``."""
-    from fewstep.metrics.reference import reference_samples
-
-    return reference_samples(model, seeds, sigma_max=sigma0)[0]
+    """The cached reference solutions for ``seeds`` from ``sigma0`` (``_tuning.tuning_references``)."""
+    return tuning_references(model, seeds, sigma0)
 
 
 def rmse(a: torch.Tensor, b: torch.Tensor) -> float:

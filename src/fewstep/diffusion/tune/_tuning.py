@@ -23,12 +23,30 @@ from fewstep.diffusion.tune.recipe import Recipe
 TUNE_SEEDS = range(100_000, 100_128)
 EVAL_SEEDS = range(256)
 REF_BLOCK = 128  # tuning seeds per cached block of reference solutions
+# Tolerance of the tuning seeds' reference solutions: they differ from the benchmark's (rtol 1e-6) by
+# 2e-5 to 4e-5 RMS on the bundled trained models, a thousandth of the few-step errors tuning compares,
+# at a third of the model calls; the first TUNE_CHECK seeds of each block are solved again at half the
+# tolerance for the check (``benchmarks/tuning_references.py`` measures both).
+TUNE_RTOL = 1e-4
+TUNE_CHECK = 16
 SIGMA_CAP = 80.0  # start of sigma-space grids for models whose sigma_max is infinite (as in the bench)
 
 
 def start_sigma(model: Denoiser) -> float:
     """Where tuned and untuned grids start: the model's ``sigma_max``, or ``SIGMA_CAP`` when it is infinite."""
     return float(model.sigma_max) if math.isfinite(model.sigma_max) else SIGMA_CAP
+
+
+def tuning_references(model: Denoiser, seeds: Sequence[int], sigma0: float | None = None) -> torch.Tensor:
+    """The reference ODE solutions of tuning seeds from ``sigma0`` (default ``start_sigma``), at the tuning
+    tolerance, cached on disk in blocks of ``REF_BLOCK`` seeds, so a longer seed list reuses the
+    references of a shorter one."""
+    from fewstep.metrics.reference import reference_samples
+
+    seeds = list(seeds)
+    top = start_sigma(model) if sigma0 is None else float(sigma0)
+    return torch.cat([reference_samples(model, seeds[i:i + REF_BLOCK], sigma_max=top, rtol=TUNE_RTOL,
+                                        check=TUNE_CHECK)[0] for i in range(0, len(seeds), REF_BLOCK)])
 
 
 def model_schedules(model: Denoiser) -> list[str]:
@@ -74,16 +92,12 @@ def untuned_grid(model: Denoiser, n_steps: int) -> torch.Tensor:
 
 class Predictor:
     """RMSE against the reference ODE solutions of a fixed batch of tuning seeds (the cheap
-    predictor of final quality). References are cached on disk by ``reference_samples``."""
+    predictor of final quality), from ``tuning_references``."""
 
     def __init__(self, model: Denoiser, seeds: Sequence[int]):
-        from fewstep.metrics.reference import reference_samples
-
         self.model, self.seeds = model, list(seeds)
         self.noise = seeded_noise(self.seeds, model.shape, dtype=torch.float32)
-        # cached in blocks of REF_BLOCK seeds, so a longer seed list reuses the references of a shorter one
-        self.ref = torch.cat([reference_samples(model, self.seeds[i:i + REF_BLOCK], sigma_max=start_sigma(model))[0]
-                              for i in range(0, len(self.seeds), REF_BLOCK)])
+        self.ref = tuning_references(model, self.seeds)
         self.calls = 0
 
     def head(self, n: int) -> Predictor:

@@ -118,9 +118,7 @@ def model_samples(model, seeds: Sequence[int], n: int, stream: int = 0) -> Tenso
     generator ``seeds[0] + stream``), otherwise the reference ODE solutions from ``seeds`` (cycled to ``n``)."""
     if hasattr(model, "sample_data"):
         return model.sample_data(n, torch.Generator().manual_seed(int(seeds[0]) + stream))
-    from fewstep.metrics.reference import reference_samples
-
-    ref = reference_samples(model, seeds, sigma_max=T.start_sigma(model))[0]
+    ref = T.tuning_references(model, seeds)
     return ref[torch.arange(n) % ref.shape[0]]
 
 
