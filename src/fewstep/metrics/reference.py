@@ -6,7 +6,8 @@ same final step every grid ending in 0 takes, so ``rmse_ref`` measures the discr
 on the model's own range (a trained net is never asked about sigmas below what it learned). Each is
 computed twice, at ``rtol`` and ``rtol / 2``; the difference (the tolerance check) is stored with
 it. Tuning, which only needs references far more accurate than the few-step errors it compares, asks
-for a looser ``rtol`` and re-solves only the first ``check`` seeds for the tolerance check. They are cached on disk, keyed by the model's identity, the seeds and the sigma range, under
+for a looser ``rtol`` and re-solves only the first ``check`` seeds for the tolerance check. They are
+cached on disk, keyed by the model's identity, the seeds, the sigma range and the tolerances, under
 ``$FEWSTEP_CACHE`` (default ``~/.cache/fewstep``).
 """
 
