@@ -75,9 +75,10 @@ def reference_states(model, x: torch.Tensor, sigmas: list[float], rtol: float = 
     return out
 
 
-def references(model, seeds: list[int], sigma0: float) -> torch.Tensor:
-    """The cached reference solutions for ``seeds`` from ``sigma0`` (``_tuning.tuning_references``)."""
-    return tuning_references(model, seeds, sigma0)
+def references(model, seeds, sigma0: float, n: int | None = None) -> torch.Tensor:
+    """The cached reference solutions for the first ``n`` of ``seeds`` from ``sigma0``
+    (``_tuning.tuning_references``: computed in whole blocks of the tuning seeds, shared by the methods)."""
+    return tuning_references(model, seeds, sigma0, n)
 
 
 def rmse(a: torch.Tensor, b: torch.Tensor) -> float:

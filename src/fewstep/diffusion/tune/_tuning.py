@@ -37,16 +37,20 @@ def start_sigma(model: Denoiser) -> float:
     return float(model.sigma_max) if math.isfinite(model.sigma_max) else SIGMA_CAP
 
 
-def tuning_references(model: Denoiser, seeds: Sequence[int], sigma0: float | None = None) -> torch.Tensor:
-    """The reference ODE solutions of tuning seeds from ``sigma0`` (default ``start_sigma``), at the tuning
-    tolerance, cached on disk in blocks of ``REF_BLOCK`` seeds, so a longer seed list reuses the
-    references of a shorter one."""
+def tuning_references(model: Denoiser, seeds: Sequence[int], sigma0: float | None = None,
+                      n: int | None = None) -> torch.Tensor:
+    """The reference ODE solutions of the first ``n`` (default all) tuning ``seeds`` from ``sigma0`` (default
+    ``start_sigma``), at the tuning tolerance. They are computed and cached in whole blocks of
+    ``REF_BLOCK`` consecutive seeds of ``seeds``, so a method that uses a few of the seeds and one that
+    uses more share them."""
     from fewstep.metrics.reference import reference_samples
 
     seeds = list(seeds)
+    n = len(seeds) if n is None else n
     top = start_sigma(model) if sigma0 is None else float(sigma0)
-    return torch.cat([reference_samples(model, seeds[i:i + REF_BLOCK], sigma_max=top, rtol=TUNE_RTOL,
-                                        check=TUNE_CHECK)[0] for i in range(0, len(seeds), REF_BLOCK)])
+    cover = seeds[:-(-n // REF_BLOCK) * REF_BLOCK]
+    return torch.cat([reference_samples(model, cover[i:i + REF_BLOCK], sigma_max=top, rtol=TUNE_RTOL,
+                                        check=TUNE_CHECK)[0] for i in range(0, len(cover), REF_BLOCK)])[:n]
 
 
 def model_schedules(model: Denoiser) -> list[str]:

@@ -222,7 +222,8 @@ def tune(model, *, solver: str = "dpm_solver_v3", nfe: int, seeds=T.TUNE_SEEDS, 
     t0 = time.perf_counter()
     T.check_args(model, "dpm_solver_v3", nfe)
     T.check_args(model, solver, nfe)
-    tune_seeds = M.trajectories(T.seed_list(seeds, "seeds"), trajectories)
+    seeds = T.seed_list(seeds, "seeds")
+    tune_seeds = M.trajectories(seeds, trajectories)
     M.disjoint(tune_seeds, eval_seeds)
     if isinstance(statistics, str) or not statistics or set(statistics) - set(STATISTICS):
         raise ValueError(f"statistics must be a non-empty list drawn from {list(STATISTICS)}; got {statistics!r}")
@@ -244,7 +245,7 @@ def tune(model, *, solver: str = "dpm_solver_v3", nfe: int, seeds=T.TUNE_SEEDS, 
     if any(abs(g[0] - hi) > 1e-9 * hi for g in grids.values()):
         raise ValueError(f"the candidate schedules must start at the same sigma; got {[g[0] for g in grids.values()]}")
     variants = {k: keep(stats, k) for k in statistics}
-    ref = M.references(model, tune_seeds, hi)
+    ref = M.references(model, seeds, hi, len(tune_seeds))
     trials = [(name, k, dict(c)) for name in grids for k in statistics for c in CONFIGS]
     errs = [M.rmse(M.run(model, tune_seeds, grids[name], "dpm_solver_v3", {"ems": variants[k], **c}), ref)
             for name, k, c in trials]

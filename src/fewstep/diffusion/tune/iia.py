@@ -174,12 +174,13 @@ def tune(model, *, solver: str = "iia_dpmpp_2m", nfe: int, seeds=range(100_000, 
         raise ValueError(f"the iia method tunes {sorted(BASES)} (or their bases {sorted(BASES.values())}); "
                          f"got {solver!r}")
     T.check_args(model, solver, nfe)
-    tune_seeds = M.trajectories(T.seed_list(seeds, "seeds"), trajectories)
+    seeds = T.seed_list(seeds, "seeds")
+    tune_seeds = M.trajectories(seeds, trajectories)
     M.disjoint(tune_seeds, eval_seeds)
     sigmas = M.grid(model, solver, nfe, schedule, sigmas=sigmas)
     rows, per_step = fit_coefficients(model, M.start(model, tune_seeds, sigmas[0]), sigmas, solver,
                                       fine_steps=fine_steps, target=target, rtol=fit_rtol, progress=progress)
-    ref = M.references(model, tune_seeds, sigmas[0])
+    ref = M.references(model, seeds, sigmas[0], len(tune_seeds))
     final = [M.rmse(M.run(model, tune_seeds, sigmas, solver, opts), ref) for opts in ({}, {"coefficients": rows})]
     objective = {"step_mse_before_after": per_step, "final_rmse_tune_seeds": final}
     return T.make_recipe(model, "iia", solver, nfe, sigmas, t_start=t0, solver_options={"coefficients": rows},
