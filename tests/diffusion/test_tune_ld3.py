@@ -125,7 +125,21 @@ def test_ld3_minibatches(gmm2d):
     assert obj["held_back_final"] < 0.8 * obj["held_back_initial"] and obj["final"] < 0.8 * obj["initial"]
 
 
+def test_ld3_lbfgs_reaches_adams_fit_in_fewer_loss_evaluations(gmm2d):
+    kw = {"nfe": 4, "solver": "dpmpp_2m", "schedule": "logsnr", "seeds": TUNE, "eval_seeds": None, "progress": False,
+          "check_every": 5}
+    adam = ld3.tune(gmm2d, steps=60, **kw).info["objective"]
+    lbfgs = ld3.tune(gmm2d, steps=15, optimizer="lbfgs", **kw)
+    obj = lbfgs.info["objective"]
+    assert lbfgs.info["options"]["optimizer"] == "lbfgs" and obj["loss_evaluations"] < adam["loss_evaluations"] == 60
+    assert obj["held_back_final"] < adam["held_back_final"] and obj["final"] < adam["final"]
+    assert [h[0] for h in obj["history"]] == [5, 10, 15]  # checked every check_every iterations
+
+
 @pytest.mark.parametrize("kwargs, message", [
+    ({"optimizer": "sgd"}, "optimizer must be"),
+    ({"optimizer": "lbfgs", "batch": 8}, "full batch"),
+    ({"optimizer": "lbfgs", "slack": 0.1}, "full batch"),
     ({"solver": "heun"}, "one-evaluation-per-step solver"),
     ({"schedule": "cosine"}, "schedule must be"),
     ({"steps": 0}, "positive integers"),

@@ -155,7 +155,8 @@ class _Form(torch.nn.Module):
 def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T.TUNE_SEEDS,
          eval_seeds: Sequence[int] | None = T.EVAL_SEEDS, progress: bool = True, schedule: str = "best",
          steps: int = 300, lr: float = 0.02, coefficients: bool = True, times: bool = True, holdout: float = 0.25,
-         slack: float = 0.0, check_every: int = 10, starts: Sequence[Any] = (), batch: int | None = None):
+         slack: float = 0.0, check_every: int = 10, starts: Sequence[Any] = (), batch: int | None = None,
+         optimizer: str = "adam"):
     """Learn a ``learned`` solver for ``nfe`` evaluations on ``model``; returns a ``Recipe``.
 
     Args:
@@ -165,7 +166,10 @@ def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T
             of the tuning seeds' reference samples in place of the first model call, one step more);
             the one with the lowest RMSE on the tuning seeds is the start.
         seeds: tuning seeds; ``holdout`` of them (the last ones) only choose the iterate kept.
-        steps, lr: Adam iterations (full batch, cosine-decayed learning rate) and learning rate.
+        steps, lr: optimiser iterations and Adam's learning rate (cosine-decayed).
+        optimizer: ``"adam"``, or ``"lbfgs"``: full-batch L-BFGS with a strong-Wolfe line search (the
+            loss is smooth and deterministic and has a few dozen parameters; each iteration costs one or
+            more loss and gradient evaluations, ``lr`` is not used; no ``batch`` or ``slack``).
         coefficients, times: train the coefficients / the evaluation times.
         slack: LD3's slack: each training seed's noise may move within a ball of RMS radius ``slack``
             (its own parameter, trained with the rest and projected back onto the ball), so the fit
@@ -201,6 +205,10 @@ def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T
                          f"slack={slack}")
     if not (coefficients or times):
         raise ValueError("nothing to learn: coefficients and times are both off")
+    if optimizer not in ("adam", "lbfgs"):
+        raise ValueError(f"optimizer must be 'adam' or 'lbfgs'; got {optimizer!r}")
+    if optimizer == "lbfgs" and (batch is not None or slack > 0):
+        raise ValueError("optimizer='lbfgs' takes the full batch and no slack (batch=None, slack=0)")
     n_fit = max(2, min(len(seeds) - 2, round(len(seeds) * (1 - holdout))))
     full = T.Predictor(model, seeds)
     mean = [float(v) for v in full.ref.mean(0).flatten()]
@@ -219,8 +227,11 @@ def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T
     shift = torch.zeros_like(x_fit, requires_grad=True)  # LD3's slack: a move of each training noise
     if slack > 0:
         params.append(shift)
-    opt = torch.optim.Adam(params, lr=lr)
-    decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    if optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=lr)
+        decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    else:
+        opt = torch.optim.LBFGS(params, lr=1.0, history_size=20, line_search_fn="strong_wolfe")
 
     def val_rmse() -> float:
         with torch.no_grad():
@@ -228,35 +239,51 @@ def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T
 
     gen = torch.Generator().manual_seed(0)  # the minibatches
     start_val = best_val = val_rmse()
-    best_form, history = net.export(), []
+    best_form, history, evals = net.export(), [], 0
+
+    def closure():
+        nonlocal evals
+        evals += 1
+        pick = slice(None) if batch is None or batch >= n_fit else torch.randperm(n_fit, generator=gen)[:batch]
+        loss = (net.run(model, (x_fit + sig[0] * shift)[pick]) - r_fit[pick]).pow(2).mean()
+        # gradients for the form's parameters only (the model's weights stay untouched)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        for p, g in zip(params, grads):
+            p.grad = torch.zeros_like(p) if g is None else g
+        return loss.detach()
+
+    it = 0
     with T.progress_bar(steps, "ld3", progress) as bar:
-        for it in range(1, steps + 1):
-            pick = slice(None) if batch is None or batch >= n_fit else torch.randperm(n_fit, generator=gen)[:batch]
-            loss = (net.run(model, (x_fit + sig[0] * shift)[pick]) - r_fit[pick]).pow(2).mean()
-            # gradients for the form's parameters only (the model's weights stay untouched)
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-            for p, g in zip(params, grads):
-                p.grad = torch.zeros_like(p) if g is None else g
-            opt.step()
-            decay.step()
+        while it < steps:
+            if optimizer == "adam":
+                k, loss = 1, closure()
+                opt.step()
+                decay.step()
+            else:  # a whole stretch between checks per call: each call starts by evaluating the loss again
+                k = min(check_every - it % check_every, steps - it)
+                opt.param_groups[0].update(max_iter=k, max_eval=k * 5 // 4 + 1)
+                loss = opt.step(closure)
+            it += k
             if slack > 0:
                 with torch.no_grad():  # back onto the ball of RMS radius slack
                     rms = shift.flatten(1).pow(2).mean(1).sqrt().clamp_min(slack)
                     shift.mul_((slack / rms).view(-1, *[1] * (shift.ndim - 1)))
             if it % check_every == 0 or it == steps:
                 v = val_rmse()
-                history.append([it, round(math.sqrt(float(loss.detach())), 6), round(v, 6)])
+                history.append([it, round(math.sqrt(float(loss)), 6), round(v, 6)])
                 if v < best_val:
                     best_val, best_form = v, net.export()
-            bar.update()
+            bar.update(k)
     objective = {"name": "rmse_ref on tuning seeds", "initial": err0, "final": full(sig, "learned", best_form),
                  "held_back_initial": start_val, "held_back_final": best_val, "history": history,
+                 "loss_evaluations": evals,
                  "note": f"initial: the {base}" if base_schedule == "recipe" else
                          f"initial: the best untuned start, {base} on {base_schedule}"
                          f"{' with the data-mean start' if 'first_x0' in form else ''}"}
     options = {"solver": solver, "schedule": schedule, "base": base, "base_schedule": base_schedule,
                "mean_start": "first_x0" in form, "steps": steps, "lr": lr, "coefficients": coefficients,
-               "times": times, "holdout": holdout, "slack": slack, "starts": [str(p) for p in starts], "batch": batch}
+               "times": times, "holdout": holdout, "slack": slack, "starts": [str(p) for p in starts], "batch": batch,
+               "optimizer": optimizer}
     return T.make_recipe(model, "ld3", "learned", nfe, sig, t_start=t_start, solver_options=best_form,
                          objective=objective, options=options, tune_seeds=seeds, eval_seeds=eval_seeds,
                          baseline=(untuned[0], {}), baseline_schedule=untuned[1])
