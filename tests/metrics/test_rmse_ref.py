@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import fewstep
+from fewstep.diffusion.reference import reference_solution
 from fewstep.diffusion.sampling import seeded_noise
 from fewstep.metrics import rmse_ref
 from fewstep.metrics.reference import reference_samples
@@ -47,3 +48,15 @@ def test_a_checked_subset_gives_the_loose_solution_and_its_error(tmp_path, monke
     for bad in (0, -1, 2.5, True):
         with pytest.raises(ValueError, match="check must be None"):
             reference_samples(g, seeds, check=bad)
+
+
+def test_reference_progress_reaches_the_end(capfd):
+    g = fewstep.load_model("gauss", dim=3, std=0.7, mean=0.2)
+    x = g.sigma_max * seeded_noise(range(4), g.shape, dtype=torch.float64)
+    seen = []
+    reference_solution(g, x, g.sigma_max, rtol=1e-4, atol=1e-6, progress=seen.append)
+    assert seen == sorted(seen) and seen[-1] == 1.0 and 0 < seen[0] < 1
+    reference_samples(g, range(4), rtol=1e-4, use_cache=False, check=2, progress=True)
+    assert "references of 4 seeds (rtol 0.0001)" in capfd.readouterr().err
+    reference_samples(g, range(4), rtol=1e-4, use_cache=False, check=2)
+    assert capfd.readouterr().err == ""

@@ -9,7 +9,7 @@ The last stretch from ``sigma_end`` to 0 is closed by one denoising step, whose 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -31,7 +31,8 @@ _B4 = (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 
 
 def reference_solution(model, x: torch.Tensor, sigma_from: float, sigma_to: float = 0.0, *, rtol: float = 1e-7,
                        atol: float = 1e-9, sigma_end: float = 1e-6, cond: Mapping[str, Any] | None = None,
-                       max_steps: int = 100_000, return_stats: bool = False):
+                       max_steps: int = 100_000, return_stats: bool = False,
+                       progress: Callable[[float], None] | None = None):
     """Solve the PF-ODE of ``model`` from ``x`` at ``sigma_from`` to ``sigma_to`` in float64.
 
     Args:
@@ -40,6 +41,7 @@ def reference_solution(model, x: torch.Tensor, sigma_from: float, sigma_to: floa
         sigma_from, sigma_to: the interval; ``sigma_to = 0`` integrates to ``sigma_end`` and then denoises.
         rtol, atol: per-step error tolerances (max norm over the whole batch).
         return_stats: also return ``{"steps", "rejected", "nfe"}``.
+        progress: called after each accepted step with the fraction of the interval (in log sigma) done.
     """
     if not sigma_from > sigma_to >= 0:
         raise ValueError(f"need sigma_from > sigma_to >= 0; got {sigma_from}, {sigma_to}")
@@ -75,6 +77,8 @@ def reference_solution(model, x: torch.Tensor, sigma_from: float, sigma_to: floa
         if e <= 1.0:
             t, y, k1 = t + h, y5, ks[6]
             stats["steps"] += 1
+            if progress is not None:
+                progress(min(1.0, (t0 - t) / (t0 - t1)))
         else:
             stats["rejected"] += 1
         h = h * min(5.0, max(0.2, 0.9 * (1.0 / max(e, 1e-12)) ** 0.2))

@@ -13,6 +13,7 @@ cached on disk, keyed by the model's identity, the seeds, the sigma range and th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -49,13 +50,15 @@ def reference_path(model, seeds: Sequence[int], *, sigma_max: float | None = Non
 
 
 def reference_samples(model, seeds: Sequence[int], *, sigma_max: float | None = None, rtol: float = 1e-6,
-                      use_cache: bool = True, check: int | None = None) -> tuple[torch.Tensor, float]:
+                      use_cache: bool = True, check: int | None = None,
+                      progress: bool = False) -> tuple[torch.Tensor, float]:
     """The reference ODE solutions for ``seeds`` (noise as ``fewstep.sample`` draws it) and the
     tolerance check: the RMS difference between solutions at ``rtol`` and ``rtol / 2``.
 
     ``check=None`` solves every seed at both tolerances and returns the ``rtol / 2`` solutions;
     ``check=k`` solves all seeds at ``rtol`` (returned) and only the first ``k`` again at ``rtol / 2``
-    for the check (about half the cost)."""
+    for the check (about half the cost). ``progress`` shows a bar (with the time left) while they are
+    computed."""
     top = float(model.sigma_max if sigma_max is None else sigma_max)
     seeds = [int(s) for s in seeds]
     path = reference_path(model, seeds, sigma_max=top, rtol=rtol, check=check)
@@ -65,9 +68,11 @@ def reference_samples(model, seeds: Sequence[int], *, sigma_max: float | None = 
     noise = seeded_noise(seeds, model.shape, dtype=torch.float64)
     x_T = noise if math.isinf(top) else top * noise
     end = float(model.sigma_min)
-    ref = reference_solution(model, x_T, top, rtol=rtol, atol=rtol * 1e-2, sigma_end=end)
     k = len(seeds) if check is None else min(check, len(seeds))
-    half = reference_solution(model, x_T[:k], top, rtol=rtol / 2, atol=rtol * 5e-3, sigma_end=end)
+    with _bar(progress, f"references of {len(seeds)} seeds (rtol {rtol:g})", [len(seeds), k]) as phase:
+        ref = reference_solution(model, x_T, top, rtol=rtol, atol=rtol * 1e-2, sigma_end=end, progress=phase(0))
+        half = reference_solution(model, x_T[:k], top, rtol=rtol / 2, atol=rtol * 5e-3, sigma_end=end,
+                                  progress=phase(1))
     tol_check = float((ref[:k] - half).pow(2).mean().sqrt())
     out = half if check is None else ref
     if use_cache:
@@ -76,6 +81,26 @@ def reference_samples(model, seeds: Sequence[int], *, sigma_max: float | None = 
         torch.save({"x": out, "tol_check": tol_check, "seeds": seeds, "sigma_max": top}, tmp)
         tmp.replace(path)
     return out, tol_check
+
+
+@contextlib.contextmanager
+def _bar(enabled: bool, desc: str, weights: list[int]):
+    """A tqdm bar over consecutive solves, each weighted by its batch size; yields ``phase(i)``, the
+    progress callback of solve ``i`` (``None`` when disabled)."""
+    if not enabled:
+        yield lambda i: None
+        return
+    from tqdm import tqdm
+
+    total = sum(weights)
+    with tqdm(total=1000, desc=desc, leave=False, bar_format="{l_bar}{bar}| [{elapsed}<{remaining}]") as bar:
+        def phase(i: int):
+            start, width = sum(weights[:i]) / total, weights[i] / total
+
+            def update(frac: float) -> None:
+                bar.update(max(0, round(1000 * (start + width * frac)) - bar.n))
+            return update
+        yield phase
 
 
 def rmse_ref(model, samples: torch.Tensor, seeds: Sequence[int], *, sigma_max: float | None = None,

@@ -75,10 +75,10 @@ def reference_states(model, x: torch.Tensor, sigmas: list[float], rtol: float = 
     return out
 
 
-def references(model, seeds, sigma0: float, n: int | None = None) -> torch.Tensor:
+def references(model, seeds, sigma0: float, n: int | None = None, progress: bool = False) -> torch.Tensor:
     """The cached reference solutions for the first ``n`` of ``seeds`` from ``sigma0``
     (``_tuning.tuning_references``: computed in whole blocks of the tuning seeds, shared by the methods)."""
-    return tuning_references(model, seeds, sigma0, n)
+    return tuning_references(model, seeds, sigma0, n, progress)
 
 
 def rmse(a: torch.Tensor, b: torch.Tensor) -> float:

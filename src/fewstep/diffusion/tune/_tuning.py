@@ -38,11 +38,11 @@ def start_sigma(model: Denoiser) -> float:
 
 
 def tuning_references(model: Denoiser, seeds: Sequence[int], sigma0: float | None = None,
-                      n: int | None = None) -> torch.Tensor:
+                      n: int | None = None, progress: bool = False) -> torch.Tensor:
     """The reference ODE solutions of the first ``n`` (default all) tuning ``seeds`` from ``sigma0`` (default
     ``start_sigma``), at the tuning tolerance. They are computed and cached in whole blocks of
     ``REF_BLOCK`` consecutive seeds of ``seeds``, so a method that uses a few of the seeds and one that
-    uses more share them."""
+    uses more share them. ``progress`` shows a bar while a block is computed."""
     from fewstep.metrics.reference import reference_samples
 
     seeds = list(seeds)
@@ -50,7 +50,8 @@ def tuning_references(model: Denoiser, seeds: Sequence[int], sigma0: float | Non
     top = start_sigma(model) if sigma0 is None else float(sigma0)
     cover = seeds[:-(-n // REF_BLOCK) * REF_BLOCK]
     return torch.cat([reference_samples(model, cover[i:i + REF_BLOCK], sigma_max=top, rtol=TUNE_RTOL,
-                                        check=TUNE_CHECK)[0] for i in range(0, len(cover), REF_BLOCK)])[:n]
+                                        check=TUNE_CHECK, progress=progress)[0]
+                      for i in range(0, len(cover), REF_BLOCK)])[:n]
 
 
 def model_schedules(model: Denoiser) -> list[str]:
@@ -98,10 +99,10 @@ class Predictor:
     """RMSE against the reference ODE solutions of a fixed batch of tuning seeds (the cheap
     predictor of final quality), from ``tuning_references``."""
 
-    def __init__(self, model: Denoiser, seeds: Sequence[int]):
+    def __init__(self, model: Denoiser, seeds: Sequence[int], progress: bool = False):
         self.model, self.seeds = model, list(seeds)
         self.noise = seeded_noise(self.seeds, model.shape, dtype=torch.float32)
-        self.ref = tuning_references(model, self.seeds)
+        self.ref = tuning_references(model, self.seeds, progress=progress)
         self.calls = 0
 
     def head(self, n: int) -> Predictor:
@@ -129,7 +130,7 @@ class Predictor:
 
 def held_out_quality(model: Denoiser, recipe: Recipe, eval_seeds: Sequence[int],
                      baseline: tuple[str, Mapping[str, Any]] | None = None,
-                     baseline_schedule: str = "karras") -> dict[str, Any]:
+                     baseline_schedule: str = "karras", progress: bool = False) -> dict[str, Any]:
     """``rmse_ref`` and ``fd`` of the recipe and of the untuned baseline (``(solver, options)`` on
     ``baseline_schedule``; default the recipe's own solver) on held-out seeds, measured as ``fewstep bench``
     does."""
@@ -138,7 +139,7 @@ def held_out_quality(model: Denoiser, recipe: Recipe, eval_seeds: Sequence[int],
     from fewstep.metrics.reference import reference_samples
 
     seeds = seed_list(eval_seeds, "eval_seeds")
-    ref = reference_samples(model, seeds, sigma_max=start_sigma(model))[0]
+    ref = reference_samples(model, seeds, sigma_max=start_sigma(model), progress=progress)[0]
     data = DataReference(model)
     names = ["rmse_ref"] + (["fd"] if data.data is not None else [])
     b_solver, b_opts = baseline or (recipe.solver, {})
@@ -157,7 +158,7 @@ def make_recipe(model: Denoiser, method: str, solver: str, nfe: int, sigmas: Any
                 options: Mapping[str, Any] | None = None, tune_seeds: Sequence[int] = (),
                 eval_seeds: Sequence[int] | None = EVAL_SEEDS,
                 baseline: tuple[str, Mapping[str, Any]] | None = None,
-                baseline_schedule: str = "karras") -> Recipe:
+                baseline_schedule: str = "karras", progress: bool = False) -> Recipe:
     """Build the recipe, then measure its held-out quality (unless ``eval_seeds`` is None)."""
     import fewstep
     from fewstep.metrics.reference import model_hash
@@ -169,7 +170,7 @@ def make_recipe(model: Denoiser, method: str, solver: str, nfe: int, sigmas: Any
                     solver_options=dict(solver_options or {}), info=info)
     if eval_seeds is None:
         return recipe
-    quality = held_out_quality(model, recipe, eval_seeds, baseline, baseline_schedule)
+    quality = held_out_quality(model, recipe, eval_seeds, baseline, baseline_schedule, progress)
     return dataclasses.replace(recipe, quality=quality)
 
 

@@ -113,12 +113,12 @@ def optimise(klub: KLUB, t: list[float], *, candidates: int = 6, max_sweeps: int
     return t, history
 
 
-def model_samples(model, seeds: Sequence[int], n: int, stream: int = 0) -> Tensor:
+def model_samples(model, seeds: Sequence[int], n: int, stream: int = 0, progress: bool = False) -> Tensor:
     """``n`` samples of the model's own distribution: exact data when the model has it (drawn from
     generator ``seeds[0] + stream``), otherwise the reference ODE solutions from ``seeds`` (cycled to ``n``)."""
     if hasattr(model, "sample_data"):
         return model.sample_data(n, torch.Generator().manual_seed(int(seeds[0]) + stream))
-    ref = T.tuning_references(model, seeds)
+    ref = T.tuning_references(model, seeds, progress=progress)
     return ref[torch.arange(n) % ref.shape[0]]
 
 
@@ -149,7 +149,7 @@ def tune(model, *, solver: str = "dpmpp_2m", nfe: int = 10, seeds: Sequence[int]
         raise ValueError(f"ref_steps must be an integer >= 2; got {ref_steps!r}")
     grid = T.untuned_grid(model, max(n_steps, ref_steps))
     t0 = [float(v) for v in grid[:-1]]
-    x0 = model_samples(model, seeds, mc_samples)
+    x0 = model_samples(model, seeds, mc_samples, progress=progress)
     klub = KLUB(model, x0, len(t0) - 1, seed=seeds[0])
     with T.progress_bar(max_sweeps * max(len(t0) - 2, 0), "ays", progress) as bar:
         t, history = optimise(klub, t0, candidates=candidates, max_sweeps=max_sweeps, tol=tol, bar=bar)
@@ -162,4 +162,4 @@ def tune(model, *, solver: str = "dpmpp_2m", nfe: int = 10, seeds: Sequence[int]
                "ref_steps": ref_steps}
     sigmas = loglinear_interp(t + [0.0], n_steps)
     return T.make_recipe(model, "ays", solver, nfe, sigmas, t_start=t_start, objective=objective,
-                         options=options, tune_seeds=seeds, eval_seeds=eval_seeds)
+                         options=options, tune_seeds=seeds, eval_seeds=eval_seeds, progress=progress)

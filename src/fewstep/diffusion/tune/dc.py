@@ -267,4 +267,5 @@ def tune(model, *, solver: str = "unipc_dc", nfe: int, seeds=range(100_000, 100_
     return T.make_recipe(model, "dc", solver, nfe, grid, t_start=t0, solver_options=opts, objective=objective,
                          options={"fit_rtol": fit_rtol, "bounds": list(bounds), "schedule": schedule,
                                   "cpr_nfes": list(cpr_nfes or [])},
-                         tune_seeds=tune_seeds, eval_seeds=eval_seeds, baseline=(BASES[solver], base_opts))
+                         tune_seeds=tune_seeds, eval_seeds=eval_seeds, baseline=(BASES[solver], base_opts),
+                         progress=progress)

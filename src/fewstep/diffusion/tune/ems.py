@@ -245,7 +245,7 @@ def tune(model, *, solver: str = "dpm_solver_v3", nfe: int, seeds=T.TUNE_SEEDS, 
     if any(abs(g[0] - hi) > 1e-9 * hi for g in grids.values()):
         raise ValueError(f"the candidate schedules must start at the same sigma; got {[g[0] for g in grids.values()]}")
     variants = {k: keep(stats, k) for k in statistics}
-    ref = M.references(model, seeds, hi, len(tune_seeds))
+    ref = M.references(model, seeds, hi, len(tune_seeds), progress)
     trials = [(name, k, dict(c)) for name in grids for k in statistics for c in CONFIGS]
     errs = [M.rmse(M.run(model, tune_seeds, grids[name], "dpm_solver_v3", {"ems": variants[k], **c}), ref)
             for name, k, c in trials]
@@ -267,7 +267,8 @@ def tune(model, *, solver: str = "dpm_solver_v3", nfe: int, seeds=T.TUNE_SEEDS, 
                          options={"schedules": list(grids), "statistics": list(statistics),
                                   "n_grid": stats.lam.numel() - 1},
                          tune_seeds=tune_seeds, eval_seeds=eval_seeds, baseline=baseline,
-                         baseline_schedule=name if solver == "dpm_solver_v3" and name != "explicit" else "karras")
+                         baseline_schedule=name if solver == "dpm_solver_v3" and name != "explicit" else "karras",
+                         progress=progress)
 
 
 def keep(stats: EMS, which: str) -> EMS:

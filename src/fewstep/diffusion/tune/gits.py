@@ -132,7 +132,7 @@ def tune(model, *, solver: str = "ipndm", nfe: int = 10, seeds: Sequence[int] = 
                  "note": "initial: the fine-grid points nearest the untuned Karras grid", "path": path}
     options = {"fine_steps": fine_steps, "teacher": teacher, "coeff": coeff}
     return T.make_recipe(model, "gits", solver, nfe, fine[path], t_start=t_start, objective=objective,
-                         options=options, tune_seeds=seeds, eval_seeds=eval_seeds)
+                         options=options, tune_seeds=seeds, eval_seeds=eval_seeds, progress=progress)
 
 
 def _nearest_path(fine: Tensor, grid: Tensor) -> list[int]:

@@ -210,7 +210,7 @@ def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T
     if optimizer == "lbfgs" and (batch is not None or slack > 0):
         raise ValueError("optimizer='lbfgs' takes the full batch and no slack (batch=None, slack=0)")
     n_fit = max(2, min(len(seeds) - 2, round(len(seeds) * (1 - holdout))))
-    full = T.Predictor(model, seeds)
+    full = T.Predictor(model, seeds, progress)
     mean = [float(v) for v in full.ref.mean(0).flatten()]
     err0, base, base_schedule, sig, form = pick_base(model, full, nfe, solvers, schedules, mean)
     untuned = (base, base_schedule)  # what the recipe's quality is compared with
@@ -286,4 +286,4 @@ def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T
                "optimizer": optimizer}
     return T.make_recipe(model, "ld3", "learned", nfe, sig, t_start=t_start, solver_options=best_form,
                          objective=objective, options=options, tune_seeds=seeds, eval_seeds=eval_seeds,
-                         baseline=(untuned[0], {}), baseline_schedule=untuned[1])
+                         baseline=(untuned[0], {}), baseline_schedule=untuned[1], progress=progress)

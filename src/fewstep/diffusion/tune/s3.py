@@ -202,7 +202,7 @@ def tune(model, *, solver: str = "unipc", nfe: int = 10, seeds: Sequence[int] = 
     if bad:
         raise ValueError(f"S3 search sizes must be positive integers (generations, refine_sweeps may be 0); got {bad}")
     s_max, s_min = T.start_sigma(model), float(model.sigma_min)
-    full = T.Predictor(model, seeds)
+    full = T.Predictor(model, seeds, progress)
     search = Search(full.head(batch), nfe, s_max, s_min, random.Random(seed))
     with T.progress_bar(population + generations + refine_sweeps * (n_steps + 1), "s3", progress) as bar:
         start = search.seeds(population)
@@ -221,4 +221,4 @@ def tune(model, *, solver: str = "unipc", nfe: int = 10, seeds: Sequence[int] = 
                "elite": elite, "refine_sweeps": refine_sweeps, "finalists": finalists, "seed": seed}
     return T.make_recipe(model, "s3", "usf", nfe, best.sigmas, t_start=t_start, solver_options=search.options(best),
                          objective=objective, options=options, tune_seeds=seeds, eval_seeds=eval_seeds,
-                         baseline=(solver, {}))
+                         baseline=(solver, {}), progress=progress)
