@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/ld3_variants.py digits-flow 8 256 coefficients=false    # evaluation times only
     .venv/bin/python benchmarks/ld3_variants.py digits-flow 8 512                       # 512 seeds
     .venv/bin/python benchmarks/ld3_variants.py digits-flow 8 512 batch=256 steps=300   # minibatches
+    .venv/bin/python benchmarks/ld3_variants.py digits-flow 8 512 steps=60 optimizer=lbfgs  # L-BFGS
 
 Tuning seeds 100000+ (their references are computed once and cached: about 30 min per 256 seeds on a
 trained model here), 200 Adam steps unless given, started as in benchmarks/tuned.py (offered the model's
@@ -30,7 +31,10 @@ def main(argv: list[str]) -> None:
     kw = {"steps": 200}
     for a in argv[3:]:
         k, v = a.split("=", 1)
-        kw[k] = json.loads(v)
+        try:
+            kw[k] = json.loads(v)
+        except json.JSONDecodeError:  # a bare string, e.g. optimizer=lbfgs
+            kw[k] = v
     s3 = Path("fewstep-out/tuned") / name / f"s3-usf-nfe{nfe}.json"
     t = time.perf_counter()
     r = ld3.tune(load_model(name), nfe=nfe, seeds=range(100_000, 100_000 + n), progress=True,
@@ -42,7 +46,7 @@ def main(argv: list[str]) -> None:
           f"{o['held_back_final']:.4g}")
     out = Path("fewstep-out/ld3-variants")
     out.mkdir(parents=True, exist_ok=True)
-    r.save(out / ("-".join([name, str(nfe), str(n)] + [a.replace("=", "") for a in argv[3:]]) + ".json"))
+    r.save(out / ("-".join([name, str(nfe), str(n)] + [a.replace("=", "").replace('"', "") for a in argv[3:]]) + ".json"))
 
 
 if __name__ == "__main__":
