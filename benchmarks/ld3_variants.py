@@ -46,7 +46,8 @@ def main(argv: list[str]) -> None:
           f"{o['held_back_final']:.4g}")
     out = Path("fewstep-out/ld3-variants")
     out.mkdir(parents=True, exist_ok=True)
-    r.save(out / ("-".join([name, str(nfe), str(n)] + [a.replace("=", "").replace('"', "") for a in argv[3:]]) + ".json"))
+    tags = [a.replace("=", "").replace('"', "") for a in argv[3:]]
+    r.save(out / ("-".join([name, str(nfe), str(n)] + tags) + ".json"))
 
 
 if __name__ == "__main__":

@@ -261,8 +261,8 @@ def real_fd_spread(n: int) -> str:
 def write_doc(rows, recipe_paths, models, nfes, methods, failures, seeds, minutes, threads, ref_seconds) -> None:
     import torch
 
-    from fewstep.diffusion.tune import _tuning as T
     from fewstep.bench.harness import device_name
+    from fewstep.diffusion.tune import _tuning as T
 
     IMG.mkdir(parents=True, exist_ok=True)
     png = IMG / "tuned.png"
@@ -280,8 +280,8 @@ def write_doc(rows, recipe_paths, models, nfes, methods, failures, seeds, minute
         "best of them per metric. Tuned: one recipe per method and NFE, fitted on seeds 100000+ (disjoint "
         "from these; 128 of them, 512 for S3, EMS and ld3 on digits-gmm, 256 for ld3 on the trained "
         "models (512, and 300 Adam steps instead of 200, at NFE 8); `tuning_seeds` in the script; ld3 is "
-        "also offered the model's S3 recipe of the same NFE as a starting point), run through `fewstep bench --recipes` (a method added or redone "
-        "later: `--resume --add METHOD`). AYS and GITS schedules are also run with the other "
+        "also offered the model's S3 recipe of the same NFE as a starting point), run through `fewstep bench "
+        "--recipes` (a method added or redone later: `--resume --add METHOD`). AYS and GITS schedules are also run with the other "
         "one-evaluation-per-step multistep solvers listed in the script (their objectives do not depend on "
         "which). rmse_ref is measured against the reference ODE solution from the model's own start (80 for "
         "digits-flow) even when a recipe starts lower.",
