@@ -10,6 +10,7 @@ import fewstep
 from fewstep.diffusion.sampling import solve
 from fewstep.diffusion.schedules import karras
 from fewstep.diffusion.tune import _measure as M
+from fewstep.diffusion.tune import _tuning as T
 from fewstep.diffusion.tune import dc, iia
 from fewstep.diffusion.tune.recipe import Recipe
 from fewstep.models.exact import ring_gmm
@@ -78,7 +79,7 @@ def test_dc_fit_improves_its_objective_on_gmm2d(solver):
         assert M.rmse(after, ref[i + 1]) <= M.rmse(before, ref[i + 1])
     final = [M.rmse(M.run(MODEL, SEEDS, sig, solver, o), ref[-1]) for o in ({}, {"dc_ratios": ratios})]
     assert final[1] < 0.8 * final[0], final
-    held = M.references(MODEL, HELD_OUT, sig[0])
+    held = T.tuning_references(MODEL, HELD_OUT, sig[0])
     err = [M.rmse(M.run(MODEL, HELD_OUT, sig, solver, o), held) for o in ({}, {"dc_ratios": ratios})]
     assert err[1] < 0.8 * err[0], err
 
@@ -99,7 +100,7 @@ def test_cpr_recovers_a_cascade_and_interpolates_fitted_ratios():
         fitted[n] = dc.fit_ratios(MODEL, x, sig, M.reference_states(MODEL, x, sig), "unipc_dc")
     coef = dc.fit_cpr([(n, 1.0, r) for n, r in fitted.items()])
     sig = M.grid(MODEL, "unipc_dc", 7)
-    held = M.references(MODEL, HELD_OUT, sig[0])
+    held = T.tuning_references(MODEL, HELD_OUT, sig[0])
     err = [M.rmse(M.run(MODEL, HELD_OUT, sig, "unipc_dc", o), held) for o in ({}, {"cpr": coef})]
     assert err[1] < err[0], err
 
@@ -114,7 +115,7 @@ def test_iia_fit_improves_its_objective_on_gmm2d(solver):
     assert len(rows) == len(sig) - 1 and all(a <= b * (1 + 1e-9) for b, a in per_step)
     assert sum(a for _, a in per_step) < 0.7 * sum(b for b, _ in per_step)
     for seeds in (SEEDS, HELD_OUT):
-        ref = M.references(MODEL, seeds, sig[0])
+        ref = T.tuning_references(MODEL, seeds, sig[0])
         err = [M.rmse(M.run(MODEL, seeds, sig, solver, o), ref) for o in ({}, {"coefficients": rows})]
         assert err[1] < 0.8 * err[0], (seeds[0], err)
 

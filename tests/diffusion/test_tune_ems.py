@@ -13,6 +13,7 @@ from fewstep.diffusion.sampling import solve
 from fewstep.diffusion.schedules import karras
 from fewstep.diffusion.solvers.dpm_v3 import EMS, as_ems
 from fewstep.diffusion.tune import _measure as M
+from fewstep.diffusion.tune import _tuning as T
 from fewstep.diffusion.tune.ems import CONFIGS, STATISTICS, compute_ems, gauss_ems, tune
 from fewstep.diffusion.tune.recipe import Recipe
 from fewstep.models.exact import Gauss, ring_gmm
@@ -109,7 +110,7 @@ def test_fitted_ems_beat_dpm_solver_pp_on_digits_gmm():
     grid = M.grid(model, "dpm_solver_v3", 8)
     stats = compute_ems(model, n_samples=256, n_grid=40, sigma_min=grid[-2], sigma_max=grid[0])
     seeds = list(range(500, 524))
-    ref = M.references(model, seeds, grid[0])
+    ref = T.tuning_references(model, seeds, grid[0])
     err = {"dpmpp_2m": M.rmse(M.run(model, seeds, grid, "dpmpp_2m"), ref),
            "v3_plain": M.rmse(M.run(model, seeds, grid, "dpm_solver_v3", {"order": 2}), ref),
            "v3_ems": M.rmse(M.run(model, seeds, grid, "dpm_solver_v3", {"order": 2, "ems": stats}), ref)}

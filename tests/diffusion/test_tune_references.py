@@ -2,7 +2,6 @@
 
 import torch
 
-from fewstep.diffusion.tune import _measure as M
 from fewstep.diffusion.tune import _tuning as T
 from fewstep.metrics.reference import reference_samples
 
@@ -14,7 +13,7 @@ def test_methods_share_whole_blocks_of_tuning_references(gmm2d, tmp_path, monkey
     monkeypatch.setenv("FEWSTEP_CACHE", str(tmp_path))
     monkeypatch.setattr(T, "REF_BLOCK", BLOCK)
     files = lambda: sorted((tmp_path / "reference").glob("*.pt"))  # noqa: E731
-    few = M.references(gmm2d, SEEDS, T.start_sigma(gmm2d), n=3)  # e.g. IIA's 32 trajectories
+    few = T.tuning_references(gmm2d, SEEDS, T.start_sigma(gmm2d), n=3)  # e.g. IIA's 32 trajectories
     assert few.shape[0] == 3 and len(files()) == 1  # the whole first block was solved and cached
     first = files()
     full = T.tuning_references(gmm2d, SEEDS)  # e.g. the predictor: the first block again, plus the second
@@ -22,6 +21,7 @@ def test_methods_share_whole_blocks_of_tuning_references(gmm2d, tmp_path, monkey
     torch.testing.assert_close(full[:3], few, rtol=0, atol=0)
     # the same rows as a block of its own seeds (shared, not recomputed)
     torch.testing.assert_close(T.Predictor(gmm2d, SEEDS[:BLOCK]).ref.double(), full[:BLOCK].double())
+    assert len(files()) == 2
 
 
 def test_tuning_references_are_close_to_the_benchmarks(gmm2d, shared_reference_cache):

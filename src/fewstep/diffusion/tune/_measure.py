@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from fewstep.diffusion.tune._tuning import start_sigma, tuning_references
+from fewstep.diffusion.tune._tuning import start_sigma
 
 
 def grid(model, solver: str, nfe: int, schedule: str = "karras", solver_options: Mapping[str, Any] | None = None,
@@ -73,12 +73,6 @@ def reference_states(model, x: torch.Tensor, sigmas: list[float], rtol: float = 
         y = reference_solution(model, y, s0, s1, rtol=rtol, atol=rtol * 1e-2)
         out.append(y)
     return out
-
-
-def references(model, seeds, sigma0: float, n: int | None = None, progress: bool = False) -> torch.Tensor:
-    """The cached reference solutions for the first ``n`` of ``seeds`` from ``sigma0``
-    (``_tuning.tuning_references``: computed in whole blocks of the tuning seeds, shared by the methods)."""
-    return tuning_references(model, seeds, sigma0, n, progress)
 
 
 def rmse(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -245,7 +245,7 @@ def tune(model, *, solver: str = "dpm_solver_v3", nfe: int, seeds=T.TUNE_SEEDS, 
     if any(abs(g[0] - hi) > 1e-9 * hi for g in grids.values()):
         raise ValueError(f"the candidate schedules must start at the same sigma; got {[g[0] for g in grids.values()]}")
     variants = {k: keep(stats, k) for k in statistics}
-    ref = M.references(model, seeds, hi, len(tune_seeds), progress)
+    ref = T.tuning_references(model, seeds, hi, len(tune_seeds), progress)
     trials = [(name, k, dict(c)) for name in grids for k in statistics for c in CONFIGS]
     errs = [M.rmse(M.run(model, tune_seeds, grids[name], "dpm_solver_v3", {"ems": variants[k], **c}), ref)
             for name, k, c in trials]

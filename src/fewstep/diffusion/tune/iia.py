@@ -180,7 +180,7 @@ def tune(model, *, solver: str = "iia_dpmpp_2m", nfe: int, seeds=range(100_000, 
     sigmas = M.grid(model, solver, nfe, schedule, sigmas=sigmas)
     rows, per_step = fit_coefficients(model, M.start(model, tune_seeds, sigmas[0]), sigmas, solver,
                                       fine_steps=fine_steps, target=target, rtol=fit_rtol, progress=progress)
-    ref = M.references(model, seeds, sigmas[0], len(tune_seeds), progress)
+    ref = T.tuning_references(model, seeds, sigmas[0], len(tune_seeds), progress)
     final = [M.rmse(M.run(model, tune_seeds, sigmas, solver, opts), ref) for opts in ({}, {"coefficients": rows})]
     objective = {"step_mse_before_after": per_step, "final_rmse_tune_seeds": final}
     return T.make_recipe(model, "iia", solver, nfe, sigmas, t_start=t0, solver_options={"coefficients": rows},
