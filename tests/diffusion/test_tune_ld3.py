@@ -11,7 +11,7 @@ from fewstep.diffusion.sampling import solve
 from fewstep.diffusion.schedules import get_sigmas
 from fewstep.diffusion.tune import ld3
 from fewstep.diffusion.tune.learned import linear_form
-from fewstep.diffusion.tune._tuning import Predictor
+from fewstep.diffusion.tune._tuning import Predictor, start_sigma
 from fewstep.diffusion.tune.recipe import Recipe
 from fewstep.models.exact import Gauss
 
@@ -99,6 +99,28 @@ def test_ld3_lowers_its_objective_and_the_held_out_error(gmm2d):
     assert r.quality["rmse_ref"] < r.quality["untuned"]["rmse_ref"]
     untuned = r.quality["untuned"]
     assert untuned["solver"] == base and untuned["schedule"] == r.info["options"]["base_schedule"]
+
+
+def test_the_start_is_ranked_on_one_block_and_scored_on_all_seeds(gmm2d):
+    seeds = range(100_000, 100_000 + ld3.RANK_SEEDS + 32)
+    full = Predictor(gmm2d, seeds)
+    mean = [float(v) for v in full.ref.mean(0).flatten()]
+    solvers, schedules = ["ddim", "dpmpp_2m", "ipndm"], ["karras", "logsnr"]
+    err, solver, schedule, sig, form = ld3.pick_base(gmm2d, full, 4, solvers, schedules, mean)
+    rank, best = full.head(ld3.RANK_SEEDS), None
+    for so in solvers:  # brute force over the same candidates, on the first block
+        for sc in schedules:
+            for first in (False, True):
+                s = get_sigmas(sc, 4 + first, gmm2d, sigma_max=start_sigma(gmm2d)).tolist()
+                f = {**linear_form(so, s), **({"first_x0": mean} if first else {})}
+                if first:
+                    f["eval_sigmas"] = f["eval_sigmas"][1:]
+                e = rank(s, "learned", f)
+                best = e if best is None else min(best, e)
+    assert rank(sig, "learned", form) == pytest.approx(best, rel=1e-12)
+    assert err == pytest.approx(full(sig, "learned", form), rel=1e-12)  # the RMSE is on every seed
+    assert err != pytest.approx(best, rel=1e-6)  # (so the two are told apart)
+    assert solver in solvers and schedule in schedules
 
 
 def test_ld3_times_only_moves_only_the_evaluation_times(gmm2d):
