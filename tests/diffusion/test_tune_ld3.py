@@ -158,6 +158,19 @@ def test_ld3_lbfgs_reaches_adams_fit_in_fewer_loss_evaluations(gmm2d):
     assert [h[0] for h in obj["history"]] == [5, 10, 15]  # checked every check_every iterations
 
 
+def test_ld3_stops_when_the_held_back_error_stops_falling(gmm2d):
+    kw = {"nfe": 4, "solver": "dpmpp_2m", "schedule": "logsnr", "seeds": TUNE, "eval_seeds": None, "progress": False,
+          "check_every": 5, "optimizer": "lbfgs"}
+    full = ld3.tune(gmm2d, steps=60, **kw).info["objective"]
+    r = ld3.tune(gmm2d, steps=60, patience=2, **kw)
+    obj, checks = r.info["objective"], [h[2] for h in full["history"]]
+    # the first check after which two in a row found nothing better is where it stops
+    stop = next(i for i in range(len(checks) - 2) if min(checks[i + 1:i + 3]) >= min(checks[:i + 1])) + 2
+    assert obj["history"] == full["history"][:stop + 1] and obj["iterations"] == 5 * (stop + 1) < 60
+    assert obj["held_back_final"] == full["held_back_final"]  # (the iterations it skipped found nothing better)
+    assert r.info["options"]["patience"] == 2
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"optimizer": "sgd"}, "optimizer must be"),
     ({"optimizer": "lbfgs", "batch": 8}, "full batch"),
@@ -166,6 +179,7 @@ def test_ld3_lbfgs_reaches_adams_fit_in_fewer_loss_evaluations(gmm2d):
     ({"schedule": "cosine"}, "schedule must be"),
     ({"steps": 0}, "positive integers"),
     ({"batch": 0}, "positive integers"),
+    ({"patience": 0}, "positive integers"),
     ({"holdout": 1.0}, "holdout"),
     ({"coefficients": False, "times": False}, "nothing to learn"),
 ])

@@ -161,7 +161,7 @@ def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T
          eval_seeds: Sequence[int] | None = T.EVAL_SEEDS, progress: bool = True, schedule: str = "best",
          steps: int = 300, lr: float = 0.02, coefficients: bool = True, times: bool = True, holdout: float = 0.25,
          slack: float = 0.0, check_every: int = 10, starts: Sequence[Any] = (), batch: int | None = None,
-         optimizer: str = "adam"):
+         optimizer: str = "adam", patience: int | None = None):
     """Learn a ``learned`` solver for ``nfe`` evaluations on ``model``; returns a ``Recipe``.
 
     Args:
@@ -180,6 +180,8 @@ def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T
             (its own parameter, trained with the rest and projected back onto the ball), so the fit
             does not have to match every reference exactly; 0 is the plain loss.
         check_every: iterations between held-back checks.
+        patience: stop once this many held-back checks in a row found no better iterate (the fit has
+            started to overfit or has converged); ``None``: run all ``steps``.
         batch: training seeds per Adam step (a fresh random subset each step, so more tuning seeds cost no
             more per step); ``None``: all of them (full batch).
         starts: recipes (``Recipe`` objects or JSON paths, made for this model and NFE) of
@@ -201,10 +203,11 @@ def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T
         raise ValueError(f"schedule must be 'best' or one of {', '.join(allowed)}; got {schedule!r}")
     schedules = allowed if schedule == "best" else [schedule]
     seeds = T.seed_list(seeds, "seeds", minimum=4)
-    sizes = {"steps": steps, "check_every": check_every, **({} if batch is None else {"batch": batch})}
+    sizes = {"steps": steps, "check_every": check_every, **({} if batch is None else {"batch": batch}),
+             **({} if patience is None else {"patience": patience})}
     bad = {k: v for k, v in sizes.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1}
     if bad:
-        raise ValueError(f"steps, check_every and batch (or None) must be positive integers; got {bad}")
+        raise ValueError(f"steps, check_every, batch and patience (or None) must be positive integers; got {bad}")
     if not (lr > 0 and 0 < holdout < 1 and slack >= 0):
         raise ValueError(f"need lr > 0, 0 < holdout < 1 and slack >= 0; got lr={lr}, holdout={holdout}, "
                          f"slack={slack}")
@@ -244,7 +247,7 @@ def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T
 
     gen = torch.Generator().manual_seed(0)  # the minibatches
     start_val = best_val = val_rmse()
-    best_form, history, evals = net.export(), [], 0
+    best_form, history, evals, stale = net.export(), [], 0, 0
 
     def closure():
         nonlocal evals
@@ -277,18 +280,22 @@ def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T
                 v = val_rmse()
                 history.append([it, round(math.sqrt(float(loss)), 6), round(v, 6)])
                 if v < best_val:
-                    best_val, best_form = v, net.export()
+                    best_val, best_form, stale = v, net.export(), 0
+                else:
+                    stale += 1
             bar.update(k)
+            if patience is not None and stale >= patience:
+                break
     objective = {"name": "rmse_ref on tuning seeds", "initial": err0, "final": full(sig, "learned", best_form),
                  "held_back_initial": start_val, "held_back_final": best_val, "history": history,
-                 "loss_evaluations": evals,
+                 "iterations": it, "loss_evaluations": evals,
                  "note": f"initial: the {base}" if base_schedule == "recipe" else
                          f"initial: the best untuned start, {base} on {base_schedule}"
                          f"{' with the data-mean start' if 'first_x0' in form else ''}"}
     options = {"solver": solver, "schedule": schedule, "base": base, "base_schedule": base_schedule,
                "mean_start": "first_x0" in form, "steps": steps, "lr": lr, "coefficients": coefficients,
                "times": times, "holdout": holdout, "slack": slack, "starts": [str(p) for p in starts], "batch": batch,
-               "optimizer": optimizer}
+               "optimizer": optimizer, "patience": patience}
     return T.make_recipe(model, "ld3", "learned", nfe, sig, t_start=t_start, solver_options=best_form,
                          objective=objective, options=options, tune_seeds=seeds, eval_seeds=eval_seeds,
                          baseline=(untuned[0], {}), baseline_schedule=untuned[1], progress=progress)
