@@ -138,7 +138,7 @@ def test_ld3_times_only_moves_only_the_evaluation_times(gmm2d):
 def test_ld3_minibatches(gmm2d):
     """A batch of at least the training seeds is the full batch; random batches of 8 still learn."""
     kw = {"nfe": 4, "solver": "dpmpp_2m", "schedule": "logsnr", "seeds": TUNE, "eval_seeds": None, "progress": False,
-          "steps": 30, "check_every": 5}
+          "steps": 30, "check_every": 5, "optimizer": "adam", "patience": None}
     full, same = ld3.tune(gmm2d, **kw), ld3.tune(gmm2d, batch=len(TUNE), **kw)
     assert same.solver_options == full.solver_options
     small = ld3.tune(gmm2d, batch=8, **kw)
@@ -150,7 +150,7 @@ def test_ld3_minibatches(gmm2d):
 def test_ld3_lbfgs_reaches_adams_fit_in_fewer_loss_evaluations(gmm2d):
     kw = {"nfe": 4, "solver": "dpmpp_2m", "schedule": "logsnr", "seeds": TUNE, "eval_seeds": None, "progress": False,
           "check_every": 5}
-    adam = ld3.tune(gmm2d, steps=60, **kw).info["objective"]
+    adam = ld3.tune(gmm2d, steps=60, optimizer="adam", patience=None, **kw).info["objective"]
     lbfgs = ld3.tune(gmm2d, steps=15, optimizer="lbfgs", **kw)
     obj = lbfgs.info["objective"]
     assert lbfgs.info["options"]["optimizer"] == "lbfgs" and obj["loss_evaluations"] < adam["loss_evaluations"] == 60
@@ -161,7 +161,7 @@ def test_ld3_lbfgs_reaches_adams_fit_in_fewer_loss_evaluations(gmm2d):
 def test_ld3_stops_when_the_held_back_error_stops_falling(gmm2d):
     kw = {"nfe": 4, "solver": "dpmpp_2m", "schedule": "logsnr", "seeds": TUNE, "eval_seeds": None, "progress": False,
           "check_every": 5, "optimizer": "lbfgs"}
-    full = ld3.tune(gmm2d, steps=60, **kw).info["objective"]
+    full = ld3.tune(gmm2d, steps=60, patience=None, **kw).info["objective"]
     r = ld3.tune(gmm2d, steps=60, patience=2, **kw)
     obj, checks = r.info["objective"], [h[2] for h in full["history"]]
     # the first check after which two in a row found nothing better is where it stops

@@ -159,9 +159,9 @@ class _Form(torch.nn.Module):
 
 def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T.TUNE_SEEDS,
          eval_seeds: Sequence[int] | None = T.EVAL_SEEDS, progress: bool = True, schedule: str = "best",
-         steps: int = 300, lr: float = 0.02, coefficients: bool = True, times: bool = True, holdout: float = 0.25,
+         steps: int = 200, lr: float = 0.02, coefficients: bool = True, times: bool = True, holdout: float = 0.25,
          slack: float = 0.0, check_every: int = 10, starts: Sequence[Any] = (), batch: int | None = None,
-         optimizer: str = "adam", patience: int | None = None):
+         optimizer: str = "lbfgs", patience: int | None = 4):
     """Learn a ``learned`` solver for ``nfe`` evaluations on ``model``; returns a ``Recipe``.
 
     Args:
