@@ -12,8 +12,9 @@ fewstep learns the object both of them parametrise, once for every one-evaluatio
 its linear form (``fewstep.diffusion.tune.learned``: each evaluation state and the sample are
 ``a x_0 + sum_j c_j D_j``, the model called at ``sigma_hat``). ``tune`` starts from the best untuned
 (solver, schedule, data-mean start or not) on the tuning seeds, then trains ``log a``, ``c`` and
-``log sigma_hat`` (LD3's second time set) with Adam on the RMSE to the cached reference solutions of
-the tuning seeds, keeping the iterate that is best on a held-back part of them. A re-gridded or
+``log sigma_hat`` (LD3's second time set) on the RMSE to the cached reference solutions of the tuning
+seeds, by full-batch L-BFGS (the loss is smooth and deterministic; Adam, with minibatches, is an
+option), keeping the iterate that is best on a held-back part of them. A re-gridded or
 rescaled base solver is a point of this space, so it contains LD3's and Bespoke's solutions for
 these solvers, and the coefficient fits (IIA, DC) too.
 
