@@ -11,7 +11,8 @@
 Tuning seeds 100000+ (their references are computed once and cached: 1.4-3.7 min per 128 seeds on a
 trained model here), 200 iterations unless given (ld3's defaults otherwise: L-BFGS, patience 4),
 started as in benchmarks/tuned.py (offered the model's S3 recipe from fewstep-out/tuned/ when it
-exists). Prints the held-out rmse_ref (seeds 0-255) and the objective; writes the recipe to fewstep-out/ld3-variants/ (one thread, as the tuned benchmark).
+exists). Prints the held-out rmse_ref (seeds 0-255) and the objective; writes the recipe to
+fewstep-out/ld3-variants/ (one thread, as the tuned benchmark).
 """
 
 import json
