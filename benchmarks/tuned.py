@@ -318,13 +318,18 @@ def unloadable(name: str) -> str | None:
     return None
 
 
-def add_methods(blob: dict, name: str, nfes, methods, seeds) -> dict:
-    """``blob`` (a model's saved rows, recipes and failures) with ``methods`` tuned anew at ``nfes``: their
-    old rows, recipe files and failures at those NFEs are replaced, the others kept."""
+def add_methods(blob: dict, name: str, nfes, methods, seeds, tune: bool = True) -> dict:
+    """``blob`` (a model's saved rows, recipes and failures) with ``methods`` tuned anew at ``nfes`` (or,
+    without ``tune``, their recipe files there measured again): their old rows, recipe files and
+    failures at those NFEs are replaced, the others kept."""
     from fewstep.bench.harness import BenchSpec
     from fewstep.bench.recipes import recipe_rows
 
-    new_paths, new_failures, ref_seconds = tune_model(name, nfes, methods, seeds, print)
+    if tune:
+        new_paths, new_failures, ref_seconds = tune_model(name, nfes, methods, seeds, print)
+    else:
+        new_paths = sorted(p for m in methods for n in nfes for p in (OUT / name).glob(f"{m}-*-nfe{n}.json"))
+        new_failures, ref_seconds = [], []
     spec = BenchSpec(models=[name], solvers=[], nfes=nfes, metrics=["rmse_ref", "fd"], seeds=seeds)
     ours = {(m, n) for m in methods for n in nfes}
     rows = [r for r in blob["rows"]
@@ -347,6 +352,9 @@ def main() -> None:
     ap.add_argument("--resume", action="store_true", help="reuse fewstep-out/tuned/<model>.json rows")
     ap.add_argument("--add", default=None, metavar="METHODS",
                     help="with --resume: tune these methods again (or for the first time) and replace their rows")
+    ap.add_argument("--remeasure", default=None, metavar="METHODS",
+                    help="with --resume: measure these methods' recipe files again without tuning (e.g. after an "
+                         "--add run stopped once its recipes were written) and replace their rows")
     args = ap.parse_args()
 
     import torch
@@ -371,9 +379,10 @@ def main() -> None:
             print(failures[-1])
         elif args.resume and saved.exists():
             blob = json.loads(saved.read_text())
-            if args.add:
-                blob = add_methods(blob, name, nfes, args.add.split(","), seeds)
-                saved.write_text(json.dumps(blob, indent=1, default=str))
+            for option, tune in ((args.add, True), (args.remeasure, False)):
+                if option:
+                    blob = add_methods(blob, name, nfes, option.split(","), seeds, tune)
+                    saved.write_text(json.dumps(blob, indent=1, default=str))
             rows += blob["rows"]
             ref_seconds[name] = blob.get("reference_seconds", [])
             paths += [Path(p) for p in blob["recipes"]]
