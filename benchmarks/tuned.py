@@ -283,8 +283,10 @@ def write_doc(rows, recipe_paths, models, nfes, methods, failures, seeds, minute
         "best of them per metric. Tuned: one recipe per method and NFE, fitted on seeds 100000+ (disjoint "
         "from these; 128 of them, 512 for ld3, and for S3 and EMS on digits-gmm; `tuning_seeds` in the "
         "script; ld3 fits by L-BFGS, stopped after 4 held-back checks without a better iterate or at 200 "
-        "iterations, all 200 at NFE 8 on the trained models, `method_options`; ld3 is also offered the model's S3 recipe of the same NFE as a starting point), run through `fewstep bench "
-        "--recipes` (a method added or redone later: `--resume --add METHOD`). AYS and GITS schedules are also run with the other "
+        "iterations, all 200 at NFE 8 on the trained models, `method_options`; ld3 is also offered the "
+        "model's S3 recipe of the same NFE as a starting point), run through `fewstep bench "
+        "--recipes` (a method added or redone later: `--resume --add METHOD`). AYS and GITS schedules are "
+        "also run with the other "
         "one-evaluation-per-step multistep solvers listed in the script (their objectives do not depend on "
         "which). rmse_ref is measured against the reference ODE solution from the model's own start (80 for "
         "digits-flow) even when a recipe starts lower.",
