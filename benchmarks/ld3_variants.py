@@ -12,7 +12,7 @@ Tuning seeds 100000+ (their references are computed once and cached: 1.4-3.7 min
 trained model here), 200 iterations unless given (ld3's defaults otherwise: L-BFGS, patience 4),
 started as in benchmarks/tuned.py (offered the model's S3 recipe from fewstep-out/tuned/ when it
 exists). Prints the held-out rmse_ref (seeds 0-255) and the objective; writes the recipe to
-fewstep-out/ld3-variants/ (one thread, as the tuned benchmark).
+fewstep-out/ld3-variants/ (one thread, as the tuned benchmark, unless `threads=N` is given).
 """
 
 import json
@@ -29,7 +29,6 @@ def main(argv: list[str]) -> None:
     from fewstep.diffusion.tune import ld3
     from fewstep.models import load_model
 
-    torch.set_num_threads(1)
     name, nfe, n = argv[0], int(argv[1]), int(argv[2])
     kw = {"steps": 200}
     for a in argv[3:]:
@@ -38,6 +37,7 @@ def main(argv: list[str]) -> None:
             kw[k] = json.loads(v)
         except json.JSONDecodeError:  # a bare string, e.g. optimizer=lbfgs
             kw[k] = v
+    torch.set_num_threads(kw.pop("threads", 1))
     s3 = Path("fewstep-out/tuned") / name / f"s3-usf-nfe{nfe}.json"
     t = time.perf_counter()
     r = ld3.tune(load_model(name), nfe=nfe, seeds=range(100_000, 100_000 + n), progress=True,
