@@ -7,6 +7,7 @@
     .venv/bin/python benchmarks/ld3_variants.py digits-flow 8 512 steps=100 optimizer=lbfgs patience=null  # L-BFGS
     .venv/bin/python benchmarks/ld3_variants.py digits-vp-eps 8 512 steps=200 optimizer=lbfgs patience=null
     .venv/bin/python benchmarks/ld3_variants.py digits-vp-eps 8 512 steps=300 optimizer=adam patience=null
+    .venv/bin/python benchmarks/ld3_variants.py digits-vp-eps 8 512 steps=200 optimizer=lbfgs patience=null threads=2
 
 Tuning seeds 100000+ (their references are computed once and cached: 1.4-3.7 min per 128 seeds on a
 trained model here), 200 iterations unless given (ld3's defaults otherwise: L-BFGS, patience 4),
