@@ -6,6 +6,8 @@
     .venv/bin/python benchmarks/ld3_variants.py digits-flow 8 512 optimizer=adam patience=null batch=256 steps=300
     .venv/bin/python benchmarks/ld3_variants.py digits-flow 8 512 steps=100 optimizer=lbfgs patience=null  # L-BFGS
     .venv/bin/python benchmarks/ld3_variants.py digits-vp-eps 8 512 steps=200 optimizer=lbfgs patience=null
+    .venv/bin/python benchmarks/ld3_variants.py digits-vp-eps 4 512 steps=100 optimizer=lbfgs patience=null
+    .venv/bin/python benchmarks/ld3_variants.py digits-flow 4 512 steps=100 optimizer=lbfgs patience=null
     .venv/bin/python benchmarks/ld3_variants.py digits-vp-eps 8 512 steps=300 optimizer=adam patience=null
     .venv/bin/python benchmarks/ld3_variants.py digits-vp-eps 8 512 steps=200 optimizer=lbfgs patience=null threads=2
 
