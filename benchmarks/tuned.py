@@ -44,11 +44,9 @@ def method_options(method: str, exact: bool, nfe: int) -> dict:
     if method == "s3":
         return {"batch": 512, "generations": 24} if exact else {"batch": 64, "population": 16, "generations": 10,
                                                                  "children": 12}
-    if method == "ld3":  # ld3's defaults: full-batch L-BFGS, stopped when 4 held-back checks in a row found
-        # nothing better, or after 200 iterations. At NFE 8 on the trained models all 200: the gains per check
-        # are below the held-back noise there (patience stopped digits-vp-eps at iteration 150 with held-out
-        # 0.0425; run to 200 it reached 0.0394, benchmarks/ld3_variants.py)
-        return {"optimizer": "lbfgs", "steps": 200, "patience": None if nfe >= 8 and not exact else 4}
+    if method == "ld3":  # ld3's defaults: full-batch L-BFGS in coordinates preconditioned on 32 seeds, stopped
+        # when 4 held-back checks in a row found nothing better, or after 100 iterations
+        return {"optimizer": "lbfgs", "steps": 100, "patience": 4, "precondition": 32}
     if method == "ems" and exact:  # a few seeds of digits-gmm switch modes: 128 seeds rank its trials noisily
         return {"trajectories": 512}
     return {}
@@ -282,8 +280,8 @@ def write_doc(rows, recipe_paths, models, nfes, methods, failures, seeds, minute
         "(and discrete for digits-vp-eps), and the diffusers and k-diffusion samplers on the same grids; the "
         "best of them per metric. Tuned: one recipe per method and NFE, fitted on seeds 100000+ (disjoint "
         "from these; 128 of them, 512 for ld3, and for S3 and EMS on digits-gmm; `tuning_seeds` in the "
-        "script; ld3 fits by L-BFGS, stopped after 4 held-back checks without a better iterate or at 200 "
-        "iterations, all 200 at NFE 8 on the trained models, `method_options`; ld3 is also offered the "
+        "script; ld3 fits by preconditioned L-BFGS, stopped after 4 held-back checks without a better iterate "
+        "or at 100 iterations, `method_options`; ld3 is also offered the "
         "model's S3 recipe of the same NFE as a starting point), run through `fewstep bench "
         "--recipes` (a method added or redone later: `--resume --add METHOD`). AYS and GITS schedules are "
         "also run with the other "

@@ -14,7 +14,11 @@ its linear form (``fewstep.diffusion.tune.learned``: each evaluation state and t
 (solver, schedule, data-mean start or not) on the tuning seeds, then trains ``log a``, ``c`` and
 ``log sigma_hat`` (LD3's second time set) on the RMSE to the cached reference solutions of the tuning
 seeds, by full-batch L-BFGS (the loss is smooth and deterministic; Adam, with minibatches, is an
-option), keeping the iterate that is best on a held-back part of them. A re-gridded or
+option), keeping the iterate that is best on a held-back part of them. The parameters' effects on
+the sample differ by orders of magnitude (a coefficient of the noise early on against one of the
+last model output), so L-BFGS works in whitened coordinates: ``theta = P z`` with
+``P = (J^T J / m + d I)^(-1/2)``, ``J`` the residuals' Jacobian at the start on a few seeds (the
+Gauss-Newton preconditioner; Nocedal & Wright, *Numerical Optimization*, ch. 10). A re-gridded or
 rescaled base solver is a point of this space, so it contains LD3's and Bespoke's solutions for
 these solvers, and the coefficient fits (IIA, DC) too.
 
@@ -119,7 +123,11 @@ def recipe_start(model, predictor, nfe: int, recipe) -> tuple[float, str, list[f
 class _Form(torch.nn.Module):
     """The trainable form: ``a_i = a0_i exp(alpha_i) + gamma_i / sigma_0`` (``gamma`` in units of the unit
     noise, so a coefficient that starts at 0 can move), ``c = c0 + delta``, ``sigma_hat = s0 exp(beta)``
-    (clamped to the model's range); the data-mean start, if any, stays fixed."""
+    (clamped to the model's range); the data-mean start, if any, stays fixed.
+
+    The trained parameters ``theta = (alpha, gamma, delta, beta)`` (those switched on) are ``P z``: the
+    optimiser moves ``z``, and ``precondition`` sets ``P`` so that the loss is about equally curved in
+    every direction of ``z`` (``P = I`` until then)."""
 
     def __init__(self, form: Mapping[str, Any], sigma0: float, lo: float, hi: float, coefficients: bool,
                  times: bool):
@@ -129,18 +137,22 @@ class _Form(torch.nn.Module):
         self.c0 = [torch.tensor(r, dtype=f64) for r in form["d_coefs"]]
         self.s0 = torch.tensor(form["eval_sigmas"], dtype=f64)
         self.sigma0, self.lo, self.hi = sigma0, lo, hi
-        self.alpha = torch.nn.Parameter(torch.zeros_like(self.a0), requires_grad=coefficients)
-        self.gamma = torch.nn.Parameter(torch.zeros_like(self.a0), requires_grad=coefficients)
-        self.delta = torch.nn.ParameterList(torch.nn.Parameter(torch.zeros_like(c), requires_grad=coefficients)
-                                            for c in self.c0)
-        self.beta = torch.nn.Parameter(torch.zeros_like(self.s0), requires_grad=times)
+        n_a, n_c, n_s = len(self.a0), sum(len(c) for c in self.c0), len(self.s0)
+        self.parts = [(k, n) for k, n, on in (("alpha", n_a, coefficients), ("gamma", n_a, coefficients),
+                                              ("delta", n_c, coefficients), ("beta", n_s, times)) if on]
+        size = sum(n for _, n in self.parts)
+        self.z = torch.nn.Parameter(torch.zeros(size, dtype=f64))
+        self.register_buffer("P", torch.eye(size, dtype=f64))
         first = form.get("first_x0")
         self.first = None if first is None else torch.tensor(first, dtype=f64)
 
     def values(self):
-        a = self.a0 * torch.exp(self.alpha) + self.gamma / self.sigma0
-        c = [c0 + d for c0, d in zip(self.c0, self.delta)]
-        s = torch.clamp(self.s0 * torch.exp(self.beta), self.lo, self.hi)
+        theta = dict(zip([k for k, _ in self.parts], torch.split(self.P @ self.z, [n for _, n in self.parts])))
+        zero = torch.zeros_like
+        a = self.a0 * torch.exp(theta.get("alpha", zero(self.a0))) + theta.get("gamma", zero(self.a0)) / self.sigma0
+        delta = torch.split(theta["delta"], [len(c) for c in self.c0]) if "delta" in theta else map(zero, self.c0)
+        c = [c0 + d for c0, d in zip(self.c0, delta)]
+        s = torch.clamp(self.s0 * torch.exp(theta.get("beta", zero(self.s0))), self.lo, self.hi)
         return a, c, s
 
     def run(self, model, x: Tensor) -> Tensor:
@@ -148,6 +160,23 @@ class _Form(torch.nn.Module):
         dt = x.dtype
         first = None if self.first is None else self.first.to(dt).reshape(x.shape[1:]).expand_as(x)
         return run_form(lambda y, sg: model(y, sg.to(dt)), x, a.to(dt), [r.to(dt) for r in c], s, first=first)
+
+    @torch.no_grad()
+    def precondition(self, model, x: Tensor, ref: Tensor, step: float = 1e-3, damping: float = 1e-3) -> None:
+        """Set ``P = (H + damping mean(eig H) I)^(-1/2)`` at the current point, ``H = J^T J / rows`` the
+        Gauss-Newton matrix of the residuals ``run(x) - ref`` (``J`` by forward differences of ``step``
+        in ``theta``; ``x`` a few seeds suffice), and re-express the current point in the new ``z``."""
+        theta = self.P @ self.z
+        base = (self.run(model, x) - ref).flatten().double()
+        cols = []
+        for k in range(len(theta)):
+            self.z.copy_(torch.linalg.solve(self.P, theta + step * torch.eye(len(theta), dtype=theta.dtype)[k]))
+            cols.append(((self.run(model, x) - ref).flatten().double() - base) / step)
+        J = torch.stack(cols, 1)
+        lam, V = torch.linalg.eigh(J.T @ J / J.shape[0])
+        lam = lam.clamp_min(0) + damping * float(lam.clamp_min(0).mean())
+        self.P.copy_(V @ torch.diag(lam.rsqrt()) @ V.T)
+        self.z.copy_(torch.linalg.solve(self.P, theta))
 
     def export(self) -> dict[str, Any]:
         with torch.no_grad():
@@ -160,9 +189,9 @@ class _Form(torch.nn.Module):
 
 def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T.TUNE_SEEDS,
          eval_seeds: Sequence[int] | None = T.EVAL_SEEDS, progress: bool = True, schedule: str = "best",
-         steps: int = 200, lr: float = 0.02, coefficients: bool = True, times: bool = True, holdout: float = 0.25,
+         steps: int = 100, lr: float = 0.02, coefficients: bool = True, times: bool = True, holdout: float = 0.25,
          slack: float = 0.0, check_every: int = 10, starts: Sequence[Any] = (), batch: int | None = None,
-         optimizer: str = "lbfgs", patience: int | None = 4):
+         optimizer: str = "lbfgs", patience: int | None = 4, precondition: int | str | None = "auto"):
     """Learn a ``learned`` solver for ``nfe`` evaluations on ``model``; returns a ``Recipe``.
 
     Args:
@@ -183,6 +212,11 @@ def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T
         check_every: iterations between held-back checks.
         patience: stop once this many held-back checks in a row found no better iterate (the fit has
             started to overfit or has converged); ``None``: run all ``steps``.
+        precondition: training seeds on which the Gauss-Newton matrix of the residuals is estimated at
+            the start (by forward differences, one run per parameter); the optimiser then works in
+            coordinates where that matrix is about the identity (``_Form.precondition``); ``None``: the
+            raw parameters; ``"auto"``: 32 seeds with L-BFGS, ``None`` with Adam (whose per-parameter
+            steps of ``lr`` assume the raw parameters).
         batch: training seeds per Adam step (a fresh random subset each step, so more tuning seeds cost no
             more per step); ``None``: all of them (full batch).
         starts: recipes (``Recipe`` objects or JSON paths, made for this model and NFE) of
@@ -204,11 +238,15 @@ def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T
         raise ValueError(f"schedule must be 'best' or one of {', '.join(allowed)}; got {schedule!r}")
     schedules = allowed if schedule == "best" else [schedule]
     seeds = T.seed_list(seeds, "seeds", minimum=4)
+    if precondition == "auto":
+        precondition = 32 if optimizer == "lbfgs" else None
     sizes = {"steps": steps, "check_every": check_every, **({} if batch is None else {"batch": batch}),
-             **({} if patience is None else {"patience": patience})}
+             **({} if patience is None else {"patience": patience}),
+             **({} if precondition is None else {"precondition": precondition})}
     bad = {k: v for k, v in sizes.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1}
     if bad:
-        raise ValueError(f"steps, check_every, batch and patience (or None) must be positive integers; got {bad}")
+        raise ValueError(f"steps, check_every, batch, patience and precondition must be positive integers "
+                         f"(patience, batch and precondition may be None, precondition 'auto'); got {bad}")
     if not (lr > 0 and 0 < holdout < 1 and slack >= 0):
         raise ValueError(f"need lr > 0, 0 < holdout < 1 and slack >= 0; got lr={lr}, holdout={holdout}, "
                          f"slack={slack}")
@@ -232,7 +270,9 @@ def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T
     x_fit, r_fit = sig[0] * noise[:n_fit], ref[:n_fit]
     x_val, r_val = sig[0] * noise[n_fit:], ref[n_fit:]
     net = _Form(form, sig[0], float(model.sigma_min), T.start_sigma(model), coefficients, times)
-    params = [p for p in net.parameters() if p.requires_grad]
+    if precondition is not None:
+        net.precondition(model, x_fit[:precondition], r_fit[:precondition])
+    params = [net.z]
     shift = torch.zeros_like(x_fit, requires_grad=True)  # LD3's slack: a move of each training noise
     if slack > 0:
         params.append(shift)
@@ -296,7 +336,7 @@ def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T
     options = {"solver": solver, "schedule": schedule, "base": base, "base_schedule": base_schedule,
                "mean_start": "first_x0" in form, "steps": steps, "lr": lr, "coefficients": coefficients,
                "times": times, "holdout": holdout, "slack": slack, "starts": [str(p) for p in starts], "batch": batch,
-               "optimizer": optimizer, "patience": patience}
+               "optimizer": optimizer, "patience": patience, "precondition": precondition}
     return T.make_recipe(model, "ld3", "learned", nfe, sig, t_start=t_start, solver_options=best_form,
                          objective=objective, options=options, tune_seeds=seeds, eval_seeds=eval_seeds,
                          baseline=(untuned[0], {}), baseline_schedule=untuned[1], progress=progress)
