@@ -4,15 +4,20 @@
     .venv/bin/python benchmarks/ld3_variants.py digits-flow 8 256 optimizer=adam patience=null coefficients=false
     .venv/bin/python benchmarks/ld3_variants.py digits-flow 8 512 optimizer=adam patience=null   # 512 seeds
     .venv/bin/python benchmarks/ld3_variants.py digits-flow 8 512 optimizer=adam patience=null batch=256 steps=300
-    .venv/bin/python benchmarks/ld3_variants.py digits-flow 8 512 steps=100 optimizer=lbfgs patience=null  # L-BFGS
-    .venv/bin/python benchmarks/ld3_variants.py digits-vp-eps 8 512 steps=200 optimizer=lbfgs patience=null
-    .venv/bin/python benchmarks/ld3_variants.py digits-vp-eps 4 512 steps=100 optimizer=lbfgs patience=null
-    .venv/bin/python benchmarks/ld3_variants.py digits-flow 4 512 steps=100 optimizer=lbfgs patience=null
     .venv/bin/python benchmarks/ld3_variants.py digits-vp-eps 8 512 steps=300 optimizer=adam patience=null
-    .venv/bin/python benchmarks/ld3_variants.py digits-vp-eps 8 512 steps=200 optimizer=lbfgs patience=null threads=2
+    # L-BFGS on the raw parameters
+    .venv/bin/python benchmarks/ld3_variants.py digits-flow 8 512 steps=100 optimizer=lbfgs patience=null precondition=null
+    .venv/bin/python benchmarks/ld3_variants.py digits-vp-eps 8 512 steps=200 optimizer=lbfgs patience=null precondition=null
+    .venv/bin/python benchmarks/ld3_variants.py digits-vp-eps 4 512 steps=100 optimizer=lbfgs patience=null precondition=null
+    .venv/bin/python benchmarks/ld3_variants.py digits-flow 4 512 steps=100 optimizer=lbfgs patience=null precondition=null
+    # preconditioned L-BFGS (the default), all 200 iterations, and as the benchmark runs it on both cores
+    .venv/bin/python benchmarks/ld3_variants.py digits-flow 8 512 patience=null precondition=32
+    .venv/bin/python benchmarks/ld3_variants.py digits-vp-eps 8 512 patience=null precondition=32
+    .venv/bin/python benchmarks/ld3_variants.py digits-vp-eps 8 512 steps=100 threads=2
+    .venv/bin/python benchmarks/ld3_variants.py digits-flow 8 512 steps=100 threads=2
 
 Tuning seeds 100000+ (their references are computed once and cached: 1.4-3.7 min per 128 seeds on a
-trained model here), 200 iterations unless given (ld3's defaults otherwise: L-BFGS, patience 4),
+trained model here), 200 iterations unless given (ld3's defaults otherwise: preconditioned L-BFGS, patience 4),
 started as in benchmarks/tuned.py (offered the model's S3 recipe from fewstep-out/tuned/ when it
 exists). Prints the held-out rmse_ref (seeds 0-255) and the objective; writes the recipe to
 fewstep-out/ld3-variants/ (one thread, as the tuned benchmark, unless `threads=N` is given).
