@@ -269,3 +269,29 @@ def test_preconditioned_lbfgs_fits_better_in_the_same_iterations():
     assert a["initial"] == b["initial"] and a["held_back_final"] < 0.5 * b["held_back_final"]
     assert a["final"] < 0.5 * b["final"]
     assert ld3.tune(model, optimizer="adam", **{**kw, "steps": 1}).info["options"]["precondition"] is None
+
+
+def test_the_preconditioner_takes_the_slope_inside_the_clamp_at_the_top_time(gmm2d):
+    """A grid from sigma_max evaluates there first, at the clamp: a step up in that time changes nothing,
+    so its column of ``J`` is a backward difference (a zero column would let ``P`` stretch that
+    direction by its largest factor)."""
+    sig = get_sigmas("logsnr", 4, gmm2d, sigma_max=start_sigma(gmm2d)).tolist()
+    pred = Predictor(gmm2d, TUNE)
+    x, ref = sig[0] * pred.noise.double(), pred.ref.double()
+    net = ld3._Form(linear_form("ddim", sig), sig[0], float(gmm2d.sigma_min), start_sigma(gmm2d), False, True)
+    assert net.parts == [("beta", 4)] and float(net.values()[2][0]) * (1 + 1e-6) > net.hi  # at the top
+
+    def residual(beta):
+        with torch.no_grad():
+            net.z.copy_(beta)
+            return (net.run(gmm2d, x) - ref).flatten()
+
+    h, e = 1e-7, torch.eye(4, dtype=torch.float64)
+    r0 = residual(torch.zeros(4, dtype=torch.float64))
+    J = torch.stack([(residual(s * h * e[k]) - r0) / (s * h) for k, s in enumerate([-1, 1, 1, 1])], 1)
+    assert float((residual(h * e[0]) - r0).abs().max()) < 1e-9 * float(J[:, 0].abs().max())  # (flat upwards)
+    lam, V = torch.linalg.eigh(J.T @ J / J.shape[0])
+    lam = lam + 1e-3 * float(lam.mean())
+    net.z.data.zero_()
+    net.precondition(gmm2d, x, ref, step=h, damping=1e-3)
+    assert torch.allclose(net.P, V @ torch.diag(lam.rsqrt()) @ V.T, rtol=1e-5)

@@ -164,14 +164,19 @@ class _Form(torch.nn.Module):
     @torch.no_grad()
     def precondition(self, model, x: Tensor, ref: Tensor, step: float = 1e-3, damping: float = 1e-3) -> None:
         """Set ``P = (H + damping mean(eig H) I)^(-1/2)`` at the current point, ``H = J^T J / rows`` the
-        Gauss-Newton matrix of the residuals ``run(x) - ref`` (``J`` by forward differences of ``step``
-        in ``theta``; ``x`` a few seeds suffice), and re-express the current point in the new ``z``."""
+        Gauss-Newton matrix of the residuals ``run(x) - ref`` (``J`` by one-sided differences of ``step``
+        in ``theta``, backwards for an evaluation time that a step up would take past the top of the
+        model's range, so that its slope is the one inside the clamp; ``x`` a few seeds suffice), and
+        re-express the current point in the new ``z``."""
         theta = self.P @ self.z
+        steps = torch.full_like(theta, step)
+        if self.parts[-1][0] == "beta":  # the evaluation times, last in theta
+            steps[len(theta) - len(self.s0):][self.values()[2] * math.exp(step) > self.hi] = -step
         base = (self.run(model, x) - ref).flatten().double()
         cols = []
         for k in range(len(theta)):
-            self.z.copy_(torch.linalg.solve(self.P, theta + step * torch.eye(len(theta), dtype=theta.dtype)[k]))
-            cols.append(((self.run(model, x) - ref).flatten().double() - base) / step)
+            self.z.copy_(torch.linalg.solve(self.P, theta + steps[k] * torch.eye(len(theta), dtype=theta.dtype)[k]))
+            cols.append(((self.run(model, x) - ref).flatten().double() - base) / steps[k])
         J = torch.stack(cols, 1)
         lam, V = torch.linalg.eigh(J.T @ J / J.shape[0])
         lam = lam.clamp_min(0) + damping * float(lam.clamp_min(0).mean())
