@@ -218,7 +218,7 @@ def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T
         patience: stop once this many held-back checks in a row found no better iterate (the fit has
             started to overfit or has converged); ``None``: run all ``steps``.
         precondition: training seeds on which the Gauss-Newton matrix of the residuals is estimated at
-            the start (by forward differences, one run per parameter); the optimiser then works in
+            the start (by one-sided differences, one run per parameter); the optimiser then works in
             coordinates where that matrix is about the identity (``_Form.precondition``); ``None``: the
             raw parameters; ``"auto"``: 32 seeds with L-BFGS, ``None`` with Adam (whose per-parameter
             steps of ``lr`` assume the raw parameters).
