@@ -280,7 +280,7 @@ def test_the_preconditioner_takes_the_slope_inside_the_clamp_at_the_top_time(gmm
     pred = Predictor(gmm2d, TUNE)
     x, ref = sig[0] * pred.noise.double(), pred.ref.double()
     net = ld3._Form(linear_form("ddim", sig), sig[0], float(gmm2d.sigma_min), start_sigma(gmm2d), False, True)
-    assert net.parts == [("beta", 4)] and float(net.values()[2][0]) * (1 + 1e-6) > net.hi  # at the top
+    assert net.parts == [("beta", 4)] and float(net.export()["eval_sigmas"][0]) * (1 + 1e-6) > net.hi  # at the top
 
     def residual(beta):
         with torch.no_grad():
