@@ -296,3 +296,16 @@ def test_the_preconditioner_takes_the_slope_inside_the_clamp_at_the_top_time(gmm
     net.z.data.zero_()
     net.precondition(gmm2d, x, ref, step=h, damping=1e-3)
     assert torch.allclose(net.P, V @ torch.diag(lam.rsqrt()) @ V.T, rtol=1e-5)
+
+
+def test_the_ridge_holds_the_fit_back_towards_its_start(gmm2d):
+    """``ridge |z|^2`` joins the loss: the kept iterate ends nearer the start in the fit's coordinates."""
+    kw = {"nfe": 4, "solver": "dpmpp_2m", "schedule": "logsnr", "seeds": TUNE, "eval_seeds": None, "progress": False,
+          "check_every": 5, "steps": 20, "patience": None}
+    fits = [ld3.tune(gmm2d, ridge=rho, **kw) for rho in (0.0, 0.1, 1.0)]
+    moved = [r.info["objective"]["moved"] for r in fits]
+    assert moved[0] > moved[1] > moved[2] > 0
+    assert [r.info["options"]["ridge"] for r in fits] == [0.0, 0.1, 1.0]
+    assert "with the ridge" in fits[2].info["objective"]["history_columns"][1]
+    with pytest.raises(ValueError, match="ridge >= 0"):
+        ld3.tune(gmm2d, ridge=-1.0, **kw)

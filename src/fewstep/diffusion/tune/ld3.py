@@ -196,7 +196,8 @@ def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T
          eval_seeds: Sequence[int] | None = T.EVAL_SEEDS, progress: bool = True, schedule: str = "best",
          steps: int = 100, lr: float = 0.02, coefficients: bool = True, times: bool = True, holdout: float = 0.25,
          slack: float = 0.0, check_every: int = 10, starts: Sequence[Any] = (), batch: int | None = None,
-         optimizer: str = "lbfgs", patience: int | None = 4, precondition: int | str | None = "auto"):
+         optimizer: str = "lbfgs", patience: int | None = 4, precondition: int | str | None = "auto",
+         ridge: float = 0.0):
     """Learn a ``learned`` solver for ``nfe`` evaluations on ``model``; returns a ``Recipe``.
 
     Args:
@@ -222,6 +223,9 @@ def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T
             coordinates where that matrix is about the identity (``_Form.precondition``); ``None``: the
             raw parameters; ``"auto"``: 32 seeds with L-BFGS, ``None`` with Adam (whose per-parameter
             steps of ``lr`` assume the raw parameters).
+        ridge: adds ``ridge |z|^2`` to the training loss (the fit's coordinates: whitened, where the loss's
+            Gauss-Newton curvature is about 1, when preconditioned), a prior that holds back the directions
+            the tuning seeds determine poorly; it helps when they are few (``docs/design.md``).
         batch: training seeds per Adam step (a fresh random subset each step, so more tuning seeds cost no
             more per step); ``None``: all of them (full batch).
         starts: recipes (``Recipe`` objects or JSON paths, made for this model and NFE) of
@@ -252,9 +256,9 @@ def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T
     if bad:
         raise ValueError(f"steps, check_every, batch, patience and precondition must be positive integers "
                          f"(patience, batch and precondition may be None, precondition 'auto'); got {bad}")
-    if not (lr > 0 and 0 < holdout < 1 and slack >= 0):
-        raise ValueError(f"need lr > 0, 0 < holdout < 1 and slack >= 0; got lr={lr}, holdout={holdout}, "
-                         f"slack={slack}")
+    if not (lr > 0 and 0 < holdout < 1 and slack >= 0 and ridge >= 0):
+        raise ValueError(f"need lr > 0, 0 < holdout < 1, slack >= 0 and ridge >= 0; got lr={lr}, holdout={holdout}, "
+                         f"slack={slack}, ridge={ridge}")
     if not (coefficients or times):
         raise ValueError("nothing to learn: coefficients and times are both off")
     if optimizer not in ("adam", "lbfgs"):
@@ -293,13 +297,15 @@ def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T
 
     gen = torch.Generator().manual_seed(0)  # the minibatches
     start_val = best_val = val_rmse()
-    best_form, history, evals, stale = net.export(), [], 0, 0
+    best_form, best_z, history, evals, stale = net.export(), net.z.detach().clone(), [], 0, 0
 
     def closure():
         nonlocal evals
         evals += 1
         pick = slice(None) if batch is None or batch >= n_fit else torch.randperm(n_fit, generator=gen)[:batch]
         loss = (net.run(model, (x_fit + sig[0] * shift)[pick]) - r_fit[pick]).pow(2).mean()
+        if ridge:
+            loss = loss + ridge * net.z.pow(2).sum()
         # gradients for the form's parameters only (the model's weights stay untouched)
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         for p, g in zip(params, grads):
@@ -326,7 +332,7 @@ def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T
                 v = val_rmse()
                 history.append([it, round(math.sqrt(float(loss)), 6), round(v, 6)])
                 if v < best_val:
-                    best_val, best_form, stale = v, net.export(), 0
+                    best_val, best_form, best_z, stale = v, net.export(), net.z.detach().clone(), 0
                 else:
                     stale += 1
             bar.update(k)
@@ -334,14 +340,17 @@ def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T
                 break
     objective = {"name": "rmse_ref on tuning seeds", "initial": err0, "final": full(sig, "learned", best_form),
                  "held_back_initial": start_val, "held_back_final": best_val, "history": history,
+                 "history_columns": ["iteration", "sqrt of the training loss" + (" (with the ridge)" if ridge else ""),
+                                     "held-back rmse_ref"],
                  "iterations": it, "loss_evaluations": evals,
+                 "moved": float(best_z.norm()),  # the kept iterate's distance from the start, in the fit's coordinates
                  "note": f"initial: the {base}" if base_schedule == "recipe" else
                          f"initial: the best untuned start, {base} on {base_schedule}"
                          f"{' with the data-mean start' if 'first_x0' in form else ''}"}
     options = {"solver": solver, "schedule": schedule, "base": base, "base_schedule": base_schedule,
                "mean_start": "first_x0" in form, "steps": steps, "lr": lr, "coefficients": coefficients,
                "times": times, "holdout": holdout, "slack": slack, "starts": [str(p) for p in starts], "batch": batch,
-               "optimizer": optimizer, "patience": patience, "precondition": precondition}
+               "optimizer": optimizer, "patience": patience, "precondition": precondition, "ridge": ridge}
     return T.make_recipe(model, "ld3", "learned", nfe, sig, t_start=t_start, solver_options=best_form,
                          objective=objective, options=options, tune_seeds=seeds, eval_seeds=eval_seeds,
                          baseline=(untuned[0], {}), baseline_schedule=untuned[1], progress=progress)
