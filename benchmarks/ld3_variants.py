@@ -16,6 +16,8 @@
     .venv/bin/python benchmarks/ld3_variants.py digits-vp-eps 8 512 steps=100 threads=2
     .venv/bin/python benchmarks/ld3_variants.py digits-flow 8 512 steps=100 threads=2
     .venv/bin/python benchmarks/ld3_variants.py digits-flow 8 256 steps=100   # and digits-vp-eps: 256 seeds overfit
+    .venv/bin/python benchmarks/ld3_variants.py digits-flow 8 256 steps=100 ridge=0.01   # and ridge=0.001, 0.1
+    .venv/bin/python benchmarks/ld3_variants.py digits-flow 8 512 steps=100 ridge=0.01
 
 Tuning seeds 100000+ (their references are computed once and cached: 1.4-3.7 min per 128 seeds on a
 trained model here), 200 iterations unless given (ld3's defaults otherwise: preconditioned L-BFGS, patience 4),
