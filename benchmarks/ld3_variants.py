@@ -10,6 +10,7 @@
     .venv/bin/python benchmarks/ld3_variants.py digits-vp-eps 8 512 steps=200 optimizer=lbfgs patience=null precondition=null
     .venv/bin/python benchmarks/ld3_variants.py digits-vp-eps 4 512 steps=100 optimizer=lbfgs patience=null precondition=null
     .venv/bin/python benchmarks/ld3_variants.py digits-flow 4 512 steps=100 optimizer=lbfgs patience=null precondition=null
+    .venv/bin/python benchmarks/ld3_variants.py digits-vp-eps 8 512 steps=200 optimizer=lbfgs patience=null precondition=null threads=2
     # preconditioned L-BFGS (the default), all 200 iterations, and as the benchmark runs it on both cores
     .venv/bin/python benchmarks/ld3_variants.py digits-flow 8 512 patience=null precondition=32
     .venv/bin/python benchmarks/ld3_variants.py digits-vp-eps 8 512 patience=null precondition=32

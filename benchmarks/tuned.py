@@ -37,7 +37,7 @@ MINE = {"ays": "dpmpp_2m", "gits": "ipndm", "s3": "unipc", "ld3": "best"}  # met
 SHARED_SCHEDULE = {"ays": ("unipc", "ipndm", "ipndm_v"), "gits": ("dpmpp_2m", "unipc", "ipndm_v")}
 
 
-def method_options(method: str, exact: bool, nfe: int) -> dict:
+def method_options(method: str, exact: bool) -> dict:
     """Sizes: exact models are cheap to evaluate, the trained U-Nets are not (about 0.4 s per 256 samples here)."""
     if method == "ays":
         return {"mc_samples": 256} if exact else {"mc_samples": 128, "max_sweeps": 3}
@@ -52,7 +52,7 @@ def method_options(method: str, exact: bool, nfe: int) -> dict:
     return {}
 
 
-def tuning_seeds(method: str, exact: bool, nfe: int) -> range:
+def tuning_seeds(method: str, exact: bool) -> range:
     if method == "ld3":  # it fits more parameters than the others: more seeds keep it from overfitting
         # (at NFE 8 on the trained models 256 seeds overfit: held-out 0.62 of the best untuned on
         # digits-flow, 0.48 with 512)
@@ -76,7 +76,7 @@ def tune_model(name: str, nfes, methods, seeds, log) -> tuple[list[Path], list[s
     model = load_model(name)
     exact = hasattr(model, "sample_data")
     paths, failures = [], []
-    n_refs = max(len(tuning_seeds(m, exact, n)) for m in methods for n in nfes)
+    n_refs = max(len(tuning_seeds(m, exact)) for m in methods)
     ref_seconds = tuning_references(model, range(100_000, 100_000 + n_refs), log)
     for method in methods:
         module = importlib.import_module(METHOD_MODULES[method])
@@ -86,8 +86,8 @@ def tune_model(name: str, nfes, methods, seeds, log) -> tuple[list[Path], list[s
             if method == "ld3" and s3_recipe.exists():  # ld3 may start from the S3 solver schedule
                 kw["starts"] = [str(s3_recipe)]
             try:
-                r = module.tune(model, nfe=nfe, seeds=tuning_seeds(method, exact, nfe), eval_seeds=seeds, progress=True,
-                                **kw, **method_options(method, exact, nfe))
+                r = module.tune(model, nfe=nfe, seeds=tuning_seeds(method, exact), eval_seeds=seeds, progress=True,
+                                **kw, **method_options(method, exact))
             except Exception as exc:  # a method that cannot run here is reported, not hidden
                 failures.append(f"{method} on {name} at NFE {nfe}: {type(exc).__name__}: {exc}")
                 log(failures[-1])
@@ -285,11 +285,9 @@ def write_doc(rows, recipe_paths, models, nfes, methods, failures, seeds, minute
         "best of them per metric. Tuned: one recipe per method and NFE, fitted on seeds 100000+ (disjoint "
         "from these; 128 of them, 512 for ld3, and for S3 and EMS on digits-gmm; `tuning_seeds` in the "
         "script; ld3 fits by preconditioned L-BFGS, stopped after 4 held-back checks without a better iterate "
-        "or at 100 iterations, `method_options`; ld3 is also offered the "
-        "model's S3 recipe of the same NFE as a starting point), run through `fewstep bench "
-        "--recipes` (a method added or redone later: `--resume --add METHOD`). AYS and GITS schedules are "
-        "also run with the other "
-        "one-evaluation-per-step multistep solvers listed in the script (their objectives do not depend on "
+        "or at 100 iterations, `method_options`; ld3 is also offered the model's S3 recipe of the same NFE as a "
+        "starting point), run through `fewstep bench --recipes` (a method added or redone later: `--resume "
+        "--add METHOD`). AYS and GITS schedules are also run with the other one-evaluation-per-step multistep solvers listed in the script (their objectives do not depend on "
         "which). rmse_ref is measured against the reference ODE solution from the model's own start (80 for "
         "digits-flow) even when a recipe starts lower.",
         f"**Target** (tuned at most half the best untuned, per metric): met in {met} of {len(verdict)} "

@@ -169,14 +169,17 @@ class _Form(torch.nn.Module):
         model's range, so that its slope is the one inside the clamp; ``x`` a few seeds suffice), and
         re-express the current point in the new ``z``."""
         theta = self.P @ self.z
+        self.P.copy_(torch.eye(len(theta), dtype=theta.dtype))  # z = theta while J is measured
+        self.z.copy_(theta)
         steps = torch.full_like(theta, step)
         if self.parts[-1][0] == "beta":  # the evaluation times, last in theta
             steps[len(theta) - len(self.s0):][self.values()[2] * math.exp(step) > self.hi] = -step
         base = (self.run(model, x) - ref).flatten().double()
         cols = []
         for k in range(len(theta)):
-            self.z.copy_(torch.linalg.solve(self.P, theta + steps[k] * torch.eye(len(theta), dtype=theta.dtype)[k]))
+            self.z[k] += steps[k]
             cols.append(((self.run(model, x) - ref).flatten().double() - base) / steps[k])
+            self.z[k] = theta[k]
         J = torch.stack(cols, 1)
         lam, V = torch.linalg.eigh(J.T @ J / J.shape[0])
         lam = lam.clamp_min(0) + damping * float(lam.clamp_min(0).mean())
