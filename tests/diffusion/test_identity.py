@@ -57,7 +57,7 @@ def _fitted_options(model, solver, nfe):
         return {"orders": [1 + i % 3 for i in range(n)], "predictions": ["data", "noise"] * (n // 2) + ["data"] * (n % 2),
                 "correctors": [i % 2 == 0 for i in range(n)], "relax": [0.1 * ((-1) ** i) for i in range(n)]}
     if solver == "learned":
-        from fewstep.diffusion.tune.learned import linear_form
+        from fewstep.diffusion.solvers.learned import linear_form
 
         form = linear_form("dpmpp_2m", _sigmas(model, "dpmpp_2m", nfe, {}))
         form["x_coefs"] = [v * (1 + 0.01 * i) for i, v in enumerate(form["x_coefs"])]

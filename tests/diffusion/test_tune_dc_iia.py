@@ -11,8 +11,9 @@ from fewstep.diffusion.sampling import solve
 from fewstep.diffusion.schedules import karras
 from fewstep.diffusion.tune import _measure as M
 from fewstep.diffusion.tune import _tuning as T
+from fewstep.diffusion.solvers import dc as dc_solvers
 from fewstep.diffusion.tune import dc, iia
-from fewstep.diffusion.tune.recipe import Recipe
+from fewstep.diffusion.recipe import Recipe
 from fewstep.models.exact import ring_gmm
 
 MODEL = ring_gmm()
@@ -54,7 +55,7 @@ def test_compensation_is_the_lagrange_interpolant_in_lambda():
         return 0.5 - 0.3 * lam_ + 0.7 * lam_**2
 
     ratios = [1.0, 1.0, 0.4, 1.7]
-    comp = dc._Compensated(lambda x, sigma: torch.full_like(x, quad(-math.log(sigma))), sig, ratios)
+    comp = dc_solvers._Compensated(lambda x, sigma: torch.full_like(x, quad(-math.log(sigma))), sig, ratios)
     outs = [float(comp(torch.zeros(1, 1, dtype=torch.float64), s)) for s in sig[:-1]]
     assert outs[:2] == pytest.approx([quad(v) for v in lams[:2]], rel=1e-12)
     assert outs[2] == pytest.approx(quad(0.4 * lams[2] + 0.6 * lams[1]), rel=1e-12)
@@ -89,10 +90,10 @@ def test_cpr_recovers_a_cascade_and_interpolates_fitted_ratios():
     (also at an unseen NFE and scale); fitted to real ratios at NFE 5, 6 and 8, CPR's ratios improve
     the unseen NFE 7 over no compensation on held-out seeds."""
     truth = [0.01 * ((k * 7) % 11 - 5) for k in range(27)]
-    runs = [(n, g, dc.cpr_ratios(truth, n, g)) for n in (5, 6, 8, 10) for g in (1.0, 4.0, 7.5)]
+    runs = [(n, g, dc_solvers.cpr_ratios(truth, n, g)) for n in (5, 6, 8, 10) for g in (1.0, 4.0, 7.5)]
     coef = dc.fit_cpr(runs)
     for n, g in ((7, 1.0), (9, 5.0), (12, 2.0)):
-        assert dc.cpr_ratios(coef, n, g) == pytest.approx(dc.cpr_ratios(truth, n, g), abs=1e-9)
+        assert dc_solvers.cpr_ratios(coef, n, g) == pytest.approx(dc_solvers.cpr_ratios(truth, n, g), abs=1e-9)
     fitted = {}
     for n in (5, 6, 8):
         sig = M.grid(MODEL, "unipc_dc", n)

@@ -26,7 +26,7 @@ def recipe_rows(paths: Sequence[str | Path], spec, progress: bool = True,
     from fewstep.bench.harness import SIGMA_CAP, DataReference, compute_metrics, device_name, versions
     from fewstep.diffusion.denoiser import CountingDenoiser
     from fewstep.diffusion.sampling import sample
-    from fewstep.diffusion.tune.recipe import Recipe
+    from fewstep.diffusion.recipe import Recipe
     from fewstep.metrics.reference import reference_samples
     from fewstep.models import load_model
 

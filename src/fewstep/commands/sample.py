@@ -96,7 +96,7 @@ def _resolve_recipe(args):
     """Load ``--recipe`` (its model, solver and NFE become the defaults) and fill in the other defaults."""
     recipe = None
     if args.recipe:
-        from fewstep.diffusion.tune.recipe import Recipe
+        from fewstep.diffusion.recipe import Recipe
 
         recipe = Recipe.load(args.recipe)
         if args.solver not in (None, recipe.solver):

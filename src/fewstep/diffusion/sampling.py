@@ -181,7 +181,7 @@ def sample(model: Denoiser, *, solver: str = "dpmpp_2m", nfe: int | None = None,
     if not isinstance(model, Denoiser):
         raise TypeError(f"model must be a fewstep Denoiser (see fewstep.load_model); got {type(model).__name__}")
     if recipe is not None:
-        from fewstep.diffusion.tune.recipe import as_recipe
+        from fewstep.diffusion.recipe import as_recipe
 
         recipe = as_recipe(recipe)
         recipe.check(model, nfe, force)

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fewstep.diffusion.solvers import adams, basic, dpm, unipc  # noqa: F401  (register themselves)
-from fewstep.diffusion.solvers import dpm_v3  # noqa: F401  (DPM-Solver-v3 on empirical model statistics)
+# Every module below registers its solvers when imported; the registry imports nothing from outside solvers/.
+from fewstep.diffusion.solvers import adams, basic, dpm, unipc  # noqa: F401  (training-free ODE solvers)
 from fewstep.diffusion.solvers import restart, sde, stochastic  # noqa: F401  (stochastic samplers)
+from fewstep.diffusion.solvers import time_shift  # noqa: F401  (ddim_ts, the time-shift sampler)
+from fewstep.diffusion.solvers import dc, dpm_v3, iia, learned, usf  # noqa: F401  (solvers with fitted options)
 from fewstep.diffusion.solvers._core import SOLVERS, SolverInfo, get_solver, register
-from fewstep.diffusion.tune import dc, iia  # noqa: E402,F401  (tuned solvers: DC-Solver, IIA)
-from fewstep.diffusion import corrections  # noqa: E402,F401  (ddim_ts, the time-shift sampler)
-from fewstep.diffusion.tune import usf  # noqa: E402,F401  (usf, the per-step solver of S3)
-from fewstep.diffusion.tune import learned  # noqa: E402,F401  (learned, the solver ld3 trains)
 
 __all__ = ["SOLVERS", "SolverInfo", "get_solver", "list_solvers", "register"]
 

@@ -1,11 +1,13 @@
 """Tuned sampling: schedules, solver schedules and coefficients fitted to one model, saved as recipes.
 
+This package fits only; the solvers it fits (``usf``, ``learned``, ``iia_*``, ``*_dc``, ``dpm_solver_v3``)
+live in ``fewstep.diffusion.solvers`` and the ``Recipe`` type in ``fewstep.diffusion.recipe``.
+
 Each method module provides ``tune(model, *, solver, nfe, **options) -> Recipe``; ``METHOD_MODULES``
 maps the CLI's method names to them.
 """
 
-from fewstep.diffusion.tune import usf  # noqa: F401  (registers the per-step solver 'usf' that S3 searches)
-from fewstep.diffusion.tune.recipe import METHODS, Recipe, as_recipe
+from fewstep.diffusion.recipe import METHODS, Recipe, as_recipe
 
 METHOD_MODULES = {
     "ays": "fewstep.diffusion.tune.ays",

@@ -18,7 +18,7 @@ from fewstep.diffusion.denoiser import Denoiser
 from fewstep.diffusion.sampling import plan_steps, seeded_noise, solve
 from fewstep.diffusion.schedules import check_sigmas, get_sigmas
 from fewstep.diffusion.solvers import get_solver
-from fewstep.diffusion.tune.recipe import Recipe
+from fewstep.diffusion.recipe import Recipe
 
 TUNE_SEEDS = range(100_000, 100_128)
 EVAL_SEEDS = range(256)

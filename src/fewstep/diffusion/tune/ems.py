@@ -41,7 +41,7 @@ import torch
 from fewstep.diffusion.solvers.dpm_v3 import EMS
 from fewstep.diffusion.tune import _measure as M
 from fewstep.diffusion.tune import _tuning as T
-from fewstep.diffusion.tune.recipe import Recipe
+from fewstep.diffusion.recipe import Recipe
 
 __all__ = ["EMS", "compute_ems", "gauss_ems", "keep", "tune"]
 

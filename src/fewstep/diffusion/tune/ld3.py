@@ -9,7 +9,7 @@ sets of times, one where the state is integrated and one where the model is eval
 path scaling of a base solver (about 80 parameters) against ground-truth ODE solutions.
 
 fewstep learns the object both of them parametrise, once for every one-evaluation-per-step solver:
-its linear form (``fewstep.diffusion.tune.learned``: each evaluation state and the sample are
+its linear form (``fewstep.diffusion.solvers.learned``: each evaluation state and the sample are
 ``a x_0 + sum_j c_j D_j``, the model called at ``sigma_hat``). ``tune`` starts from the best untuned
 (solver, schedule, data-mean start or not) on the tuning seeds, then trains ``log a``, ``c`` and
 ``log sigma_hat`` (LD3's second time set) on the RMSE to the cached reference solutions of the tuning
@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from fewstep.diffusion.tune import _tuning as T
-from fewstep.diffusion.tune.learned import linear_form, run_form
+from fewstep.diffusion.solvers.learned import linear_form, run_form
 
 Tensor = torch.Tensor
 __all__ = ["as_learned", "base_candidates", "pick_base", "recipe_start", "tune"]
@@ -106,7 +106,7 @@ def pick_base(model, predictor, nfe: int, solvers: Sequence[str], schedules: Seq
 
 def recipe_start(model, predictor, nfe: int, recipe) -> tuple[float, str, list[float], dict[str, Any]]:
     """``(rmse, label, sigmas, options)``: a tuned recipe's solver in the ``learned`` form."""
-    from fewstep.diffusion.tune.recipe import as_recipe
+    from fewstep.diffusion.recipe import as_recipe
 
     r = as_recipe(recipe)
     r.check(model, nfe)

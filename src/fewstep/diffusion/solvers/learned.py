@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from fewstep.diffusion.solvers._core import emit, register
+from fewstep.diffusion.solvers._core import emit, get_solver, register
 from fewstep.diffusion.solvers.basic import ddim
-from fewstep.diffusion.tune import usf  # may be partly initialised here (import cycle): use it at call time
+from fewstep.diffusion.solvers.usf import first_x0_cost, mean_start
 
 Tensor = torch.Tensor
 __all__ = ["learned", "linear_form", "run_form"]
@@ -67,11 +67,7 @@ def run_form(D, x: Tensor, x_coefs, d_coefs, eval_sigmas, sigmas=None, callback=
     return out
 
 
-def _cost(n_steps: int, final_zero: bool, options) -> int:
-    return usf._cost(n_steps, final_zero, options)  # first_x0 saves one evaluation, as in usf
-
-
-@register("learned", order=1, cost=_cost,
+@register("learned", order=1, cost=first_x0_cost,
           options={"x_coefs": None, "d_coefs": None, "eval_sigmas": None, "first_x0": None},
           paper=_PAPER,
           notes="a one-evaluation-per-step linear solver with stored coefficients and evaluation times from "
@@ -83,7 +79,7 @@ def learned(D, x, sigmas, *, callback=None, x_coefs=None, d_coefs=None, eval_sig
     if x_coefs is None and d_coefs is None and eval_sigmas is None and first_x0 is None:
         return ddim(D, x, sigmas, callback=callback)
     _check_form(len(sigmas) - 1, x_coefs, d_coefs, eval_sigmas, first_x0 is not None)
-    first = None if first_x0 is None else usf.mean_start(first_x0, x, "learned")
+    first = None if first_x0 is None else mean_start(first_x0, x, "learned")
     return run_form(D, x, [float(v) for v in x_coefs], [[float(v) for v in r] for r in d_coefs],
                     [float(s) for s in eval_sigmas], sigmas, callback, first)
 
@@ -93,8 +89,6 @@ def linear_form(solver: str, sigmas: Sequence[float], options: Mapping[str, Any]
     of basis vectors (``x_0 = e_0``, the ``j``-th model output ``e_{j+1}``), so every state it builds
     holds its coefficients. Raises ``ValueError`` for a solver that does not call the model once per
     step, or whose states are not of the form above."""
-    from fewstep.diffusion.solvers import get_solver
-
     info = get_solver(solver)
     s = [float(v) for v in sigmas]
     n = len(s) - 1

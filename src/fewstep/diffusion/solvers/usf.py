@@ -95,7 +95,8 @@ def check_plan(n_steps: int, orders, predictions, correctors, relax=None):
     return orders, predictions, correctors, [float(r) for r in relax]
 
 
-def _cost(n_steps: int, final_zero: bool, options) -> int:
+def first_x0_cost(n_steps: int, final_zero: bool, options) -> int:
+    """``N`` steps cost ``N`` evaluations, or ``N - 1`` when ``first_x0`` stands in for the first."""
     return n_steps - (options.get("first_x0") is not None)
 
 
@@ -108,7 +109,7 @@ def mean_start(first_x0, x: torch.Tensor, solver: str) -> torch.Tensor:
     return d.reshape(x.shape[1:]).expand_as(x)
 
 
-@register("usf", order=3, cost=_cost,
+@register("usf", order=3, cost=first_x0_cost,
           options={"orders": None, "predictions": None, "correctors": None, "relax": None, "first_x0": None},
           paper="Liu et al., USF / S3, arXiv 2312.07243 (per-step solver schedule)",
           notes="per-step order 1-3, data/noise prediction, free corrector and derivative relaxation; first_x0 "
