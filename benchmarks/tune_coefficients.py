@@ -28,10 +28,10 @@ TUNED = (("ems", "dpm_solver_v3"), ("dc", "unipc_dc"), ("dc", "dpmpp_2m_dc"), ("
 
 
 def untuned_rows(model, nfe: int, seeds: list[int]) -> dict[str, dict]:
-    from fewstep.bench.harness import DataReference, compute_metrics
+    from fewstep.evaluation import DataReference, compute_metrics
     from fewstep.diffusion.sampling import sample
     from fewstep.diffusion.tune._tuning import start_sigma
-    from fewstep.metrics.reference import reference_samples
+    from fewstep.evaluation.references import reference_samples
 
     ref = reference_samples(model, seeds, sigma_max=start_sigma(model))[0]
     data, rows = DataReference(model), {}
@@ -50,7 +50,8 @@ def run_model(name: str, nfes, seeds, log) -> list[dict]:
     from fewstep.models import load_model
 
     model = load_model(name)
-    from fewstep.metrics.reference import cache_dir, model_hash
+    from fewstep.diffusion.denoiser import model_hash
+    from fewstep.evaluation.references import cache_dir
 
     for stale in (cache_dir() / "ems").glob(f"{model_hash(model)}-*.safetensors"):
         stale.unlink()  # so the first NFE's EMS time is the cold cost (later NFEs reuse the statistics)

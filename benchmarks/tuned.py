@@ -107,7 +107,7 @@ def tuning_references(model, seeds, log) -> list[float]:
     """Compute (or load) the tuning seeds' references before any method, so that no method's time
     includes them; returns the seconds of each block of ``REF_BLOCK`` seeds computed here."""
     from fewstep.diffusion.tune import _tuning as T
-    from fewstep.metrics.reference import reference_path
+    from fewstep.evaluation.references import reference_path
 
     seeds, out = list(seeds), []
     for i in range(0, len(seeds), T.REF_BLOCK):
@@ -132,7 +132,7 @@ def baseline_rows(name: str, nfes, seeds) -> list[dict]:
     schedules = ["karras", "logsnr", "time_uniform"]
     if getattr(load_model(name).process, "num_train_timesteps", None) is not None:
         schedules.append("discrete")
-    peers = ["diffusers", "kdiffusion"] if importlib.util.find_spec("fewstep.integrations.peers") else []
+    peers = ["diffusers", "kdiffusion"] if importlib.util.find_spec("fewstep.bench.peers") else []
     spec = BenchSpec(models=[name], solvers=solvers, schedules=schedules, nfes=nfes, metrics=["rmse_ref", "fd"],
                      seeds=seeds, peers=peers)
     rows = run_bench(spec)
@@ -232,8 +232,9 @@ def timing_table(recipe_paths, methods, models, ref_seconds) -> str:
 
 def fd_floor(models, seeds) -> dict[str, float]:
     """fd of the reference ODE solutions themselves, per model: what an exact solver of it scores."""
-    from fewstep.bench.harness import SIGMA_CAP, DataReference, compute_metrics
-    from fewstep.metrics.reference import reference_samples
+    from fewstep.diffusion.schedules import SIGMA_CAP
+    from fewstep.evaluation import DataReference, compute_metrics
+    from fewstep.evaluation.references import reference_samples
     from fewstep.models import load_model
 
     out = {}

@@ -6,7 +6,7 @@ The public API is re-exported here; everything else is private. Heavy optional l
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from fewstep._version import __version__
 
 __all__ = [
     "__version__",

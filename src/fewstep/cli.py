@@ -23,7 +23,7 @@ SUBCOMMANDS: dict[str, str] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fewstep import __version__
+    from fewstep._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="fewstep",

@@ -144,7 +144,7 @@ def test_er_sde_exact_third_order_beats_the_official_coefficients():
 def test_same_noise_as_k_diffusion():
     """fewstep and k-diffusion's samplers agree given the same noise sampler (dpmpp_sde: its stage
     noise is the Brownian increment of the sub-interval, which k-diffusion draws directly)."""
-    from fewstep.integrations.peers import load_kdiffusion_sampling
+    from fewstep.bench.peers import load_kdiffusion_sampling
 
     try:
         k = load_kdiffusion_sampling()

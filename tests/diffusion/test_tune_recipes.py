@@ -10,7 +10,7 @@ import fewstep
 from fewstep.diffusion.denoiser import CountingDenoiser
 from fewstep.diffusion.sampling import seeded_noise, solve
 from fewstep.diffusion.tune import Recipe, as_recipe
-from fewstep.metrics.reference import model_hash
+from fewstep.diffusion.denoiser import model_hash
 from fewstep.models import load_model
 
 SIGMAS = (80.0, 4.0, 0.9, 0.1, 0.002, 0.0)

@@ -3,7 +3,7 @@
 import torch
 
 from fewstep.diffusion.tune import _tuning as T
-from fewstep.metrics.reference import reference_samples
+from fewstep.evaluation.references import reference_samples
 
 BLOCK = 8  # instead of REF_BLOCK, to keep the test small
 SEEDS = list(range(100_000, 100_000 + BLOCK + 5))

@@ -8,7 +8,7 @@ from fewstep.diffusion.sampling import solve
 from fewstep.diffusion.schedules import karras
 from fewstep.diffusion.solvers import SOLVERS
 from fewstep.integrations import kdiffusion
-from fewstep.integrations.peers import load_kdiffusion_sampling
+from fewstep.bench.peers import load_kdiffusion_sampling
 
 MODEL = fewstep.load_model("gmm2d")
 SIGMAS = torch.cat([karras(8, 0.01, 20.0), torch.zeros(1, dtype=torch.float64)])

@@ -13,7 +13,7 @@ from fewstep.diffusion.schedules import karras
 from fewstep.diffusion.solvers import SOLVERS
 from fewstep.diffusion.solvers._core import lagrange_integrals
 from fewstep.diffusion.solvers.adams import _adams
-from fewstep.integrations.peers import PEERS, list_peer_samplers, load_kdiffusion_sampling, run_peer
+from fewstep.bench.peers import PEERS, list_peer_samplers, load_kdiffusion_sampling, run_peer
 from fewstep.models.exact import Gauss
 
 pytest.importorskip("diffusers")

@@ -6,8 +6,8 @@ import torch
 import fewstep
 from fewstep.diffusion.reference import reference_solution
 from fewstep.diffusion.sampling import seeded_noise
-from fewstep.metrics import rmse_ref
-from fewstep.metrics.reference import reference_samples
+from fewstep.evaluation import rmse_ref
+from fewstep.evaluation.references import reference_samples
 
 
 def test_reference_matches_the_closed_form_and_is_cached(tmp_path, monkeypatch):

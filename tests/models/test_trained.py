@@ -219,7 +219,7 @@ def test_unet_config_round_trips_and_rejects_bad_values():
 
 def test_identity_carries_the_weights_digest():
     """Recipes and cached references are keyed by the identity, so it must change with the weights."""
-    from fewstep.metrics.reference import model_hash
+    from fewstep.diffusion.denoiser import model_hash
     from fewstep.models.trained import SHA256, SPECS
 
     hashes = set()

@@ -16,8 +16,14 @@ from typing import Any
 
 import torch
 
-METRICS = ("rmse_ref", "fd", "fd_pixels", "sw", "precision", "recall")
-SIGMA_CAP = 80.0  # start of sigma-space schedules for models whose sigma_max is infinite
+from fewstep._version import __version__
+from fewstep.bench.distributed import is_main, sharded
+from fewstep.diffusion.denoiser import CountingDenoiser, Denoiser
+from fewstep.diffusion.sampling import sample, seeded_noise, solve
+from fewstep.diffusion.schedules import SIGMA_CAP, get_sigmas
+from fewstep.diffusion.solvers import get_solver
+from fewstep.evaluation import DataReference, compute_metrics, reference_samples
+from fewstep.models import load_model
 
 
 @dataclass
@@ -36,9 +42,7 @@ class BenchSpec:
 def versions() -> dict[str, str]:
     import numpy
 
-    import fewstep
-
-    return {"fewstep": fewstep.__version__, "torch": torch.__version__, "numpy": numpy.__version__,
+    return {"fewstep": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
             "python": platform.python_version()}
 
 
@@ -48,68 +52,9 @@ def device_name() -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-class DataReference:
-    """Held-out data for distribution metrics: the digits held-out split, or exact-model samples."""
-
-    def __init__(self, model, n: int = 2000):
-        from fewstep.models.exact import ExactDenoiser
-
-        self.is_digits = model.shape == (1, 8, 8)
-        if self.is_digits:
-            from fewstep.models.digits_data import digits_data
-
-            self.data = digits_data("heldout")[0].double().reshape(-1, 1, 8, 8)
-        elif isinstance(model, ExactDenoiser):
-            self.data = model.sample_data(n, torch.Generator().manual_seed(10**6))
-        else:
-            self.data = None
-        self._features = None
-
-    def features(self):
-        from fewstep.metrics import digits_features
-
-        if self._features is None:
-            self._features = digits_features(self.data.float()).double()
-        return self._features
-
-
-def compute_metrics(names: Sequence[str], samples: torch.Tensor, ref_x: torch.Tensor | None,
-                    data: DataReference) -> dict[str, float]:
-    from fewstep import metrics as M
-
-    out: dict[str, float] = {}
-    flat = samples.double().reshape(samples.shape[0], -1)
-    for name in names:
-        if name == "rmse_ref":
-            out[name] = M.rmse(samples, ref_x) if ref_x is not None else math.nan
-        elif data.data is None:
-            out[name] = math.nan
-        elif name == "fd":
-            out[name] = (float(M.fd(M.digits_features(samples.float()).double(), data.features())) if data.is_digits
-                         else float(M.fd(flat, data.data.reshape(data.data.shape[0], -1))))
-        elif name == "fd_pixels":
-            out[name] = float(M.fd(flat, data.data.reshape(data.data.shape[0], -1)))
-        elif name == "sw":
-            out[name] = float(M.sw(flat, data.data.reshape(data.data.shape[0], -1),
-                                   generator=torch.Generator().manual_seed(0)))
-        elif name in ("precision", "recall"):
-            if "precision" not in out:
-                p, r = M.precision_recall(data.data.reshape(data.data.shape[0], -1), flat, k=3)
-                out["precision"], out["recall"] = float(p), float(r)
-        else:
-            raise ValueError(f"unknown metric {name!r}; choose from {', '.join(METRICS)}")
-    return {k: out[k] for k in names}
-
-
 def run_bench(spec: BenchSpec, progress: bool = True, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Run every configuration of ``spec``; returns one row per configuration (rank 0 only)."""
     from tqdm import tqdm
-
-    from fewstep.bench.distributed import is_main, sharded
-    from fewstep.diffusion.denoiser import CountingDenoiser
-    from fewstep.diffusion.sampling import sample
-    from fewstep.metrics.reference import reference_samples
-    from fewstep.models import load_model
 
     main = is_main()
     rows: list[dict[str, Any]] = []
@@ -157,12 +102,6 @@ def solver_overhead(solvers: Sequence[str], model_name: str = "digits-edm", n_st
                     batch: int = 256, repeats: int = 5) -> dict[str, float]:
     """Per-step solver time as a fraction of one model evaluation: the solver runs once with the
     real model and once with a free stand-in (it returns its input), on the same grid and batch."""
-    from fewstep.diffusion.denoiser import Denoiser
-    from fewstep.diffusion.sampling import seeded_noise, solve
-    from fewstep.diffusion.schedules import get_sigmas
-    from fewstep.diffusion.solvers import get_solver
-    from fewstep.models import load_model
-
     model = load_model(model_name)
 
     class Free(Denoiser):

@@ -16,19 +16,21 @@ from typing import Any
 
 import torch
 
+from fewstep.bench.distributed import is_main, sharded
+from fewstep.bench.harness import device_name, versions
+from fewstep.diffusion.denoiser import CountingDenoiser
+from fewstep.diffusion.recipe import Recipe
+from fewstep.diffusion.sampling import sample
+from fewstep.diffusion.schedules import SIGMA_CAP
+from fewstep.evaluation import DataReference, compute_metrics
+from fewstep.evaluation.references import reference_samples
+from fewstep.models import load_model
+
 
 def recipe_rows(paths: Sequence[str | Path], spec, progress: bool = True,
                 log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """One row per recipe, with the keys of ``run_bench``'s rows; ``label`` is the recipe's method."""
     from tqdm import tqdm
-
-    from fewstep.bench.distributed import is_main, sharded
-    from fewstep.bench.harness import SIGMA_CAP, DataReference, compute_metrics, device_name, versions
-    from fewstep.diffusion.denoiser import CountingDenoiser
-    from fewstep.diffusion.sampling import sample
-    from fewstep.diffusion.recipe import Recipe
-    from fewstep.metrics.reference import reference_samples
-    from fewstep.models import load_model
 
     recipes = [(str(p), Recipe.load(p)) for p in paths]  # every file is checked before anything runs
     main = is_main()

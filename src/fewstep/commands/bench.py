@@ -27,10 +27,11 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from fewstep.bench.harness import METRICS, BenchSpec, run_bench
+    from fewstep.bench.harness import BenchSpec, run_bench
     from fewstep.commands._args import claim_outputs, parse_ints, parse_names, parse_seeds
     from fewstep.diffusion.schedules import list_schedules
     from fewstep.diffusion.solvers import SOLVERS
+    from fewstep.evaluation import METRICS
     from fewstep.models import list_models
 
     spec = BenchSpec(

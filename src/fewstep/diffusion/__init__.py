@@ -1,12 +1,9 @@
 """Diffusion and flow sampling: the denoiser contract, adapters, schedules, solvers and the driver.
 
-``from_diffusers`` is re-exported lazily, so importing this package never imports diffusers.
+``from_diffusers`` reads a diffusers model and scheduler config as plain objects; importing this package never
+imports diffusers.
 """
 
+from fewstep.diffusion.from_diffusers import from_diffusers
 
-def __getattr__(name: str):
-    if name == "from_diffusers":
-        from fewstep.diffusion.from_diffusers import from_diffusers
-
-        return from_diffusers
-    raise AttributeError(f"module 'fewstep.diffusion' has no attribute {name!r}")
+__all__ = ["from_diffusers"]

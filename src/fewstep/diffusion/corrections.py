@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from fewstep.diffusion.denoiser import Denoiser, bcast
-from fewstep.diffusion.processes import NoiseProcess, VPDiscrete, rescale_zero_terminal_snr
+from fewstep.diffusion.processes import VPDiscrete, rescale_zero_terminal_snr
 from fewstep.diffusion.solvers.time_shift import ddim_time_shift
 
 __all__ = ["check_number", "Wrapper", "EpsScaling", "DynamicThreshold", "CalibrationTable", "Calibrated", "calibrate",

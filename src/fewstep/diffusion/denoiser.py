@@ -1,4 +1,4 @@
-"""The denoiser contract every diffusion and flow model is converted to (see MATH.md).
+"""The denoiser contract every diffusion and flow model is converted to (docs/math.md).
 
 A denoiser is ``D(x, sigma, cond=None) -> E[x0 | x]`` in sigma space, where the noisy state is
 ``x = x0 + sigma * eps``. Solvers only ever see this contract.
@@ -9,7 +9,8 @@ infinite, so the contract says that ``x`` then holds its finite limit ``x / sigm
 
 from __future__ import annotations
 
-import math
+import hashlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -147,5 +148,7 @@ class CountingDenoiser(Denoiser):
         return self.inner.denoise(x, sigma, cond)
 
 
-def is_finite_sigma(sigma: float) -> bool:
-    return math.isfinite(float(sigma))
+def model_hash(model: Denoiser) -> str:
+    """A short hash of the model's identity (config, and weights digest for trained models)."""
+    blob = json.dumps(model.identity(), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

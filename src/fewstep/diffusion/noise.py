@@ -1,10 +1,11 @@
 """Noise for stochastic samplers: ``noise(sigma, sigma_next) -> Tensor``, standard normal, shaped like the state.
 
-Randomness is injected (STYLE.md, principle 6). Every sample owns one counter-based generator
+Randomness is injected. Every sample owns one counter-based generator
 (SplitMix64, Steele, Lea & Flood, OOPSLA 2014) keyed by its seed, so a seed's noise is the same
 at every batch size and on every number of processes. Draw ``n`` of a stream is a pure function of
 ``(seed, n)``; this is what lets a Brownian tree regenerate any of its nodes on demand.
 
+- ``seeded_noise``: the starting noise of ``fewstep.sample``, one generator per sample (torch's own).
 - ``GaussianNoise``: fresh independent noise at every call.
 - ``BrownianNoise``: the normalised increment ``(W(hi) - W(lo)) / sqrt(hi - lo)`` of a per-sample
   Brownian motion ``W`` in sigma (as k-diffusion's ``BrownianTreeNoiseSampler``). Increments over
@@ -202,3 +203,10 @@ def make_noise(noise_type: str, seeds: Sequence[int], shape: Sequence[int], dtyp
     if noise_type == "brownian":
         return BrownianNoise(seeds, shape, dtype, device)
     raise ValueError(f"unknown noise_type {noise_type!r}; choose one of {', '.join(NOISE_TYPES)}")
+
+
+def seeded_noise(seeds: Sequence[int], shape: Sequence[int], dtype=torch.float32, device=None) -> Tensor:
+    """Standard-normal noise with one generator per sample, so a seed's noise never depends on the batch."""
+    rows = [torch.randn(tuple(shape), generator=torch.Generator().manual_seed(int(s)), dtype=torch.float64)
+            for s in seeds]
+    return torch.stack(rows).to(dtype=dtype, device=device)

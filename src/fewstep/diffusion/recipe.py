@@ -15,6 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fewstep.diffusion.denoiser import model_hash
+from fewstep.diffusion.solvers import get_solver
+
 RECIPE_VERSION = 1
 METHODS = ("ays", "gits", "dc", "s3", "iia", "ems", "ld3", "manual")
 
@@ -46,7 +49,6 @@ class Recipe:
         if len(s) < 2 or any(math.isnan(v) for v in s) or any(b >= a for a, b in zip(s, s[1:])) or s[-1] < 0:
             raise ValueError(f"recipe sigmas must be a strictly decreasing list ending at >= 0; got {s}")
         object.__setattr__(self, "sigmas", tuple(s))
-        from fewstep.diffusion.solvers import get_solver
 
         get_solver(self.solver)
 
@@ -91,8 +93,6 @@ class Recipe:
 
     def check(self, model, nfe: int | None = None, force: bool = False) -> None:
         """Refuse a recipe made for another model or NFE (or warn, with ``force``)."""
-        from fewstep.metrics.reference import model_hash
-
         problems = []
         if self.model_hash != model_hash(model):
             problems.append(f"it was made for model {self.model!r} (hash {self.model_hash}), not this one "

@@ -10,10 +10,10 @@ from typing import Any
 import torch
 
 from fewstep.diffusion.denoiser import Denoiser
-from fewstep.diffusion.noise import NOISE_TYPES, make_noise
+from fewstep.diffusion.noise import NOISE_TYPES, make_noise, seeded_noise
+from fewstep.diffusion.recipe import as_recipe
 from fewstep.diffusion.schedules import as_list, check_sigmas, get_sigmas
 from fewstep.diffusion.solvers import get_solver
-from fewstep.diffusion.solvers._core import ddim_step
 
 Tensor = torch.Tensor
 
@@ -140,13 +140,6 @@ def plan_steps(solver: str, nfe: int, *, final_zero: bool = True, afs: bool = Fa
     return n
 
 
-def seeded_noise(seeds: Sequence[int], shape: Sequence[int], dtype=torch.float32, device=None) -> Tensor:
-    """Standard-normal noise with one generator per sample, so a seed's noise never depends on the batch."""
-    rows = [torch.randn(tuple(shape), generator=torch.Generator().manual_seed(int(s)), dtype=torch.float64)
-            for s in seeds]
-    return torch.stack(rows).to(dtype=dtype, device=device)
-
-
 def sample(model: Denoiser, *, solver: str = "dpmpp_2m", nfe: int | None = None, schedule: str | None = None,
            batch: int | None = None, seed: int = 0, seeds: Sequence[int] | None = None, noise: Tensor | None = None,
            cond: Mapping[str, Any] | None = None, shape: Sequence[int] | None = None,
@@ -181,8 +174,6 @@ def sample(model: Denoiser, *, solver: str = "dpmpp_2m", nfe: int | None = None,
     if not isinstance(model, Denoiser):
         raise TypeError(f"model must be a fewstep Denoiser (see fewstep.load_model); got {type(model).__name__}")
     if recipe is not None:
-        from fewstep.diffusion.recipe import as_recipe
-
         recipe = as_recipe(recipe)
         recipe.check(model, nfe, force)
         solver, nfe, schedule = recipe.solver, recipe.nfe, "explicit"

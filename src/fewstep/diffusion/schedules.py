@@ -15,6 +15,13 @@ import numpy as np
 import torch
 
 Tensor = torch.Tensor
+SIGMA_CAP = 80.0  # where sigma-space grids start for a model whose sigma_max is infinite (zero terminal SNR)
+
+
+def start_sigma(model) -> float:
+    """Where the benchmark's and the tuners' sigma-space grids start: the model's ``sigma_max``, or ``SIGMA_CAP``
+    when it is infinite."""
+    return float(model.sigma_max) if math.isfinite(model.sigma_max) else SIGMA_CAP
 
 
 def karras(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Tensor:

@@ -2,8 +2,9 @@
 
 - ``fewstep.integrations.diffusers.FewstepScheduler``: fewstep solvers behind diffusers' scheduler protocol.
 - ``fewstep.integrations.kdiffusion``: ``sample_<solver>(model, x, sigmas, extra_args, callback, disable)``.
-- ``fewstep.integrations.peers``: ``run_peer`` / ``list_peer_samplers`` run diffusers' and k-diffusion's own
-  samplers on a fewstep model, for cross-checks and ``fewstep bench --peers``.
+
+Running diffusers' and k-diffusion's own samplers on a fewstep model (for cross-checks and ``fewstep bench
+--peers``) is the benchmark's job: ``fewstep.bench.peers``.
 
 Submodules are imported on use; nothing here imports diffusers.
 """

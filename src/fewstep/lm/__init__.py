@@ -9,11 +9,17 @@ Only torch is imported here; transformers loads when a transformers model is loa
 
 from fewstep.lm.decoding import Generation, generate
 from fewstep.lm.metrics import DecodeStats
-from fewstep.lm.models import (CausalLM, TransformersLM, bundled_token_counts, count_tokens, frequent_tokens,
-                               load_bundled, load_tokenizer)
-from fewstep.lm.processors import ORDERS, PROCESSORS, Sampler, epsilon, eta, min_p, temperature, top_k, top_p, \
-    typical
+from fewstep.lm.models import (
+                               CausalLM,
+                               TransformersLM,
+                               bundled_token_counts,
+                               count_tokens,
+                               frequent_tokens,
+                               load_bundled,
+                               load_tokenizer,
+)
 from fewstep.lm.multidraft import SELECTIONS, selection_law
+from fewstep.lm.processors import ORDERS, PROCESSORS, Sampler, epsilon, eta, min_p, temperature, top_k, top_p, typical
 from fewstep.lm.speculative import speculative_generate, verify
 
 __all__ = [

@@ -32,8 +32,17 @@ from typing import Any
 
 import torch
 
-from fewstep.lm.decoding import (Generation, Generators, Rng, Stream, append, check_count, check_prompts,
-                                 full_probs, left_pad)
+from fewstep.lm.decoding import (
+    Generation,
+    Generators,
+    Rng,
+    Stream,
+    append,
+    check_count,
+    check_prompts,
+    full_probs,
+    left_pad,
+)
 from fewstep.lm.metrics import DecodeStats
 from fewstep.lm.models import CausalLM
 from fewstep.lm.multidraft import DEFAULT, check_selection, pick, plan

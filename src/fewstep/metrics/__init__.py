@@ -4,12 +4,11 @@
 - ``sw``: sliced Wasserstein-2 distance (Bonneel et al. 2015).
 - ``precision_recall``: k-NN manifold precision and recall (arXiv 1904.06991).
 - ``rmse``: root-mean-square error between paired samples.
-- ``rmse_ref``: RMSE to cached high-accuracy reference ODE solutions from the same seeds
-  (``fewstep.metrics.reference``).
 - ``digits_classifier``, ``digits_features``, ``digits_predict``: the bundled 8x8 digits classifier
   (``fewstep.metrics.features``), whose penultimate layer is the feature space of ``fd_digits``.
 
-Every metric takes torch tensors or numpy arrays and computes in float64.
+Every metric takes torch tensors or numpy arrays and computes in float64. Nothing here knows about diffusion:
+``rmse_ref``, which needs a model's reference ODE solutions, is in ``fewstep.evaluation``.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from fewstep.metrics.features import digits_classifier, digits_features, digits_
 from fewstep.metrics.frechet import fd, fd_digits, fd_pixels
 from fewstep.metrics.manifold import PrecisionRecall, precision_recall
 from fewstep.metrics.paired import rmse
-from fewstep.metrics.reference import rmse_ref
 from fewstep.metrics.sliced import sw
 
 __all__ = [
@@ -29,7 +27,6 @@ __all__ = [
     "precision_recall",
     "PrecisionRecall",
     "rmse",
-    "rmse_ref",
     "digits_classifier",
     "digits_features",
     "digits_predict",

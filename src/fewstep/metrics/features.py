@@ -10,12 +10,13 @@ against a committed SHA-256 checksum before they are loaded.
 from __future__ import annotations
 
 import functools
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from fewstep._verify import ChecksumError, read_verified_bytes
 
 __all__ = [
     "ChecksumError",
@@ -29,10 +30,6 @@ __all__ = [
 
 WEIGHTS_PATH = Path(__file__).resolve().parent / "data" / "digits_cnn.safetensors"
 _BATCH = 4096
-
-
-class ChecksumError(RuntimeError):
-    """A weights file does not match its committed SHA-256 checksum."""
 
 
 class DigitsNet(nn.Module):
@@ -94,14 +91,7 @@ def load_digits_net(weights: Path = WEIGHTS_PATH, sha256: str | None = None) -> 
         if not checksum_file.is_file():
             raise FileNotFoundError(f"checksum file not found at {checksum_file}")
         sha256 = _read_checksum(checksum_file)
-    expected = sha256.lower()
-    blob = weights.read_bytes()  # hash exactly the bytes that are loaded
-    actual = hashlib.sha256(blob).hexdigest()
-    if actual != expected:
-        raise ChecksumError(
-            f"SHA-256 mismatch for {weights}: expected {expected}, got {actual}. The file is "
-            "corrupt or was replaced; restore it from git or rerun scripts/train_classifier.py"
-        )
+    blob = read_verified_bytes(weights, sha256, restore="rerun scripts/train_classifier.py")
     net = DigitsNet()
     net.load_state_dict(load_safetensors(blob), strict=True)
     return net.eval().requires_grad_(False)

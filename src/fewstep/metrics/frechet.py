@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from fewstep.metrics._inputs import as_samples, same_dim
+from fewstep.metrics.features import digits_features
 
 __all__ = ["fd", "fd_pixels", "fd_digits"]
 
@@ -92,6 +93,4 @@ def fd_digits(samples: torch.Tensor | np.ndarray, reference: torch.Tensor | np.n
     Returns:
         The Fréchet distance between the Gaussian fits of the two feature sets.
     """
-    from fewstep.metrics.features import digits_features
-
     return fd(digits_features(samples), digits_features(reference))

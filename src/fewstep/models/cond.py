@@ -15,7 +15,6 @@ SHA-256 is checked before they are read. Importing this module registers the mod
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,8 +25,9 @@ from safetensors.torch import load as load_safetensors
 from torch import nn
 from torch.nn import functional as F
 
+from fewstep._verify import read_verified_bytes
 from fewstep.diffusion.adapters import EDMPrecond
-from fewstep.models import register_model
+from fewstep.models._registry import register_model
 from fewstep.models.nets import DigitsUNet, UNetConfig
 
 __all__ = ["NUM_CLASSES", "NULL_CLASS", "CONFIG", "CondDigitsUNet", "CondEDM", "load_digits_cond", "wrap"]
@@ -126,19 +126,7 @@ def wrap(net: CondDigitsUNet) -> CondEDM:
 def read_verified(path: Path, sha256: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Hash the bytes of ``path``, compare with ``sha256``, and parse those same bytes: the float32 state and
     the training record the script stores as JSON under the metadata key ``fewstep``."""
-    from fewstep.models.trained import ChecksumError
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights of 'digits-cond' not found at {path}; run scripts/train_digits_cond.py")
-    if not sha256:
-        raise ChecksumError("no committed SHA-256 for digits_cond.safetensors; add the one printed by "
-                            "scripts/train_digits_cond.py to SHA256 in fewstep/models/cond.py")
-    blob = path.read_bytes()
-    actual = hashlib.sha256(blob).hexdigest()
-    if actual != sha256:
-        raise ChecksumError(f"SHA-256 mismatch for {path}: expected {sha256}, got {actual}. The file is corrupt or "
-                            "was replaced; restore it from git or rerun scripts/train_digits_cond.py")
+    blob = read_verified_bytes(path, sha256, restore="rerun scripts/train_digits_cond.py (SHA256 in fewstep/models/cond.py)")
     n = int.from_bytes(blob[:8], "little")  # safetensors: 8-byte header length, then a JSON header
     meta = json.loads(blob[8:8 + n]).get("__metadata__") or {}
     return {k: v.float() for k, v in load_safetensors(blob).items()}, json.loads(meta.get("fewstep", "{}"))

@@ -1,6 +1,6 @@
 """Exact reference models: data distributions whose optimal denoiser is known in closed form.
 
-They are the ground truth of fewstep's tests and benchmarks (MATH.md, "Exact models"). All are
+They are the ground truth of fewstep's tests and benchmarks (docs/math.md, "Exact models"). All are
 vectorised and compute in the dtype of the state (float32 or float64); parameters are kept in
 float64 and cast on use.
 """
@@ -13,6 +13,7 @@ import torch
 
 from fewstep.diffusion.denoiser import Denoiser, bcast
 from fewstep.diffusion.processes import VE
+from fewstep.models._registry import register_model
 
 Tensor = torch.Tensor
 
@@ -179,3 +180,12 @@ def ring_gmm(n: int = 8, radius: float = 2.0, std: float = 0.1, **kw) -> GMM:
     means = radius * torch.stack([ang.cos(), ang.sin()], 1)
     covs = (std**2) * torch.eye(2, dtype=torch.float64).expand(n, 2, 2)
     return GMM(torch.ones(n), means, covs, name="gmm2d", **kw)
+
+
+def _gauss(dim: int = 2, mean: float = 0.0, std: float = 1.0, **kw) -> Gauss:
+    return Gauss(dim=dim, mean=mean, std=std, **kw)
+
+
+register_model("gauss", "exact", "Gaussian data N(mean, std^2 I) in any dimension, with the closed-form ODE solution",
+               _gauss)
+register_model("gmm2d", "exact", "8 Gaussians on a ring of radius 2 (std 0.1), exact posterior-mean denoiser", ring_gmm)

@@ -15,7 +15,6 @@ Importing this module registers the models but loads no weights.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 from dataclasses import dataclass
@@ -25,10 +24,11 @@ from typing import Literal
 import torch
 from safetensors.torch import load as load_safetensors
 
+from fewstep._verify import ChecksumError, read_verified_bytes
 from fewstep.diffusion.adapters import EDMPrecond, ModelDenoiser
 from fewstep.diffusion.denoiser import Denoiser
 from fewstep.diffusion.processes import Flow, VPDiscrete
-from fewstep.models import register_model
+from fewstep.models._registry import register_model
 from fewstep.models.nets import DigitsUNet, UNetConfig
 
 __all__ = ["ChecksumError", "SPECS", "SHA256", "DATA_DIR", "TrainedSpec", "build_net", "wrap", "load_trained",
@@ -39,10 +39,6 @@ SHAPE = (1, 8, 8)
 SIGMA_DATA = 0.5  # EDM's sigma_data (Karras et al. 2022, Sec. 5); the digits' own std is about 0.6
 
 Objective = Literal["edm", "flow", "vp-eps"]
-
-
-class ChecksumError(RuntimeError):
-    """A weights file does not match its committed SHA-256 checksum."""
 
 
 @dataclass(frozen=True)
@@ -128,17 +124,8 @@ def read_weights(name: str, path: Path | None = None) -> tuple[dict[str, torch.T
     """
     spec = _spec(name)
     path = weights_path(name) if path is None else Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights of {name!r} not found at {path}; run scripts/train_digits.py {name}")
-    expected = SHA256.get(spec.file)
-    if expected is None:
-        raise ChecksumError(f"no committed SHA-256 for {spec.file}; add the one printed by scripts/train_digits.py "
-                            "to SHA256 in fewstep/models/trained.py")
-    blob = path.read_bytes()
-    actual = hashlib.sha256(blob).hexdigest()
-    if actual != expected:
-        raise ChecksumError(f"SHA-256 mismatch for {path}: expected {expected}, got {actual}. The file is corrupt "
-                            f"or was replaced; restore it from git or retrain with scripts/train_digits.py {name}")
+    blob = read_verified_bytes(path, SHA256.get(spec.file),
+                               restore=f"retrain with scripts/train_digits.py {name} (SHA256 in fewstep/models/trained.py)")
     state = {k: v.float() for k, v in load_safetensors(blob).items()}
     return state, _header_info(blob)
 

@@ -10,10 +10,21 @@ from __future__ import annotations
 from typing import Any
 
 # Every module below registers its solvers when imported; the registry imports nothing from outside solvers/.
-from fewstep.diffusion.solvers import adams, basic, dpm, unipc  # noqa: F401  (training-free ODE solvers)
-from fewstep.diffusion.solvers import restart, sde, stochastic  # noqa: F401  (stochastic samplers)
-from fewstep.diffusion.solvers import time_shift  # noqa: F401  (ddim_ts, the time-shift sampler)
-from fewstep.diffusion.solvers import dc, dpm_v3, iia, learned, usf  # noqa: F401  (solvers with fitted options)
+from fewstep.diffusion.solvers import (  # noqa: F401  (training-free ODE solvers)  # noqa: F401  (stochastic samplers)  # noqa: F401  (solvers with fitted options)
+    adams,
+    basic,
+    dc,
+    dpm,
+    dpm_v3,
+    iia,
+    learned,
+    restart,
+    sde,
+    stochastic,
+    time_shift,  # noqa: F401  (ddim_ts, the time-shift sampler)
+    unipc,
+    usf,
+)
 from fewstep.diffusion.solvers._core import SOLVERS, SolverInfo, get_solver, register
 
 __all__ = ["SOLVERS", "SolverInfo", "get_solver", "list_solvers", "register"]

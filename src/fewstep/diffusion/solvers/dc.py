@@ -16,7 +16,7 @@ The solvers wrap the evaluator the driver passes, so ``unipc`` and ``dpmpp_2m`` 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np

@@ -31,8 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fewstep.diffusion.solvers._core import (check_order, ddim_step, emit, gauss_legendre, lam, multistep_order,
-                                             register)
+from fewstep.diffusion.solvers._core import check_order, ddim_step, emit, gauss_legendre, lam, multistep_order, register
 
 Tensor = torch.Tensor
 _GL_NODES = 8

@@ -9,6 +9,10 @@ from typing import Any
 
 import torch
 
+from fewstep.diffusion.reference import reference_solution
+from fewstep.diffusion.sampling import plan_steps, seeded_noise, solve
+from fewstep.diffusion.schedules import as_list, check_sigmas, get_sigmas
+from fewstep.diffusion.solvers import get_solver
 from fewstep.diffusion.tune._tuning import start_sigma
 
 
@@ -16,10 +20,6 @@ def grid(model, solver: str, nfe: int, schedule: str = "karras", solver_options:
          sigmas=None) -> list[float]:
     """The grid ``fewstep.sample`` uses for ``solver`` at ``nfe`` (starting at ``start_sigma``), or the
     explicit ``sigmas`` (e.g. a tuned schedule), checked against the NFE budget."""
-    from fewstep.diffusion.sampling import plan_steps
-    from fewstep.diffusion.schedules import as_list, check_sigmas, get_sigmas
-    from fewstep.diffusion.solvers import get_solver
-
     if sigmas is not None:
         s = as_list(check_sigmas(sigmas))
         cost = get_solver(solver).evals(len(s) - 1, s[-1] == 0, solver_options)
@@ -50,24 +50,18 @@ def disjoint(tune_seeds, eval_seeds) -> None:
 
 def start(model, seeds: list[int], sigma0: float) -> torch.Tensor:
     """The float64 starting states for ``seeds``: the noise ``fewstep.sample`` draws, times ``sigma0``."""
-    from fewstep.diffusion.sampling import seeded_noise
-
     noise = seeded_noise(seeds, model.shape, dtype=torch.float64)
     return noise if math.isinf(sigma0) else sigma0 * noise
 
 
 def run(model, seeds: list[int], sigmas: list[float], solver: str, options: Mapping[str, Any] | None = None):
     """Solve from the seeds' noise along ``sigmas`` in float64."""
-    from fewstep.diffusion.sampling import solve
-
     with torch.no_grad():
         return solve(model, start(model, seeds, sigmas[0]), sigmas, solver, float64=True, **dict(options or {}))
 
 
 def reference_states(model, x: torch.Tensor, sigmas: list[float], rtol: float = 1e-5) -> list[torch.Tensor]:
     """Adaptive float64 solutions of the PF-ODE from ``x`` at ``sigmas[0]`` to every later grid point."""
-    from fewstep.diffusion.reference import reference_solution
-
     out, y = [x.double()], x.double()
     for s0, s1 in zip(sigmas[:-1], sigmas[1:]):
         y = reference_solution(model, y, s0, s1, rtol=rtol, atol=rtol * 1e-2)

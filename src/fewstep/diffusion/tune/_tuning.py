@@ -13,12 +13,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
-from fewstep.diffusion.denoiser import Denoiser
-from fewstep.diffusion.sampling import plan_steps, seeded_noise, solve
-from fewstep.diffusion.schedules import check_sigmas, get_sigmas
-from fewstep.diffusion.solvers import get_solver
+from fewstep._version import __version__
+from fewstep.diffusion.denoiser import Denoiser, model_hash
+from fewstep.diffusion.noise import seeded_noise
 from fewstep.diffusion.recipe import Recipe
+from fewstep.diffusion.sampling import plan_steps, sample, solve
+from fewstep.diffusion.schedules import check_sigmas, get_sigmas, karras, start_sigma
+from fewstep.diffusion.solvers import get_solver
+from fewstep.evaluation import DataReference, compute_metrics, reference_samples
 
 TUNE_SEEDS = range(100_000, 100_128)
 EVAL_SEEDS = range(256)
@@ -29,12 +33,6 @@ REF_BLOCK = 128  # tuning seeds per cached block of reference solutions
 # tolerance for the check (``benchmarks/tuning_references.py`` measures both).
 TUNE_RTOL = 1e-4
 TUNE_CHECK = 16
-SIGMA_CAP = 80.0  # start of sigma-space grids for models whose sigma_max is infinite (as in the bench)
-
-
-def start_sigma(model: Denoiser) -> float:
-    """Where tuned and untuned grids start: the model's ``sigma_max``, or ``SIGMA_CAP`` when it is infinite."""
-    return float(model.sigma_max) if math.isfinite(model.sigma_max) else SIGMA_CAP
 
 
 def tuning_references(model: Denoiser, seeds: Sequence[int], sigma0: float | None = None,
@@ -43,8 +41,6 @@ def tuning_references(model: Denoiser, seeds: Sequence[int], sigma0: float | Non
     ``start_sigma``), at the tuning tolerance. They are computed and cached in whole blocks of
     ``REF_BLOCK`` consecutive seeds of ``seeds``, so a method that uses a few of the seeds and one that
     uses more share them. ``progress`` shows a bar while a block is computed."""
-    from fewstep.metrics.reference import reference_samples
-
     seeds = list(seeds)
     n = len(seeds) if n is None else n
     top = start_sigma(model) if sigma0 is None else float(sigma0)
@@ -85,8 +81,6 @@ def seed_list(seeds: Sequence[int], what: str, minimum: int = 2) -> list[int]:
 
 def karras_grid(n_steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
     """``n_steps`` Karras steps from ``sigma_max`` to ``sigma_min``, then the step to 0."""
-    from fewstep.diffusion.schedules import karras
-
     return torch.cat([karras(n_steps, sigma_min, sigma_max, rho), torch.zeros(1, dtype=torch.float64)])
 
 
@@ -134,10 +128,6 @@ def held_out_quality(model: Denoiser, recipe: Recipe, eval_seeds: Sequence[int],
     """``rmse_ref`` and ``fd`` of the recipe and of the untuned baseline (``(solver, options)`` on
     ``baseline_schedule``; default the recipe's own solver) on held-out seeds, measured as ``fewstep bench``
     does."""
-    from fewstep.bench.harness import DataReference, compute_metrics
-    from fewstep.diffusion.sampling import sample
-    from fewstep.metrics.reference import reference_samples
-
     seeds = seed_list(eval_seeds, "eval_seeds")
     ref = reference_samples(model, seeds, sigma_max=start_sigma(model), progress=progress)[0]
     data = DataReference(model)
@@ -160,11 +150,8 @@ def make_recipe(model: Denoiser, method: str, solver: str, nfe: int, sigmas: Any
                 baseline: tuple[str, Mapping[str, Any]] | None = None,
                 baseline_schedule: str = "karras", progress: bool = False) -> Recipe:
     """Build the recipe, then measure its held-out quality (unless ``eval_seeds`` is None)."""
-    import fewstep
-    from fewstep.metrics.reference import model_hash
-
     info = {"tune_seconds": round(time.perf_counter() - t_start, 2), "tune_seeds": _seed_text(tune_seeds),
-            "options": dict(options or {}), "objective": dict(objective or {}), "fewstep": fewstep.__version__}
+            "options": dict(options or {}), "objective": dict(objective or {}), "fewstep": __version__}
     recipe = Recipe(model=model.name, model_hash=model_hash(model), solver=solver, nfe=nfe,
                     sigmas=tuple(float(v) for v in check_sigmas(sigmas)), method=method,
                     solver_options=dict(solver_options or {}), info=info)
@@ -176,8 +163,6 @@ def make_recipe(model: Denoiser, method: str, solver: str, nfe: int, sigmas: Any
 
 def progress_bar(total: int, desc: str, enabled: bool):
     """A tqdm bar (it shows the time left) that is silent when ``enabled`` is false."""
-    from tqdm import tqdm
-
     return tqdm(total=total, desc=desc, disable=not enabled, unit="it", leave=False)
 
 

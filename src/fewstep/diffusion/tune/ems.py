@@ -38,10 +38,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from fewstep.diffusion.denoiser import model_hash
+from fewstep.diffusion.recipe import Recipe
+from fewstep.diffusion.sampling import sample
 from fewstep.diffusion.solvers.dpm_v3 import EMS
 from fewstep.diffusion.tune import _measure as M
 from fewstep.diffusion.tune import _tuning as T
-from fewstep.diffusion.recipe import Recipe
+from fewstep.evaluation.references import cache_dir
+from fewstep.models.digits_data import digits_data
 
 __all__ = ["EMS", "compute_ems", "gauss_ems", "keep", "tune"]
 
@@ -114,13 +118,10 @@ def _x0(model, data, n: int, seed: int) -> torch.Tensor:
     if data == "model":
         return model.sample_data(n, gen, dtype=torch.float64)
     if data == "digits":
-        from fewstep.models.digits_data import digits_data
-
         pool = digits_data("train")[0].double().reshape(-1, 1, 8, 8)
         if n <= len(pool):
             return pool[torch.randperm(len(pool), generator=gen)[:n]]
         return pool[torch.randint(len(pool), (n,), generator=gen)]
-    from fewstep.diffusion.sampling import sample
 
     with torch.no_grad():
         return sample(model, solver="unipc", nfe=32, seeds=range(10**7 + seed, 10**7 + seed + n), float64=True).double()
@@ -280,8 +281,6 @@ def keep(stats: EMS, which: str) -> EMS:
 
 
 def _cache_path(model, key: str) -> Path:
-    from fewstep.metrics.reference import cache_dir, model_hash
-
     digest = hashlib.sha256(f"{model_hash(model)}|{key}".encode()).hexdigest()[:16]
     return cache_dir() / "ems" / f"{model_hash(model)}-{digest}.safetensors"
 

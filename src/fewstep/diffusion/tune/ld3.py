@@ -36,8 +36,12 @@ from typing import Any
 
 import torch
 
-from fewstep.diffusion.tune import _tuning as T
+from fewstep.diffusion.recipe import as_recipe
+from fewstep.diffusion.sampling import plan_steps
+from fewstep.diffusion.schedules import get_sigmas
+from fewstep.diffusion.solvers import SOLVERS
 from fewstep.diffusion.solvers.learned import linear_form, run_form
+from fewstep.diffusion.tune import _tuning as T
 
 Tensor = torch.Tensor
 __all__ = ["as_learned", "base_candidates", "pick_base", "recipe_start", "tune"]
@@ -48,8 +52,6 @@ RANK_SEEDS = 128  # seeds on which the untuned starting points are ranked (one r
 def base_candidates() -> list[str]:
     """The registered deterministic solvers on a fixed grid that are one-evaluation-per-step and need
     nothing fitted (DPM-Solver-v3 needs its statistics; the tuned solvers their coefficients)."""
-    from fewstep.diffusion.solvers import SOLVERS
-
     return sorted(name for name, i in SOLVERS.items()
                   if not i.stochastic and i.kind != "state_adaptive" and i.cost is None and i.evals_per_step == 1
                   and i.final_evals == 1 and not i.fn.__module__.startswith("fewstep.diffusion.tune")
@@ -80,9 +82,6 @@ def pick_base(model, predictor, nfe: int, solvers: Sequence[str], schedules: Seq
     """``(rmse, solver, schedule, sigmas, options)``: the ``learned`` options of the (solver, schedule,
     data-mean start or not) with the lowest RMSE on the predictor's first ``RANK_SEEDS`` seeds, among the
     solvers whose linear form reproduces them (``as_learned``); ``rmse`` is on all of its seeds."""
-    from fewstep.diffusion.sampling import plan_steps
-    from fewstep.diffusion.schedules import get_sigmas
-
     best, rank = None, predictor.head(RANK_SEEDS)
     for solver in solvers:
         for schedule in schedules:
@@ -106,8 +105,6 @@ def pick_base(model, predictor, nfe: int, solvers: Sequence[str], schedules: Seq
 
 def recipe_start(model, predictor, nfe: int, recipe) -> tuple[float, str, list[float], dict[str, Any]]:
     """``(rmse, label, sigmas, options)``: a tuned recipe's solver in the ``learned`` form."""
-    from fewstep.diffusion.recipe import as_recipe
-
     r = as_recipe(recipe)
     r.check(model, nfe)
     opts = dict(r.solver_options)

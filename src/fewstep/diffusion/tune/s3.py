@@ -26,9 +26,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from fewstep.diffusion.solvers.usf import MAX_ORDER, PREDICTIONS
 from fewstep.diffusion.tune import _tuning as T
 from fewstep.diffusion.tune.ays import loglinear_interp
-from fewstep.diffusion.solvers.usf import MAX_ORDER, PREDICTIONS
 
 
 @dataclass(frozen=True)

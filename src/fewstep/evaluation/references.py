@@ -22,20 +22,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
+from fewstep.diffusion.denoiser import model_hash
+from fewstep.diffusion.noise import seeded_noise
 from fewstep.diffusion.reference import reference_solution
-from fewstep.diffusion.sampling import seeded_noise
 from fewstep.metrics.paired import rmse
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("FEWSTEP_CACHE", Path.home() / ".cache" / "fewstep"))
-
-
-def model_hash(model) -> str:
-    """A short hash of the model's identity (config, and weights digest for trained models)."""
-    blob = json.dumps(model.identity(), sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def reference_path(model, seeds: Sequence[int], *, sigma_max: float | None = None, rtol: float = 1e-6,
@@ -90,8 +86,6 @@ def _bar(enabled: bool, desc: str, weights: list[int]):
     if not enabled:
         yield lambda i: None
         return
-    from tqdm import tqdm
-
     total = sum(weights)
     with tqdm(total=1000, desc=desc, leave=False, bar_format="{l_bar}{bar}| [{elapsed}<{remaining}]") as bar:
         def phase(i: int):

@@ -14,7 +14,9 @@ import math
 import diffusers
 import torch
 
+from fewstep.diffusion.conversions import from_x0
 from fewstep.diffusion.denoiser import Denoiser
+from fewstep.diffusion.from_diffusers import PREDICTION_TYPES
 from fewstep.diffusion.processes import vp_coeffs
 
 Tensor = torch.Tensor
@@ -110,9 +112,17 @@ _BUILDERS = {
 }
 
 
-def run(spec, model: Denoiser, x_T: Tensor, grid: list[float], prediction: str, final_limit: bool) -> Tensor:
-    from fewstep.integrations.peers import stand_in_output
+def stand_in_output(model: Denoiser, xt: Tensor, sigma: float, prediction: str) -> Tensor:
+    """What a diffusers model of type ``prediction`` outputs at the VP model-space state ``xt``
+    when its denoiser is exactly ``model``: ``x = xt / a``, ``D = model(x, sigma)``, then convert."""
+    s = torch.tensor(sigma, dtype=torch.float64)
+    a, b = (float(c) for c in vp_coeffs(s))
+    x0 = model(xt / a, sigma)
+    return from_x0(PREDICTION_TYPES[prediction], x0, xt, torch.tensor(a, dtype=xt.dtype),
+                   torch.tensor(b, dtype=xt.dtype))
 
+
+def run(spec, model: Denoiser, x_T: Tensor, grid: list[float], prediction: str, final_limit: bool) -> Tensor:
     zero = grid[-1] == 0
     limit = final_limit and zero and spec.name in ("unipc_bh1", "deis")
     if limit and spec.name == "deis" and len(grid) - 1 >= 15:

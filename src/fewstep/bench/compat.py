@@ -1,4 +1,4 @@
-"""The measurements behind docs/compat.md: ``python -m fewstep.integrations.compat`` prints its tables.
+"""The measurements behind docs/compat.md: ``python -m fewstep.bench.compat`` prints its tables.
 
 1. Agreement: every peer sampler against the fewstep solver that runs the same algorithm, on the
    same exact model, noise and Karras grid, in float64 (relative max difference).
@@ -11,12 +11,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-import fewstep
+from fewstep.bench.peers import PEERS, run_peer
 from fewstep.diffusion.denoiser import Denoiser, bcast
 from fewstep.diffusion.reference import reference_solution
 from fewstep.diffusion.sampling import seeded_noise, solve
 from fewstep.diffusion.schedules import karras
-from fewstep.integrations.peers import PEERS, run_peer
+from fewstep.models import load_model
 from fewstep.models.exact import Gauss
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
@@ -36,7 +36,7 @@ def grids(n: int) -> dict[str, list[float]]:
 
 
 def agreement_table(model_name: str = "digits-gmm", n: int = 10, batch: int = 8) -> str:
-    model = fewstep.load_model(model_name)
+    model = load_model(model_name)
     x = SIGMA_MAX * seeded_noise(range(batch), model.shape, dtype=torch.float64)
     rows = ["| peer | sampler | fewstep solver | grid to 0 | grid to sigma_min |", "|---|---|---|---|---|"]
     for peer, table in PEERS.items():
@@ -53,7 +53,7 @@ def agreement_table(model_name: str = "digits-gmm", n: int = 10, batch: int = 8)
 
 
 def differences_table(model_name: str = "digits-gmm", steps: tuple[int, ...] = (6, 10, 14), batch: int = 16) -> str:
-    model = fewstep.load_model(model_name)
+    model = load_model(model_name)
     x = SIGMA_MAX * seeded_noise(range(batch), model.shape, dtype=torch.float64)
     ref = reference_solution(model, x, SIGMA_MAX, rtol=1e-8, atol=1e-10)
     runs = {
