@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -108,8 +107,7 @@ def solve(model: Denoiser, x: Tensor, sigmas: Any, solver: str = "dpmpp_2m", *, 
 
 
 def _check_solver_options(info, options: Mapping[str, Any]) -> None:
-    params = inspect.signature(info.fn).parameters
-    allowed = {k: p.default for k, p in params.items() if p.kind == p.KEYWORD_ONLY and k not in ("callback", "noise")}
+    allowed = info.options
     if "noise" in options:
         raise ValueError("noise is injected by the driver; choose it with noise_type= and noise_seeds=")
     bad = set(options) - set(allowed)

@@ -11,9 +11,11 @@ Each solver supplies only its coefficients.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -80,6 +82,15 @@ def lagrange_integrals(nodes: Sequence[float], a: float, b: float,
 # registry
 # ----------------------------------------------------------------------------------------------
 
+class SolverKind(str, Enum):
+    """How a solver uses its evaluations: one per step reusing earlier ones (multistep), several per step
+    (singlestep), or a step that depends on the state itself (state_adaptive: not a linear map of outputs)."""
+
+    MULTISTEP = "multistep"
+    SINGLESTEP = "singlestep"
+    STATE_ADAPTIVE = "state_adaptive"
+
+
 @dataclass(frozen=True)
 class SolverInfo:
     """Registry entry: the solver function and what it promises.
@@ -97,7 +108,7 @@ class SolverInfo:
     evals_per_step: int
     final_evals: int
     paper: str
-    kind: str  # "multistep" | "singlestep"
+    kind: SolverKind
     stochastic: bool = False
     options: Mapping[str, Any] = field(default_factory=dict)
     notes: str = ""
@@ -114,22 +125,29 @@ class SolverInfo:
 
     def describe(self) -> dict[str, Any]:
         return {"order": self.order, "evals_per_step": self.evals_per_step, "final_evals": self.final_evals,
-                "kind": self.kind, "stochastic": self.stochastic, "paper": self.paper,
+                "kind": self.kind.value, "stochastic": self.stochastic, "paper": self.paper,
                 "options": dict(self.options), "notes": self.notes}
 
 
 SOLVERS: dict[str, SolverInfo] = {}
 
 
-def register(name: str, *, order: int, paper: str, kind: str = "multistep", evals_per_step: int = 1,
-             final_evals: int | None = None, stochastic: bool = False, options: Mapping[str, Any] | None = None,
-             notes: str = "", fn: Callable | None = None, cost: Callable | None = None):
-    """Decorator (or call with ``fn=``) adding a solver to the registry."""
+def solver_options(fn: Callable) -> dict[str, Any]:
+    """A solver's options and their defaults: its keyword-only parameters, less ``callback`` and the injected
+    ``noise``. The registry reads them from here, so the signature is their one source."""
+    params = inspect.signature(fn).parameters.values()
+    return {p.name: p.default for p in params if p.kind == p.KEYWORD_ONLY and p.name not in ("callback", "noise")}
+
+
+def register(name: str, *, order: int, paper: str, kind: SolverKind | str = SolverKind.MULTISTEP,
+             evals_per_step: int = 1, final_evals: int | None = None, stochastic: bool = False, notes: str = "",
+             fn: Callable | None = None, cost: Callable | None = None):
+    """Decorator (or call with ``fn=``) adding a solver to the registry; its options come from its signature."""
 
     def deco(f):
         SOLVERS[name] = SolverInfo(name, f, order, evals_per_step,
                                    evals_per_step if final_evals is None else final_evals,
-                                   paper, kind, stochastic, dict(options or {}), notes, cost)
+                                   paper, SolverKind(kind), stochastic, solver_options(f), notes, cost)
         return f
 
     return deco(fn) if fn is not None else deco
@@ -169,13 +187,6 @@ def emit(callback: Callable | None, i: int, x: Tensor, s: float, D: Tensor, sigm
     """Report step ``i``; ``sigma_hat`` is the raised noise level where a solver evaluated (EDM churn)."""
     if callback is not None:
         callback({"x": x, "i": i, "sigma": s, "sigma_hat": s if sigma_hat is None else sigma_hat, "denoised": D})
-
-
-def check_options(name: str, options: Mapping[str, Any], allowed: Mapping[str, Any]) -> None:
-    unknown = set(options) - set(allowed)
-    if unknown:
-        valid = ", ".join(f"{k}={v!r}" for k, v in allowed.items()) or "none"
-        raise ValueError(f"unknown option(s) {sorted(unknown)} for solver {name!r}; valid options: {valid}")
 
 
 def check_order(name: str, order: int, max_order: int) -> int:

@@ -33,8 +33,7 @@ def _adams(D, x, sigmas, callback, order, lower_order_final, weights_fn):
     return x
 
 
-@register("deis", order=3, options={"order": 3, "lower_order_final": True},
-          paper="Zhang & Chen, DEIS, arXiv 2204.13902 (tAB)",
+@register("deis", order=3, paper="Zhang & Chen, DEIS, arXiv 2204.13902 (tAB)",
           notes="order = number of eps values used; the polynomial is in linear-beta VP time")
 def deis(D, x, sigmas, *, callback=None, order: int = 3, lower_order_final: bool = True):
     """tAB: ``C_ij = int_{s_i}^{s_i+1} l_j(t(s)) ds``, with ``l_j`` the Lagrange basis on past VP times."""
@@ -46,8 +45,7 @@ def deis(D, x, sigmas, *, callback=None, order: int = 3, lower_order_final: bool
     return _adams(D, x, sigmas, callback, order, lower_order_final, weights)
 
 
-@register("ipndm", order=2, options={"order": 4},
-          paper="Zhang & Chen, DEIS, arXiv 2204.13902 (iPNDM); EDM-form as in Zhou et al., arXiv 2312.00094",
+@register("ipndm", order=2, paper="Zhang & Chen, DEIS, arXiv 2204.13902 (iPNDM); EDM-form as in Zhou et al., arXiv 2312.00094",
           notes="fixed equal-step coefficients: on a Karras grid orders >= 2 converge at order 2 only")
 def ipndm(D, x, sigmas, *, callback=None, order: int = 4):
     """``x' = x + (s' - s) sum_j c_j eps_{i-j}`` with the fixed Adams-Bashforth ``c`` of order ``min(order, i+1)``.
@@ -60,8 +58,7 @@ def ipndm(D, x, sigmas, *, callback=None, order: int = 4):
                   lambda past, s, s_next: [(s_next - s) * c for c in _AB[len(past)]])
 
 
-@register("ipndm_v", order=4, options={"order": 4, "lower_order_final": False},
-          paper="Zhang & Chen, DEIS, arXiv 2204.13902 (iPNDM with variable steps, rhoAB)",
+@register("ipndm_v", order=4, paper="Zhang & Chen, DEIS, arXiv 2204.13902 (iPNDM with variable steps, rhoAB)",
           notes="exact Lagrange integrals in sigma, so the order holds on any grid")
 def ipndm_v(D, x, sigmas, *, callback=None, order: int = 4, lower_order_final: bool = False):
     """Variable-step Adams-Bashforth in sigma: ``w_j = int_{s_i}^{s_i+1} l_j(s) ds`` on past sigmas."""

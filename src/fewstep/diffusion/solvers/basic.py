@@ -54,8 +54,7 @@ def heun(D, x, sigmas, *, callback=None, noise=None, S_churn: float = 0.0, S_min
     return x
 
 
-@register("gradient_estimation", order=1, options={"gamma": 2.0},
-          paper="Permenter & Yuan, arXiv 2306.04848 (gradient-estimation sampler)",
+@register("gradient_estimation", order=1, paper="Permenter & Yuan, arXiv 2306.04848 (gradient-estimation sampler)",
           notes="gamma = 1 is DDIM; the extrapolation by one previous step keeps first order")
 def gradient_estimation(D, x, sigmas, *, callback=None, gamma: float = 2.0):
     """``eps_bar_i = gamma eps_i + (1 - gamma) eps_{i-1}``, ``x' = x + (s' - s) eps_bar_i`` (first step DDIM)."""

@@ -70,8 +70,6 @@ def _ratios(sigmas, dc_ratios, cpr, guidance_scale) -> list[float]:
 
 
 @register("unipc_dc", order=3,
-          options={"order": 2, "variant": "bh2", "corrector": True, "lower_order_final": True, "dc_ratios": None,
-                   "cpr": None, "guidance_scale": 1.0},
           paper=f"{_PAPER}, on UniPC (arXiv 2302.04867)",
           notes="fitted by fewstep.diffusion.tune.dc; without them it is unipc")
 def unipc_dc(D, x, sigmas, *, callback=None, order: int = 2, variant: str = "bh2", corrector: bool = True,
@@ -84,8 +82,6 @@ def unipc_dc(D, x, sigmas, *, callback=None, order: int = 2, variant: str = "bh2
 
 
 @register("dpmpp_2m_dc", order=2,
-          options={"lower_order_final": True, "solver_type": "midpoint", "dc_ratios": None, "cpr": None,
-                   "guidance_scale": 1.0},
           paper=f"{_PAPER}, as a plug-in for DPM-Solver++(2M) (arXiv 2211.01095)",
           notes="fitted by fewstep.diffusion.tune.dc; without them it is dpmpp_2m")
 def dpmpp_2m_dc(D, x, sigmas, *, callback=None, lower_order_final: bool = True, solver_type: str = "midpoint",
@@ -95,8 +91,7 @@ def dpmpp_2m_dc(D, x, sigmas, *, callback=None, lower_order_final: bool = True, 
     return dpmpp_2m(comp, x, sigmas, callback=callback, lower_order_final=lower_order_final, solver_type=solver_type)
 
 
-@register("ipndm_dc", order=2, options={"order": 4, "dc_ratios": None, "cpr": None, "guidance_scale": 1.0},
-          paper=f"{_PAPER}, as a plug-in for iPNDM (arXiv 2204.13902)",
+@register("ipndm_dc", order=2, paper=f"{_PAPER}, as a plug-in for iPNDM (arXiv 2204.13902)",
           notes="fitted by fewstep.diffusion.tune.dc; without them it is ipndm")
 def ipndm_dc(D, x, sigmas, *, callback=None, order: int = 4, dc_ratios=None, cpr=None, guidance_scale: float = 1.0):
     """iPNDM with dynamic compensation (a predictor-only solver)."""

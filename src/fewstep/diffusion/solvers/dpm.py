@@ -9,8 +9,7 @@ from fewstep.diffusion.solvers._core import emit, lam, multistep_order, register
 E = math.expm1
 
 
-@register("dpm_solver_2", order=2, kind="singlestep", evals_per_step=2, final_evals=1, options={"r1": 0.5},
-          paper="Lu et al., DPM-Solver, arXiv 2206.00927, Algorithm 1 (DPM-Solver-2)",
+@register("dpm_solver_2", order=2, kind="singlestep", evals_per_step=2, final_evals=1, paper="Lu et al., DPM-Solver, arXiv 2206.00927, Algorithm 1 (DPM-Solver-2)",
           notes="the step to sigma = 0 is first order")
 def dpm_solver_2(D, x, sigmas, *, callback=None, r1: float = 0.5):
     """``u = x - s1 E(r1 h) eps_s``; ``x' = x - s' E(h) eps_s - s'/(2 r1) E(h) (eps(u, s1) - eps_s)``."""
@@ -30,7 +29,6 @@ def dpm_solver_2(D, x, sigmas, *, callback=None, r1: float = 0.5):
 
 
 @register("dpm_solver_3", order=3, kind="singlestep", evals_per_step=3, final_evals=1,
-          options={"r1": 1 / 3, "r2": 2 / 3},
           paper="Lu et al., DPM-Solver, arXiv 2206.00927, Algorithm 2 (DPM-Solver-3)",
           notes="the step to sigma = 0 is first order")
 def dpm_solver_3(D, x, sigmas, *, callback=None, r1: float = 1 / 3, r2: float = 2 / 3):
@@ -52,8 +50,7 @@ def dpm_solver_3(D, x, sigmas, *, callback=None, r1: float = 1 / 3, r2: float = 
     return x
 
 
-@register("dpmpp_2s", order=2, kind="singlestep", evals_per_step=2, final_evals=1, options={"r": 0.5},
-          paper="Lu et al., DPM-Solver++, arXiv 2211.01095, Algorithm 1 (2S)",
+@register("dpmpp_2s", order=2, kind="singlestep", evals_per_step=2, final_evals=1, paper="Lu et al., DPM-Solver++, arXiv 2211.01095, Algorithm 1 (2S)",
           notes="the step to sigma = 0 is first order")
 def dpmpp_2s(D, x, sigmas, *, callback=None, r: float = 0.5):
     """``u = (s1/s) x - E(-r h) D_s``; ``x' = (s'/s) x - E(-h) D_s - 1/(2r) E(-h) (D(u) - D_s)``."""
@@ -71,8 +68,7 @@ def dpmpp_2s(D, x, sigmas, *, callback=None, r: float = 0.5):
     return x
 
 
-@register("dpmpp_2m", order=2, options={"lower_order_final": True, "solver_type": "midpoint"},
-          paper="Lu et al., DPM-Solver++, arXiv 2211.01095, Algorithm 2 (2M)")
+@register("dpmpp_2m", order=2, paper="Lu et al., DPM-Solver++, arXiv 2211.01095, Algorithm 2 (2M)")
 def dpmpp_2m(D, x, sigmas, *, callback=None, lower_order_final: bool = True, solver_type: str = "midpoint"):
     """``D_bar = (1 + 1/(2r)) D_i - 1/(2r) D_{i-1}``, ``x' = (s'/s) x - E(-h) D_bar``, ``r = h_{i-1}/h``.
 
@@ -81,8 +77,7 @@ def dpmpp_2m(D, x, sigmas, *, callback=None, lower_order_final: bool = True, sol
     return _dpmpp_multistep(D, x, sigmas, 2, callback, lower_order_final, solver_type)
 
 
-@register("dpmpp_3m", order=3, options={"lower_order_final": True, "coefficients": "exact"},
-          paper="Lu et al., DPM-Solver++, arXiv 2211.01095 (multistep third order)",
+@register("dpmpp_3m", order=3, paper="Lu et al., DPM-Solver++, arXiv 2211.01095 (multistep third order)",
           notes="coefficients='official' reproduces dpm-solver/k-diffusion/diffusers, which converge at order 2")
 def dpmpp_3m(D, x, sigmas, *, callback=None, lower_order_final: bool = True, coefficients: str = "exact"):
     """Third-order multistep DPM-Solver++ with warm-up orders 1, 2.

@@ -274,8 +274,6 @@ def _broadcaster(stats: EMS, x: Tensor):
 
 
 @register("dpm_solver_v3", order=3,
-          options={"ems": None, "order": 3, "predictor_pseudo": False, "corrector": True, "corrector_pseudo": False,
-                   "lower_order_final": True},
           paper="Zheng et al., DPM-Solver-v3, arXiv 2310.13268",
           notes="needs EMS from fewstep.diffusion.tune.ems (ems=None is DPM-Solver++); the corrector is free")
 def dpm_solver_v3(D, x, sigmas, *, callback=None, ems=None, order: int = 3, predictor_pseudo: bool = False,

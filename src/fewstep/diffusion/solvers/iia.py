@@ -88,22 +88,21 @@ _PAPER = "Zhang, Niwa & Kleijn, IIA, arXiv 2304.11328"
 _NOTES = "fitted coefficients from fewstep.diffusion.tune.iia; without them it is the base solver"
 
 
-@register("iia_ddim", order=1, final_evals=1, options={"coefficients": None}, paper=f"{_PAPER} (on ddim)",
+@register("iia_ddim", order=1, final_evals=1, paper=f"{_PAPER} (on ddim)",
           notes=_NOTES)
 def iia_ddim(D, x, sigmas, *, callback=None, coefficients=None):
     """DDIM with IIA terms ``c_0 (D_i - D_{i-1}) + c_1 (D_{i-1} - D_{i-2})``, one row per step."""
     return run_iia(D, x, sigmas, "ddim", _check(coefficients, len(sigmas) - 1), callback)
 
 
-@register("iia_dpmpp_2m", order=2, final_evals=1, options={"coefficients": None}, paper=f"{_PAPER} (on dpmpp_2m)",
+@register("iia_dpmpp_2m", order=2, final_evals=1, paper=f"{_PAPER} (on dpmpp_2m)",
           notes=_NOTES)
 def iia_dpmpp_2m(D, x, sigmas, *, callback=None, coefficients=None):
     """DPM-Solver++(2M) with IIA terms ``c_0 (D_i - D_{i-1}) + c_1 (D_{i-1} - D_{i-2})``, one row per step."""
     return run_iia(D, x, sigmas, "dpmpp_2m", _check(coefficients, len(sigmas) - 1), callback)
 
 
-@register("iia_heun", order=2, kind="singlestep", evals_per_step=2, final_evals=1, options={"coefficients": None},
-          paper=f"{_PAPER} (on heun)", notes=_NOTES)
+@register("iia_heun", order=2, kind="singlestep", evals_per_step=2, final_evals=1, paper=f"{_PAPER} (on heun)", notes=_NOTES)
 def iia_heun(D, x, sigmas, *, callback=None, coefficients=None):
     """EDM's Heun with IIA terms ``c_0 (D'_i - D_i) + c_1 (D_i - D_{i-1})``, one row per step."""
     return run_iia(D, x, sigmas, "heun", _check(coefficients, len(sigmas) - 1), callback)

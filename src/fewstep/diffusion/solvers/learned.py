@@ -68,7 +68,6 @@ def run_form(D, x: Tensor, x_coefs, d_coefs, eval_sigmas, sigmas=None, callback=
 
 
 @register("learned", order=1, cost=first_x0_cost,
-          options={"x_coefs": None, "d_coefs": None, "eval_sigmas": None, "first_x0": None},
           paper=_PAPER,
           notes="a one-evaluation-per-step linear solver with stored coefficients and evaluation times from "
                 "fewstep.diffusion.tune.ld3; first_x0 replaces the first evaluation (N steps cost N - 1); "

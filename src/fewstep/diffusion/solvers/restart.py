@@ -48,7 +48,6 @@ def restart_cost(n_steps: int, final_zero: bool, options: Mapping[str, Any]) -> 
 
 
 @register("restart", order=2, kind="singlestep", evals_per_step=2, final_evals=1, stochastic=True, cost=restart_cost,
-          options={"restarts": DEFAULT_RESTARTS, "restart_gamma": 0.05, "S_min": 0.01, "S_max": 1.0, "S_noise": 1.0},
           paper="Xu et al., Restart Sampling for Improving Generative Processes, arXiv 2306.14878",
           notes="NFE = main Heun + sum K_i * 2 (N_r,i - 1); t_min snaps to the nearest main-grid sigma")
 def restart(D, x, sigmas, *, callback=None, noise=None, restarts=DEFAULT_RESTARTS, restart_gamma: float = 0.05,

@@ -27,7 +27,6 @@ def exp_weights(nodes: list[float], h: float, c: float) -> np.ndarray:
 
 
 @register("sa_solver", order=3, stochastic=True,
-          options={"predictor_order": 3, "corrector_order": 4, "tau": 1.0, "S_min": 0.0, "S_max": math.inf},
           paper="Xue et al., SA-Solver: Stochastic Adams Solver for Fast Sampling of Diffusion Models, "
                 "arXiv 2309.05019",
           notes="order = predictor order; the corrector reuses the next step's evaluation (no extra NFE); "
@@ -87,8 +86,7 @@ def _integral(f, a: float, b: float, n: int = 16) -> float:
     return float(0.5 * (math.log(b) - math.log(a)) * np.dot(wg, np.array([f(v) for v in t]) * t))
 
 
-@register("er_sde", order=3, stochastic=True, options={"order": 3, "noise_scale": "sde_5", "coefficients": "exact"},
-          paper="Cui et al., Elucidating the solution space of extended reverse-time SDE for diffusion models, "
+@register("er_sde", order=3, stochastic=True, paper="Cui et al., Elucidating the solution space of extended reverse-time SDE for diffusion models, "
                 "arXiv 2309.06169 (ER-SDE-Solver-1/2/3, VE form)",
           notes="noise_scale 'ode' is the PF-ODE (order 1 = ddim); 'sde' at order 1 is ddpm; coefficients='official' "
                 "uses the chord slope as D' at order 3, as the official code does, which is second order")

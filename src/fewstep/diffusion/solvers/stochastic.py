@@ -49,8 +49,7 @@ def split_increment(noise, s: float, s_mid: float, s_next: float):
     return z_a, (math.sqrt(s - s_mid) * z_a + math.sqrt(s_mid - s_next) * z_b) / math.sqrt(s - s_next)
 
 
-@register("euler_ancestral", order=1, stochastic=True, options={"eta": 1.0, "s_noise": 1.0},
-          paper="Song et al., DDIM, arXiv 2010.02502, Eq. 12 and 16 (eta); k-diffusion's ancestral Euler",
+@register("euler_ancestral", order=1, stochastic=True, paper="Song et al., DDIM, arXiv 2010.02502, Eq. 12 and 16 (eta); k-diffusion's ancestral Euler",
           notes="eta = 1 is DDPM's posterior step; eta = 0 is ddim")
 def euler_ancestral(D, x, sigmas, *, callback=None, noise=None, eta: float = 1.0, s_noise: float = 1.0):
     """``x' = (s_down/s) x + (1 - s_down/s) D + s_noise s_up z``, with DDIM's eta-variance split."""
@@ -65,8 +64,7 @@ def euler_ancestral(D, x, sigmas, *, callback=None, noise=None, eta: float = 1.0
     return x
 
 
-@register("ddpm", order=1, stochastic=True, options={"variance": "fixed_small"},
-          paper="Ho et al., DDPM, arXiv 2006.11239, Algorithm 2",
+@register("ddpm", order=1, stochastic=True, paper="Ho et al., DDPM, arXiv 2006.11239, Algorithm 2",
           notes="variance fixed_small (posterior beta~) equals euler_ancestral with eta = 1")
 def ddpm(D, x, sigmas, *, callback=None, noise=None, variance: str = "fixed_small"):
     """Algorithm 2 in sigma space: ``x' = x - (s^2 - s'^2)/s eps + std z``. ``fixed_small``:
@@ -85,7 +83,6 @@ def ddpm(D, x, sigmas, *, callback=None, noise=None, variance: str = "fixed_smal
 
 
 @register("heun_churn", order=2, kind="singlestep", evals_per_step=2, final_evals=1, stochastic=True,
-          options={"S_churn": 40.0, "S_min": 0.05, "S_max": 50.0, "S_noise": 1.0},
           paper="Karras et al., EDM, arXiv 2206.00364, Algorithm 2",
           notes="heun with churn; EDM's ImageNet-64 settings except S_noise = 1 (1.003 there offsets an imperfect "
                 "denoiser and biases exact models)")
@@ -119,7 +116,6 @@ def ddpm_accelerated(D, x, sigmas, *, callback=None, noise=None):
 
 
 @register("dpmpp_sde", order=2, kind="singlestep", evals_per_step=2, final_evals=1, stochastic=True,
-          options={"eta": 1.0, "s_noise": 1.0, "r": 0.5},
           paper="Lu et al., DPM-Solver++, arXiv 2211.01095 (2S) with ancestral noise, as k-diffusion's dpmpp_sde",
           notes="eta = 0 is dpmpp_2s; the step to sigma = 0 is x' = D")
 def dpmpp_sde(D, x, sigmas, *, callback=None, noise=None, eta: float = 1.0, s_noise: float = 1.0, r: float = 0.5):
@@ -146,7 +142,6 @@ def dpmpp_sde(D, x, sigmas, *, callback=None, noise=None, eta: float = 1.0, s_no
 
 
 @register("dpmpp_2m_sde", order=2, stochastic=True,
-          options={"eta": 1.0, "s_noise": 1.0, "lower_order_final": True, "solver_type": "midpoint"},
           paper="Lu et al., DPM-Solver++, arXiv 2211.01095 (2M) for the SDE, as k-diffusion/diffusers 2M SDE",
           notes="eta = 0 is dpmpp_2m; solver_type 'taylor' is k-diffusion's 'heun'")
 def dpmpp_2m_sde(D, x, sigmas, *, callback=None, noise=None, eta: float = 1.0, s_noise: float = 1.0,
@@ -158,7 +153,6 @@ def dpmpp_2m_sde(D, x, sigmas, *, callback=None, noise=None, eta: float = 1.0, s
 
 
 @register("dpmpp_3m_sde", order=3, stochastic=True,
-          options={"eta": 1.0, "s_noise": 1.0, "lower_order_final": True, "coefficients": "exact"},
           paper="Lu et al., DPM-Solver++, arXiv 2211.01095 (3M) for the SDE, as k-diffusion/diffusers 3M SDE",
           notes="eta = 0 is dpmpp_3m; coefficients='official' halves the third-order term as k-diffusion does")
 def dpmpp_3m_sde(D, x, sigmas, *, callback=None, noise=None, eta: float = 1.0, s_noise: float = 1.0,

@@ -110,7 +110,6 @@ def mean_start(first_x0, x: torch.Tensor, solver: str) -> torch.Tensor:
 
 
 @register("usf", order=3, cost=first_x0_cost,
-          options={"orders": None, "predictions": None, "correctors": None, "relax": None, "first_x0": None},
           paper="Liu et al., USF / S3, arXiv 2312.07243 (per-step solver schedule)",
           notes="per-step order 1-3, data/noise prediction, free corrector and derivative relaxation; first_x0 "
                 "replaces the first evaluation (N steps cost N - 1); found by `fewstep tune --method s3`")
