@@ -37,7 +37,8 @@ def untuned_rows(model, nfe: int, seeds: list[int]) -> dict[str, dict]:
     data, rows = DataReference(model), {}
     for solver in HAND_MADE:
         try:
-            x = sample(model, solver=solver, nfe=nfe, schedule="karras", sigma_max=start_sigma(model), seeds=seeds)
+            x = sample(model, solver=solver, nfe=nfe, schedule="karras",
+                       schedule_options={"sigma_max": start_sigma(model)}, seeds=seeds)
         except ValueError:  # an NFE below the solver's minimum
             continue
         rows[solver] = compute_metrics(["rmse_ref", "fd"], x, ref, data)

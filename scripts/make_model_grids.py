@@ -47,8 +47,8 @@ def sample_digits(name: str, n: int, solver: str, nfe: int, sigma_max: float) ->
     """``n`` samples ``[n, 64]`` of model ``name``, clamped to [-1, 1]."""
     model = fewstep.load_model(name)
     with torch.inference_mode():
-        x = fewstep.sample(model, solver=solver, nfe=nfe, schedule="karras", sigma_max=sigma_max,
-                           seeds=range(n), shape=(1, 8, 8))
+        x = fewstep.sample(model, solver=solver, nfe=nfe, schedule="karras",
+                           schedule_options={"sigma_max": sigma_max}, seeds=range(n))
     return x.reshape(n, 64).float().clamp(-1, 1)
 
 

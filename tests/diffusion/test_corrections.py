@@ -155,7 +155,7 @@ def test_zero_terminal_snr_starts_at_the_last_timestep_and_matches_the_exact_sol
     assert discrete_timesteps(10, 1000)[0] == 999 and math.isinf(trailing[0])  # trailing: t = T - 1 first
     assert math.isfinite(get_sigmas("discrete", 10, model, spacing="leading")[0])  # the flaw Lin et al. fix
     z = seeded_noise(range(64), (6,), torch.float64)
-    x = sample(model, solver="dpmpp_2m", nfe=50, noise=z, float64=True)
+    x = sample(model, solver="dpmpp_2m", nfe=50, noise=z, dtype=torch.float64)
     assert model.calls == 50 and torch.isfinite(x).all()
     exact = gauss.mean + gauss.std * z  # the PF-ODE from sigma = inf maps unit noise z to mu + s z
     assert float((x - exact).abs().max()) < 2e-2

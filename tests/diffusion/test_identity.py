@@ -94,8 +94,7 @@ def cases():
 def run(case):
     model = _model(case["model"])
     return fewstep.sample(model, solver=case["solver"], nfe=case["nfe"], schedule="karras", seeds=SEEDS,
-                          solver_options=case["options"], noise_type=case["noise_type"], float64=True,
-                          dtype=torch.float64)
+                          solver_options=case["options"], noise_type=case["noise_type"], dtype=torch.float64)
 
 
 def _load():

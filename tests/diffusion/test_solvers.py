@@ -129,9 +129,9 @@ def test_heun_uses_2n_minus_1_evaluations_and_unipc_corrector_is_free(n_steps):
 def test_sample_uses_at_most_nfe_evaluations(solver):
     info = SOLVERS[solver]
     for nfe in range(info.final_evals, 13):
-        for kw in ({}, {"afs": True}, {"final": "min", "denoise_to_zero": True}):
+        for kw in ({}, {"afs": True}, {"schedule_options": {"final": "min"}, "denoise_to_zero": True}):
             try:
-                n = plan_steps(solver, nfe, final_zero=kw.get("final", "zero") == "zero", afs=kw.get("afs", False),
+                n = plan_steps(solver, nfe, final_zero="schedule_options" not in kw, afs=kw.get("afs", False),
                                denoise_to_zero=kw.get("denoise_to_zero", False))
             except ValueError:
                 continue
@@ -162,7 +162,7 @@ def test_trajectory_callback_float64_and_batch_invariance():
                              callback=lambda d: seen.append(sorted(d)))
     assert len(traj) == 7 and torch.equal(traj[-1], x)
     assert seen[0] == ["denoised", "i", "sigma", "sigma_hat", "x"] and len(seen) == 6
-    x64 = fewstep.sample(GAUSS, solver="unipc", nfe=6, batch=3, float64=True)
+    x64 = fewstep.sample(GAUSS, solver="unipc", nfe=6, batch=3, dtype=torch.float64)
     assert x64.dtype == torch.float64
     small = fewstep.sample(GAUSS, solver="unipc", nfe=6, seeds=[5, 6])
     big = fewstep.sample(GAUSS, solver="unipc", nfe=6, seed=3, batch=5)
@@ -192,7 +192,7 @@ def test_bad_input_errors():
     with pytest.raises(ValueError, match="unknown solver 'dpm'.*ddim"):
         fewstep.sample(GAUSS, solver="dpm", nfe=5)
     with pytest.raises(ValueError, match="too small for solver 'dpm_solver_3'"):
-        fewstep.sample(GAUSS, solver="dpm_solver_3", nfe=1, final="min")
+        fewstep.sample(GAUSS, solver="dpm_solver_3", nfe=1, schedule_options={"final": "min"})
     with pytest.raises(ValueError, match="positive integer"):
         fewstep.sample(GAUSS, solver="ddim", nfe=0)
     with pytest.raises(ValueError, match="strictly decreasing"):
@@ -238,7 +238,7 @@ def test_zero_terminal_snr_start_from_infinity():
     flow = ModelDenoiser(velocity, Flow(), "velocity", shape=(4,))
     assert math.isinf(flow.sigma_max)
     c = CountingDenoiser(flow)
-    out = fewstep.sample(c, solver="dpmpp_2m", nfe=40, batch=256, float64=True)
+    out = fewstep.sample(c, solver="dpmpp_2m", nfe=40, batch=256, dtype=torch.float64)
     assert c.calls <= 40 and torch.isfinite(out).all()
     torch.testing.assert_close(out.mean(0), GAUSS.mean, atol=0.25, rtol=0)
     torch.testing.assert_close(out.std(0), GAUSS.std, atol=0.2, rtol=0.2)

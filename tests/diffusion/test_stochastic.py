@@ -221,7 +221,7 @@ def test_restart_counts_its_evaluations_honestly(restarts, n_steps, final):
         assert c.calls == 203
     for nfe in (c.calls, c.calls + 1):  # the budget is respected and, when it fits, spent
         k = CountingDenoiser(GAUSS)
-        fewstep.sample(k, solver="restart", nfe=nfe, final=final, batch=2, solver_options=opts)
+        fewstep.sample(k, solver="restart", nfe=nfe, schedule_options={"final": final}, batch=2, solver_options=opts)
         assert k.calls <= nfe and (k.calls == nfe or nfe > c.calls)
 
 

@@ -55,7 +55,7 @@ def test_every_solver_matches_fewstep_sample(solver):
         if schedule is None:  # the default grid: the config's own discrete spacing
             options = {"spacing": "leading", "steps_offset": 0}
         ref = fewstep.sample(counted, solver=solver, nfe=len(sch.timesteps), schedule=schedule or "discrete",
-                             schedule_options=options, noise=NOISE, float64=True)
+                             schedule_options=options, noise=NOISE, dtype=torch.float64)
         assert counted.calls == len(sch.timesteps) and sch.order == SOLVERS[solver].evals_per_step
         torch.testing.assert_close(out, ref, rtol=1e-7, atol=1e-7)
 
@@ -70,7 +70,7 @@ def test_every_schedule_matches_fewstep_sample(schedule):
     sch = FewstepScheduler.from_config(cfg, solver="unipc", schedule=schedule, schedule_options=options, float64=True)
     out = run_loop(sch, model, NOISE, num_inference_steps=5)
     ref = fewstep.sample(from_diffusers(model, cfg, shape=(4,)), solver="unipc", nfe=5, schedule=schedule,
-                         schedule_options=options, noise=NOISE, float64=True)
+                         schedule_options=options, noise=NOISE, dtype=torch.float64)
     torch.testing.assert_close(out, ref, rtol=1e-7, atol=1e-7)
 
 

@@ -70,7 +70,7 @@ def run_bench(spec: BenchSpec, progress: bool = True, log: Callable[[str], None]
                 for nfe in spec.nfes:
                     kw = dict(solver=solver, nfe=nfe, schedule=schedule)
                     if math.isinf(model.sigma_max) and schedule in ("karras", "logsnr", "exponential"):
-                        kw["sigma_max"] = SIGMA_CAP
+                        kw["schedule_options"] = {"sigma_max": SIGMA_CAP}
                     row = {"model": model_name, "solver": solver, "schedule": schedule, "nfe_budget": nfe,
                            "source": "fewstep", **common}
                     try:
@@ -86,7 +86,7 @@ def run_bench(spec: BenchSpec, progress: bool = True, log: Callable[[str], None]
                     row["wall_s"] = time.perf_counter() - t0
                     row["nfe"] = model.calls  # this rank's calls: one per evaluation of its batch
                     if main:
-                        top = kw.get("sigma_max", model.sigma_max)
+                        top = kw.get("schedule_options", {}).get("sigma_max", model.sigma_max)
                         if "rmse_ref" in spec.metrics and top not in refs:
                             refs[top], row_tol = reference_samples(model.inner, spec.seeds, sigma_max=top,
                                                                    rtol=spec.extra.get("rtol", 1e-6))

@@ -58,7 +58,7 @@ def run(args) -> int:
     from fewstep.diffusion.solvers import get_solver
     from fewstep.models import load_model
 
-    if recipe is not None:
+    if recipe is not None:  # the library resolves the recipe and refuses --schedule or another --solver beside it
         sample = functools.partial(sample, recipe=recipe, force=args.force)
     get_solver(args.solver)
     model = CountingDenoiser(load_model(args.model))
@@ -69,7 +69,8 @@ def run(args) -> int:
 
     def run_seeds(ids):
         before = model.calls
-        x = sample(denoiser, solver=args.solver, nfe=args.nfe, schedule=args.schedule, seeds=ids, cond=cond_for(ids))
+        x = sample(denoiser, solver=None if recipe else args.solver, nfe=args.nfe, schedule=args.schedule, seeds=ids,
+                   cond=cond_for(ids))
         calls_per_batch.append(model.calls - before)
         return x
 
@@ -99,7 +100,7 @@ def _resolve_recipe(args):
         from fewstep.diffusion.recipe import Recipe
 
         recipe = Recipe.load(args.recipe)
-        if args.solver not in (None, recipe.solver):
+        if args.solver not in (None, recipe.solver):  # refused before any output file is claimed
             raise ValueError(f"--solver {args.solver} conflicts with the recipe's solver {recipe.solver}; leave it out")
         if args.schedule is not None:
             raise ValueError("--schedule cannot be combined with --recipe: the recipe fixes the sigmas")

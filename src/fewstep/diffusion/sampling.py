@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -138,75 +139,143 @@ def plan_steps(solver: str, nfe: int, *, final_zero: bool = True, afs: bool = Fa
     return n
 
 
-def sample(model: Denoiser, *, solver: str = "dpmpp_2m", nfe: int | None = None, schedule: str | None = None,
-           batch: int | None = None, seed: int = 0, seeds: Sequence[int] | None = None, noise: Tensor | None = None,
-           cond: Mapping[str, Any] | None = None, shape: Sequence[int] | None = None,
+@dataclass(frozen=True)
+class SamplingPlan:
+    """What ``sample`` runs, resolved once from its arguments or a recipe: the solver, its options and the grid."""
+
+    solver: str
+    solver_options: dict[str, Any]
+    sigmas: Tensor
+
+
+DEFAULT_SOLVER = "dpmpp_2m"
+DEFAULT_NFE = 10
+
+
+def plan(model: Denoiser, *, solver: str | None = None, nfe: int | None = None, schedule: str | None = None,
+         solver_options: Mapping[str, Any] | None = None, schedule_options: Mapping[str, Any] | None = None,
+         recipe: Any = None, force: bool = False, afs: bool = False, denoise_to_zero: bool = False) -> SamplingPlan:
+    """Resolve the solver, its options and the sigma grid that ``sample`` uses (arguments as in ``sample``).
+
+    A recipe fixes the solver, its fitted options and the sigmas, so a ``schedule`` or ``schedule_options``
+    beside it, another ``solver``, or a ``solver_options`` value that differs from the recipe's is refused.
+    """
+    schedule_options = dict(schedule_options or {})
+    solver_options = dict(solver_options or {})
+    if recipe is not None:
+        recipe = as_recipe(recipe)
+        conflicts = []
+        if solver not in (None, recipe.solver):
+            conflicts.append(f"solver={solver!r} (the recipe's is {recipe.solver!r})")
+        if schedule is not None or schedule_options:
+            conflicts.append("schedule/schedule_options (the recipe fixes the sigmas)")
+        clash = sorted(k for k, v in solver_options.items()
+                       if k in recipe.solver_options and recipe.solver_options[k] != v)
+        if clash:
+            conflicts.append(f"solver_options {clash} (the recipe fitted them)")
+        if conflicts:
+            raise ValueError("a recipe cannot be combined with " + "; ".join(conflicts) + "; leave them out")
+        recipe.check(model, nfe, force)
+        options = {**recipe.solver_options, **solver_options}
+        n_steps = plan_steps(recipe.solver, recipe.nfe, final_zero=recipe.sigmas[-1] == 0, afs=afs,
+                             denoise_to_zero=denoise_to_zero, options=options)
+        return SamplingPlan(recipe.solver, options, get_sigmas("explicit", n_steps, model, sigmas=list(recipe.sigmas)))
+    solver = DEFAULT_SOLVER if solver is None else solver
+    nfe = DEFAULT_NFE if nfe is None else nfe
+    if schedule is None:
+        if getattr(model.process, "num_train_timesteps", None) is not None:
+            schedule = "discrete"
+        elif math.isinf(model.sigma_max) and "sigma_max" not in schedule_options:
+            schedule = "time_uniform"
+        else:
+            schedule = "karras"
+    top = float(schedule_options.get("sigma_max", model.sigma_max))
+    if schedule == "discrete":
+        top = float(model.sigma_max)
+    final = schedule_options.get("final", "zero")
+    n_steps = plan_steps(solver, nfe, final_zero=final == "zero", afs=afs, denoise_to_zero=denoise_to_zero,
+                         infinite_start=math.isinf(top) and schedule != "explicit", options=solver_options)
+    return SamplingPlan(solver, solver_options, get_sigmas(schedule, n_steps, model, **schedule_options))
+
+
+def sample(model: Denoiser, *, solver: str | None = None, nfe: int | None = None, schedule: str | None = None,
            solver_options: Mapping[str, Any] | None = None, schedule_options: Mapping[str, Any] | None = None,
-           sigma_min: float | None = None, sigma_max: float | None = None, final: str = "zero", afs: bool = False,
-           denoise_to_zero: bool = False, float64: bool = False, dtype: torch.dtype = torch.float32,
-           callback: Callable | None = None, return_trajectory: bool = False, noise_type: str = "gaussian",
-           recipe: Any = None, force: bool = False):
+           recipe: Any = None, force: bool = False, seeds: Sequence[int] | None = None, batch: int | None = None,
+           seed: int = 0, noise: Tensor | None = None, cond: Mapping[str, Any] | None = None, afs: bool = False,
+           denoise_to_zero: bool = False, dtype: torch.dtype | None = None, noise_type: str = "gaussian",
+           callback: Callable | None = None, return_trajectory: bool = False):
     """Draw samples from ``model`` with ``solver`` using **at most** ``nfe`` model evaluations.
 
     Args:
         model: a ``Denoiser`` (from ``fewstep.load_model`` or an adapter).
-        solver: a name from ``fewstep.list_solvers()``.
+        solver: a name from ``fewstep.list_solvers()`` (default ``dpmpp_2m``, or the recipe's).
         nfe: the evaluation budget (default 10, or the recipe's); the number of steps is the largest that fits it.
         schedule: a name from ``fewstep.list_schedules()``; by default ``karras``, or ``discrete``
             (trailing) for discrete-time models and ``time_uniform`` when ``sigma_max`` is infinite.
-        batch, seed, seeds: sample ``i`` uses seed ``seeds[i]`` (default ``seed + i``) with its own
-            generator, so a seed's sample is the same at every batch size. A stochastic solver draws
-            its noise from the same seeds (in a separate stream).
-        noise: standard-normal noise ``[B, *shape]`` to use instead; sampling starts at
-            ``x = sigma_max * noise`` (or ``noise`` itself when ``sigma_max = inf``).
+        solver_options: options of the solver (``fewstep.list_solvers()[name]["options"]``).
+        schedule_options: options of the schedule, and ``sigma_min``, ``sigma_max`` (override the model's
+            range) and ``final`` (``"zero"``, the default, or ``"min"``: end the grid at ``sigma_min``).
+        recipe: a tuned sampler from ``fewstep tune`` (a ``Recipe``, its JSON path or dict): it fixes the
+            solver, its options and the sigmas. One made for another model or ``nfe`` is refused, unless
+            ``force`` (then it is used as it is, with a warning).
+        seeds: sample ``i`` starts from noise drawn with seed ``seeds[i]`` by its own generator, so a seed's
+            sample is the same at every batch size; a stochastic solver draws its noise from the same seeds
+            (in a separate stream). ``batch`` and ``seed`` are the shorthand ``seeds = seed .. seed + batch - 1``
+            (default: one sample, seed 0).
+        noise: standard-normal noise ``[B, *model.shape]`` to start from instead (``seeds``, if given, then only
+            seed a stochastic solver's noise); sampling starts at ``x = sigma_max * noise`` (or ``noise`` itself
+            when ``sigma_max = inf``).
         cond: model keywords, passed to every evaluation.
-        solver_options, schedule_options: options of the solver and the schedule.
-        afs, denoise_to_zero, float64, callback, return_trajectory, noise_type: see ``solve``.
-        recipe: a tuned sampler from ``fewstep tune`` (a ``Recipe``, its JSON path or dict): its solver,
-            options and sigmas replace ``solver`` and ``schedule``. One made for another model or
-            ``nfe`` is refused, unless ``force`` (then it is used as it is, with a warning).
+        dtype: the state's dtype (default float32, or the dtype of ``noise``); the model computes in its own.
+        afs, denoise_to_zero, callback, return_trajectory, noise_type: see ``solve``.
 
     Returns:
         Samples in data space ``[B, *shape]`` (and the trajectory when asked).
     """
     if not isinstance(model, Denoiser):
         raise TypeError(f"model must be a fewstep Denoiser (see fewstep.load_model); got {type(model).__name__}")
-    if recipe is not None:
-        recipe = as_recipe(recipe)
-        recipe.check(model, nfe, force)
-        solver, nfe, schedule = recipe.solver, recipe.nfe, "explicit"
-        final = "zero" if recipe.sigmas[-1] == 0 else "min"
-        solver_options = {**recipe.solver_options, **dict(solver_options or {})}
-        schedule_options = {"sigmas": list(recipe.sigmas)}
-    nfe = 10 if nfe is None else nfe
-    if schedule is None:
-        if getattr(model.process, "num_train_timesteps", None) is not None:
-            schedule = "discrete"
-        elif math.isinf(model.sigma_max) and sigma_max is None:
-            schedule = "time_uniform"
-        else:
-            schedule = "karras"
-    top = float(model.sigma_max if sigma_max is None else sigma_max)
-    if schedule == "discrete":
-        top = float(model.sigma_max)
-    n_steps = plan_steps(solver, nfe, final_zero=final == "zero", afs=afs, denoise_to_zero=denoise_to_zero,
-                         infinite_start=math.isinf(top) and schedule != "explicit", options=solver_options)
-    sigmas = get_sigmas(schedule, n_steps, model, final=final, sigma_min=sigma_min, sigma_max=sigma_max,
-                        **dict(schedule_options or {}))
+    chosen = plan(model, solver=solver, nfe=nfe, schedule=schedule, solver_options=solver_options,
+                  schedule_options=schedule_options, recipe=recipe, force=force, afs=afs,
+                  denoise_to_zero=denoise_to_zero)
+    seeds = _seed_list(seeds, batch, seed, noise)
     if noise is None:
-        shape = tuple(shape or model.shape or ())
-        if not shape:
-            raise ValueError("this model does not know its data shape; pass shape=(...) or noise=...")
-        if seeds is None:
-            seeds = range(seed, seed + (batch or 1))
-        noise = seeded_noise(list(seeds), shape, dtype=dtype)
-    elif not torch.is_tensor(noise):
-        raise TypeError("noise must be a tensor of standard-normal values [B, *shape]")
-    if seeds is None:
-        seeds = range(seed, seed + noise.shape[0])
-    s0 = float(sigmas[0])
+        if not model.shape:
+            raise ValueError("this model does not know its data shape; pass noise=... of shape [B, *data shape]")
+        noise = seeded_noise(seeds, model.shape, dtype=torch.float32 if dtype is None else dtype)
+    else:
+        if not torch.is_tensor(noise) or noise.ndim < 1 or noise.shape[0] < 1:
+            raise TypeError("noise must be a tensor of standard-normal values [B, *shape] with B >= 1")
+        if model.shape and tuple(noise.shape[1:]) != tuple(model.shape):
+            raise ValueError(f"noise has shape {tuple(noise.shape)}, but this model's samples have shape "
+                             f"{tuple(model.shape)}: give [B, {', '.join(map(str, model.shape))}]")
+        if dtype is not None:
+            noise = noise.to(dtype)
+    s0 = float(chosen.sigmas[0])
     x = noise if math.isinf(s0) else s0 * noise
     with torch.no_grad():
-        return solve(model, x, sigmas, solver, cond=cond, afs=afs, denoise_to_zero=denoise_to_zero, float64=float64,
+        return solve(model, x, chosen.sigmas, chosen.solver, cond=cond, afs=afs, denoise_to_zero=denoise_to_zero,
                      callback=callback, return_trajectory=return_trajectory, noise_type=noise_type,
-                     noise_seeds=list(seeds), **dict(solver_options or {}))
+                     noise_seeds=seeds, **chosen.solver_options)
+
+
+def _seed_list(seeds, batch, seed, noise) -> list[int]:
+    """The per-sample seeds from ``seeds``, or ``batch`` and ``seed``, checked against each other and ``noise``."""
+    n = None if noise is None or not torch.is_tensor(noise) or noise.ndim < 1 else int(noise.shape[0])
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise ValueError(f"batch must be a positive integer; got {batch!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
+    if seeds is not None:
+        if batch is not None or seed != 0:
+            raise ValueError("give seeds=[...] or batch= and seed=, not both")
+        if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence | range):
+            raise TypeError(f"seeds must be a sequence of non-negative integers; got {type(seeds).__name__}")
+        out = list(seeds)
+        if not out or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in out):
+            raise ValueError(f"seeds must be a non-empty sequence of non-negative integers; got {out[:8]!r}")
+    else:
+        count = batch if batch is not None else (n or 1)
+        out = list(range(seed, seed + count))
+    if n is not None and len(out) != n:
+        raise ValueError(f"{len(out)} seeds for noise with a batch of {n}: give one seed per noise row")
+    return out

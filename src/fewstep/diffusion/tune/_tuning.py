@@ -135,7 +135,8 @@ def held_out_quality(model: Denoiser, recipe: Recipe, eval_seeds: Sequence[int],
     b_solver, b_opts = baseline or (recipe.solver, {})
     tuned = sample(model, recipe=recipe, seeds=seeds)
     untuned = sample(model, solver=b_solver, nfe=recipe.nfe, schedule=baseline_schedule,
-                     sigma_max=start_sigma(model), seeds=seeds, solver_options=dict(b_opts))
+                     schedule_options={"sigma_max": start_sigma(model)}, seeds=seeds,
+                     solver_options=dict(b_opts))
     out: dict[str, Any] = compute_metrics(names, tuned, ref, data)
     out["untuned"] = {"solver": b_solver, "solver_options": dict(b_opts), "schedule": baseline_schedule,
                       **compute_metrics(names, untuned, ref, data)}

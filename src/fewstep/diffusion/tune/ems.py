@@ -124,7 +124,7 @@ def _x0(model, data, n: int, seed: int) -> torch.Tensor:
         return pool[torch.randint(len(pool), (n,), generator=gen)]
 
     with torch.no_grad():
-        return sample(model, solver="unipc", nfe=32, seeds=range(10**7 + seed, 10**7 + seed + n), float64=True).double()
+        return sample(model, solver="unipc", nfe=32, seeds=range(10**7 + seed, 10**7 + seed + n), dtype=torch.float64).double()
 
 
 def _moments(model, x0, sigma, derivative, fd_step, gen, cond) -> np.ndarray:
