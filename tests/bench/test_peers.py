@@ -8,15 +8,16 @@ import pytest
 import torch
 
 import fewstep
+from fewstep.bench.peers import PEERS, list_peer_samplers, load_kdiffusion_sampling, run_peer
 from fewstep.diffusion.sampling import solve
 from fewstep.diffusion.schedules import karras
 from fewstep.diffusion.solvers import SOLVERS
 from fewstep.diffusion.solvers._core import lagrange_integrals
 from fewstep.diffusion.solvers.adams import _adams
-from fewstep.bench.peers import PEERS, list_peer_samplers, load_kdiffusion_sampling, run_peer
 from fewstep.models.exact import Gauss
 
 pytest.importorskip("diffusers")
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 MODEL = fewstep.load_model("gmm2d")
 X_T = 80 * torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)

@@ -52,6 +52,26 @@ def test_sample_writes_png_and_npz_and_refuses_to_overwrite(tmp_path, capsys):
     assert main(["sample", "--model", "gmm2d", "--nfe", "4", "--seeds", "0-99", "--out", str(tmp_path / "g")]) == 0
 
 
+def test_cli_samples_classes_with_guidance_and_rejects_bad_flags(tmp_path, capsys):
+    out = tmp_path / "g"
+    assert main(["sample", "--model", "digits-cond", "--solver", "dpmpp_2m", "--nfe", "5", "--seeds", "0-11",
+                 "--class", "0-9", "--cfg", "3", "--cads", "--guidance-interval", "0.3,5", "--out", str(out)]) == 0
+    z = np.load(out.with_suffix(".npz"))
+    assert z["class_labels"].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1] and int(z["nfe"]) == 5
+    assert "5 model evaluations" in capsys.readouterr().out
+    for argv, message in [(["--model", "digits-gmm", "--class", "3"], "digits-gmm is unconditional"),
+                          (["--model", "digits-cond", "--cfg", "2"], "need --class"),
+                          (["--model", "digits-cond", "--class", "12"], "classes in 0..9"),
+                          (["--model", "digits-cond", "--class", "a"], "bad --class"),
+                          (["--model", "digits-cond", "--class", "1", "--guidance-interval", "1,2"], "needs --cfg"),
+                          (["--model", "digits-cond", "--class", "1", "--cfg", "2", "--guidance-interval", "3"],
+                           "bad --guidance-interval"),
+                          (["--model", "digits-cond", "--class", "1", "--cfg", "-1"], "finite number >= 0")]:
+        assert main(["sample", *argv, "--seeds", "0-1", "--out", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, (argv, err)
+
+
 @pytest.mark.parametrize("argv,message", [
     (["sample", "--model", "nope"], "unknown model 'nope'"),
     (["sample", "--solver", "nope", "--model", "gmm2d"], "unknown solver 'nope'"),

@@ -14,6 +14,7 @@ from fewstep.diffusion.schedules import get_sigmas
 from fewstep.models.exact import Gauss
 
 diffusers = pytest.importorskip("diffusers")
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 TRUE = Gauss(dim=3, mean=torch.tensor([0.3, -0.5, 1.0]), std=torch.tensor([0.5, 1.0, 2.0]))
 X = torch.randn(5, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)

@@ -1,15 +1,13 @@
 """Classifier-free guidance on digits-cond: the CFG identities, one batched call per evaluation, the
 guidance interval, CFG rescale, CADS, the papers' claims (agreement rises with the scale; CADS adds
-diversity at a high scale), the CLI flags and bad input."""
+diversity at a high scale) and bad input. The CLI flags are tested in tests/commands/test_cli.py."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 import fewstep
-from fewstep.cli import main
 from fewstep.diffusion.denoiser import CountingDenoiser
 from fewstep.diffusion.guidance import CADS, CFG, unit_time
 from fewstep.diffusion.sampling import sample, seeded_noise
@@ -141,26 +139,6 @@ def test_cads_raises_diversity_at_a_high_scale_with_little_loss_in_agreement(mod
     recall = [precision_recall(held, digits_features(x), k=3).recall for x in (plain, annealed)]
     assert diversity(annealed) > 1.03 * diversity(plain) and recall[1] > recall[0] + 0.03
     assert _agreement(annealed) >= _agreement(plain) - 0.08
-
-
-def test_cli_samples_classes_with_guidance_and_rejects_bad_flags(tmp_path, capsys):
-    out = tmp_path / "g"
-    assert main(["sample", "--model", "digits-cond", "--solver", "dpmpp_2m", "--nfe", "5", "--seeds", "0-11",
-                 "--class", "0-9", "--cfg", "3", "--cads", "--guidance-interval", "0.3,5", "--out", str(out)]) == 0
-    z = np.load(out.with_suffix(".npz"))
-    assert z["class_labels"].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1] and int(z["nfe"]) == 5
-    assert "5 model evaluations" in capsys.readouterr().out
-    for argv, message in [(["--model", "digits-gmm", "--class", "3"], "digits-gmm is unconditional"),
-                          (["--model", "digits-cond", "--cfg", "2"], "need --class"),
-                          (["--model", "digits-cond", "--class", "12"], "classes in 0..9"),
-                          (["--model", "digits-cond", "--class", "a"], "bad --class"),
-                          (["--model", "digits-cond", "--class", "1", "--guidance-interval", "1,2"], "needs --cfg"),
-                          (["--model", "digits-cond", "--class", "1", "--cfg", "2", "--guidance-interval", "3"],
-                           "bad --guidance-interval"),
-                          (["--model", "digits-cond", "--class", "1", "--cfg", "-1"], "finite number >= 0")]:
-        assert main(["sample", *argv, "--seeds", "0-1", "--out", str(tmp_path / "bad")]) == 2
-        err = capsys.readouterr().err
-        assert message in err and err.count("\n") == 1, (argv, err)
 
 
 @pytest.mark.parametrize("make, message", [

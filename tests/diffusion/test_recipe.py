@@ -1,4 +1,5 @@
-"""Recipes round-trip through JSON, drive ``fewstep.sample``, and bad or mismatched recipes are refused."""
+"""Recipes (``fewstep.diffusion.recipe``) round-trip through JSON, drive ``fewstep.sample``, and bad or
+mismatched recipes are refused."""
 
 import json
 import math
@@ -7,10 +8,9 @@ import pytest
 import torch
 
 import fewstep
-from fewstep.diffusion.denoiser import CountingDenoiser
+from fewstep.diffusion.denoiser import CountingDenoiser, model_hash
+from fewstep.diffusion.recipe import Recipe, as_recipe
 from fewstep.diffusion.sampling import seeded_noise, solve
-from fewstep.diffusion.tune import Recipe, as_recipe
-from fewstep.diffusion.denoiser import model_hash
 from fewstep.models import load_model
 
 SIGMAS = (80.0, 4.0, 0.9, 0.1, 0.002, 0.0)
