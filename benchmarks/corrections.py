@@ -35,8 +35,8 @@ from fewstep.diffusion.guidance import CADS, CFG
 from fewstep.diffusion.processes import VPDiscrete
 from fewstep.diffusion.sampling import sample
 from fewstep.diffusion.schedules import discrete_timesteps
-from fewstep.metrics import digits_features, digits_predict, fd, precision_recall, rmse
 from fewstep.evaluation.references import reference_samples
+from fewstep.metrics import digits_features, digits_predict, fd, precision_recall, rmse
 from fewstep.models.digits_data import digits_data
 
 MODELS = ("digits-edm", "digits-flow", "digits-vp-eps")

@@ -65,7 +65,8 @@ def main() -> None:
         f"Made by `python benchmarks/solvers.py` ({minutes:.0f} min on {rows[0]['device']}); "
         f"{len(spec.seeds)} seeds, Karras grid (rho 7) from each model's sigma_max (80 for digits-flow, whose "
         "sigma_max is infinite) to its sigma_min, then 0. Each cell is `rmse_ref / fd`: RMSE to the adaptive float64 "
-        f"reference ODE solution from the same noise (adaptive Dormand-Prince at rtol {args.rtol:g}, checked by halving), and the Fréchet distance to the held-out digits in the "
+        f"reference ODE solution from the same noise (adaptive Dormand-Prince at rtol {args.rtol:g}, checked by "
+        "halving), and the Fréchet distance to the held-out digits in the "
         "bundled classifier's feature space. Columns are NFE budgets; a solver uses at most that many "
         "evaluations (Heun and the singlestep solvers use an odd number). Peers' rows run their own code "
         "on the same wrapped model, noise and grid.",

@@ -28,9 +28,9 @@ TUNED = (("ems", "dpm_solver_v3"), ("dc", "unipc_dc"), ("dc", "dpmpp_2m_dc"), ("
 
 
 def untuned_rows(model, nfe: int, seeds: list[int]) -> dict[str, dict]:
-    from fewstep.evaluation import DataReference, compute_metrics
     from fewstep.diffusion.sampling import sample
     from fewstep.diffusion.tune._tuning import start_sigma
+    from fewstep.evaluation import DataReference, compute_metrics
     from fewstep.evaluation.references import reference_samples
 
     ref = reference_samples(model, seeds, sigma_max=start_sigma(model))[0]

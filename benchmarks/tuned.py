@@ -288,7 +288,8 @@ def write_doc(rows, recipe_paths, models, nfes, methods, failures, seeds, minute
         "script; ld3 fits by preconditioned L-BFGS, stopped after 4 held-back checks without a better iterate "
         "or at 100 iterations, `method_options`; ld3 is also offered the model's S3 recipe of the same NFE as a "
         "starting point), run through `fewstep bench --recipes` (a method added or redone later: `--resume "
-        "--add METHOD`). AYS and GITS schedules are also run with the other one-evaluation-per-step multistep solvers listed in the script (their objectives do not depend on "
+        "--add METHOD`). AYS and GITS schedules are also run with the other one-evaluation-per-step multistep "
+        "solvers listed in the script (their objectives do not depend on "
         "which). rmse_ref is measured against the reference ODE solution from the model's own start (80 for "
         "digits-flow) even when a recipe starts lower.",
         f"**Target** (tuned at most half the best untuned, per metric): met in {met} of {len(verdict)} "

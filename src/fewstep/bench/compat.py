@@ -16,6 +16,7 @@ from fewstep.diffusion.denoiser import Denoiser, bcast
 from fewstep.diffusion.reference import reference_solution
 from fewstep.diffusion.sampling import seeded_noise, solve
 from fewstep.diffusion.schedules import karras
+from fewstep.metrics import rmse
 from fewstep.models import load_model
 from fewstep.models.exact import Gauss
 
@@ -26,13 +27,10 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
-def _rmse(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).pow(2).mean().sqrt())
-
-
 def grids(n: int) -> dict[str, list[float]]:
     """``n`` steps on a Karras grid, ending at 0 or at sigma_min."""
-    return {"zero": karras(n, SIGMA_MIN, SIGMA_MAX).tolist() + [0.0], "min": karras(n + 1, SIGMA_MIN, SIGMA_MAX).tolist()}
+    return {"zero": karras(n, SIGMA_MIN, SIGMA_MAX).tolist() + [0.0],
+            "min": karras(n + 1, SIGMA_MIN, SIGMA_MAX).tolist()}
 
 
 def agreement_table(model_name: str = "digits-gmm", n: int = 10, batch: int = 8) -> str:
@@ -57,9 +55,11 @@ def differences_table(model_name: str = "digits-gmm", steps: tuple[int, ...] = (
     x = SIGMA_MAX * seeded_noise(range(batch), model.shape, dtype=torch.float64)
     ref = reference_solution(model, x, SIGMA_MAX, rtol=1e-8, atol=1e-10)
     runs = {
-        "diffusers DPMSolverMultistep 3M (official coefficients)": lambda g: run_peer("diffusers", "dpmpp_3m", model, x, g),
+        "diffusers DPMSolverMultistep 3M (official coefficients)":
+            lambda g: run_peer("diffusers", "dpmpp_3m", model, x, g),
         "fewstep dpmpp_3m (exact, default)": lambda g: solve(model, x, g, "dpmpp_3m"),
-        "diffusers DEISMultistep order 3 (logrho; last step's limit at 0)": lambda g: run_peer("diffusers", "deis", model, x, g),
+        "diffusers DEISMultistep order 3 (logrho; last step's limit at 0)":
+            lambda g: run_peer("diffusers", "deis", model, x, g),
         "fewstep deis order 3 (tAB, default)": lambda g: solve(model, x, g, "deis"),
         "diffusers UniPC bh1, final_sigmas_type='zero' (verbatim)":
             lambda g: run_peer("diffusers", "unipc_bh1", model, x, g, final_limit=False),
@@ -74,7 +74,7 @@ def differences_table(model_name: str = "digits-gmm", steps: tuple[int, ...] = (
         cells = []
         for n in steps:
             out = fn(grids(n)["zero"])
-            cells.append("NaN" if not torch.isfinite(out).all() else f"{_rmse(out, ref):.2e}")
+            cells.append("NaN" if not torch.isfinite(out).all() else f"{rmse(out, ref):.2e}")
         rows.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
@@ -101,8 +101,10 @@ def order_table(Ns: tuple[int, ...] = (64, 128, 256)) -> str:
     gauss = Gauss(dim=3, mean=torch.tensor([0.5, -1.0, 0.0]), std=torch.tensor([0.5, 1.0, 2.0]))
     x = SIGMA_MAX * torch.randn(8, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     ref = gauss.ode_solution(x, SIGMA_MAX, SIGMA_MIN)
-    rows = ["| 3M variant | " + " | ".join(f"N = {n}" for n in Ns) + " | fitted order |", "|---|" + "---|" * (len(Ns) + 1)]
-    for label, fn in (("diffusers / k-diffusion / dpm-solver (official)", lambda g: run_peer("diffusers", "dpmpp_3m", gauss, x, g)),
+    rows = ["| 3M variant | " + " | ".join(f"N = {n}" for n in Ns) + " | fitted order |",
+            "|---|" + "---|" * (len(Ns) + 1)]
+    for label, fn in (("diffusers / k-diffusion / dpm-solver (official)",
+                       lambda g: run_peer("diffusers", "dpmpp_3m", gauss, x, g)),
                       ("fewstep exact", lambda g: solve(gauss, x, g, "dpmpp_3m", lower_order_final=False))):
         errs = [float((fn(karras(n + 1, SIGMA_MIN, SIGMA_MAX).tolist()) - ref).abs().max()) for n in Ns]
         slope = -np.polyfit(np.log(Ns), np.log(errs), 1)[0]

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from fewstep._seeds import EVAL_SEEDS
 from fewstep._version import __version__
 from fewstep.bench.distributed import is_main, sharded
 from fewstep.diffusion.denoiser import CountingDenoiser, Denoiser
@@ -33,7 +34,7 @@ class BenchSpec:
     schedules: Sequence[str] = ("karras",)
     nfes: Sequence[int] = (3, 4, 5, 6, 8, 10)
     metrics: Sequence[str] = ("rmse_ref", "fd")
-    seeds: Sequence[int] = tuple(range(256))
+    seeds: Sequence[int] = tuple(EVAL_SEEDS)
     peers: Sequence[str] = ()
     recipes: Sequence[str] = ()
     extra: dict[str, Any] = field(default_factory=dict)

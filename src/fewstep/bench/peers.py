@@ -70,7 +70,8 @@ def _k(name, target, fewstep, options=None, note="", **kwargs):
     return PeerSampler("kdiffusion", name, target, fewstep, dict(options or {}), None, note, kwargs)
 
 
-_MULTI = {"algorithm_type": "dpmsolver++", "solver_type": "midpoint", "lower_order_final": True, "euler_at_final": False}
+_MULTI = {"algorithm_type": "dpmsolver++", "solver_type": "midpoint", "lower_order_final": True,
+          "euler_at_final": False}
 PEERS: dict[str, dict[str, PeerSampler]] = {
     "diffusers": {s.name: s for s in [
         _d("ddim", "DDIMScheduler(eta=0)", "ddim"),

@@ -38,7 +38,8 @@ def parse_names(text: str, valid: Iterable[str], what: str) -> list[str]:
         raise ValueError(f"no {what} given; choose from {', '.join(valid)}")
     for n in names:
         if n not in valid:
-            raise ValueError(f"unknown {what[:-1] if what.endswith('s') else what} {n!r}; choose from {', '.join(valid)}")
+            kind = what[:-1] if what.endswith("s") else what
+            raise ValueError(f"unknown {kind} {n!r}; choose from {', '.join(valid)}")
     return names
 
 

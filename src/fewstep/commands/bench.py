@@ -7,6 +7,8 @@ import json
 import math
 from pathlib import Path
 
+from fewstep._seeds import EVAL_SEEDS, seed_text
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="benchmark solvers x schedules x NFE on bundled models",
@@ -15,8 +17,9 @@ def add_parser(sub) -> None:
     p.add_argument("--solvers", default="ddim,dpmpp_2m,unipc,deis,ipndm", help="comma-separated solver names")
     p.add_argument("--schedules", default="karras", help="comma-separated schedule names")
     p.add_argument("--nfe", default="3,4,5,6,8,10", help="comma-separated NFE budgets")
-    p.add_argument("--metrics", default="rmse_ref,fd", help="comma-separated: rmse_ref,fd,fd_pixels,sw,precision,recall")
-    p.add_argument("--seeds", default="0-255", help="seeds, e.g. 0-255")
+    p.add_argument("--metrics", default="rmse_ref,fd",
+                   help="comma-separated: rmse_ref,fd,fd_pixels,sw,precision,recall")
+    p.add_argument("--seeds", default=seed_text(EVAL_SEEDS), help="seeds, e.g. 0-255")
     p.add_argument("--peers", default="", help="also run peers' own samplers: diffusers,kdiffusion")
     p.add_argument("--recipes", default="", metavar="A.json,B.json",
                    help="also run tuned recipes from `fewstep tune`, one row each")

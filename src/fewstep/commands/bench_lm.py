@@ -55,11 +55,18 @@ def _configs(args, target, draft, fr_draft, hf_target, hf_draft, sampler):
 
     b, g = args.batch, args.gamma
     spec = dict(sampler=sampler, gamma=g)
+
+    def speculative(p, gens):
+        return speculative_generate(target, draft, p, **spec, **gens)
+
+    def assisted(p, gens):
+        return _hf(hf_target, hf_draft, p, sampler, gens, g)
+
     return [
         ("fewstep", "plain", 1, lambda p, gens: generate(target, p, sampler, **gens)),
         ("transformers", "plain", 1, lambda p, gens: _hf(hf_target, None, p, sampler, gens)),
-        ("fewstep", f"speculative gamma={g}", 1, lambda p, gens: speculative_generate(target, draft, p, **spec, **gens)),
-        ("transformers", f"assisted gamma={g} constant", 1, lambda p, gens: _hf(hf_target, hf_draft, p, sampler, gens, g)),
+        ("fewstep", f"speculative gamma={g}", 1, speculative),
+        ("transformers", f"assisted gamma={g} constant", 1, assisted),
         ("transformers", "assisted (defaults)", 1, lambda p, gens: _hf(hf_target, hf_draft, p, sampler, gens)),
         ("fewstep", f"speculative gamma={g} k=2 drafts", 1,
          lambda p, gens: speculative_generate(target, draft, p, **spec, num_drafts=2, **gens)),
@@ -69,8 +76,8 @@ def _configs(args, target, draft, fr_draft, hf_target, hf_draft, sampler):
         ("fewstep", f"speculative gamma={g} FR-Spec draft vocab 256", 1,
          lambda p, gens: speculative_generate(target, fr_draft, p, **spec, **gens)),
         ("fewstep", "plain", b, lambda p, gens: generate(target, p, sampler, **gens)),
-        ("fewstep", f"speculative gamma={g}", b, lambda p, gens: speculative_generate(target, draft, p, **spec, **gens)),
-        ("transformers", f"assisted gamma={g} constant", b, lambda p, gens: _hf(hf_target, hf_draft, p, sampler, gens, g)),
+        ("fewstep", f"speculative gamma={g}", b, speculative),
+        ("transformers", f"assisted gamma={g} constant", b, assisted),
     ]
 
 
@@ -156,7 +163,8 @@ def run(args: argparse.Namespace) -> int:
                 r["draft"] = sum(c.calls for c in draft_counters) - d0
                 r["stats"] = stats
     rows = [_row(configs[i], results[i], refused.get(i), args) for i in range(len(configs))]
-    env = dict(load=f"{load_start:.1f} -> {os.getloadavg()[0]:.1f}", torch=torch.__version__, transformers=transformers.__version__, python=platform.python_version(),
+    env = dict(load=f"{load_start:.1f} -> {os.getloadavg()[0]:.1f}", torch=torch.__version__,
+               transformers=transformers.__version__, python=platform.python_version(),
                machine=platform.machine(), threads=args.threads, command="fewstep " + " ".join(sys.argv[1:]))
     if args.json:
         for row in rows:

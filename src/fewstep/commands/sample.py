@@ -79,9 +79,9 @@ def run(args) -> int:
     if x is None:  # not rank 0
         return 0
     images = x.reshape(len(seeds), *(model.shape or x.shape[1:]))
-    np.savez_compressed(npz, samples=images.numpy(), seeds=np.asarray(seeds), model=args.model,
-                        solver=args.solver, nfe=calls_per_batch[0], **({} if args.class_labels is None else
-                                                                       {"class_labels": cond_for(seeds)["class_labels"]}))
+    labels = {} if args.class_labels is None else {"class_labels": cond_for(seeds)["class_labels"]}
+    np.savez_compressed(npz, samples=images.numpy(), seeds=np.asarray(seeds), model=args.model, solver=args.solver,
+                        nfe=calls_per_batch[0], **labels)
     if images.ndim == 4:
         save_grid(images, png)
     else:

@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-DEFAULT_TUNE_SEEDS = "100000-100127"  # disjoint from the bench's default seeds 0-255
+from fewstep._seeds import EVAL_SEEDS, TUNE_SEEDS, seed_text
 
 
 def add_parser(sub) -> None:
@@ -24,8 +24,9 @@ def add_parser(sub) -> None:
                         "ld3: the solver it starts from, or best; it writes solver learned)")
     p.add_argument("--nfe", type=int, default=5, help="model evaluations per sample")
     p.add_argument("--out", required=True, help="the recipe JSON to write")
-    p.add_argument("--seeds", default=DEFAULT_TUNE_SEEDS, help="tuning seeds")
-    p.add_argument("--eval-seeds", default="0-255", help="held-out seeds for the recipe's quality, or 'none'")
+    p.add_argument("--seeds", default=seed_text(TUNE_SEEDS), help="tuning seeds")
+    p.add_argument("--eval-seeds", default=seed_text(EVAL_SEEDS),
+                   help="held-out seeds for the recipe's quality, or 'none'")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option, VALUE in JSON (e.g. fine_steps=40); repeatable")
     p.add_argument("--force", action="store_true", help="overwrite --out")

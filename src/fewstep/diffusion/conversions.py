@@ -16,13 +16,13 @@ Prediction = Literal["eps", "x0", "v", "velocity", "score"]
 PREDICTIONS: tuple[str, ...] = ("eps", "x0", "v", "velocity", "score")
 
 
-def check_prediction(prediction: str) -> str:
+def check_prediction(prediction: str) -> Prediction:
     if prediction not in PREDICTIONS:
         raise ValueError(f"unknown prediction type {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
     return prediction
 
 
-def to_x0(prediction: str, out: Tensor, xt: Tensor, a: Tensor, b: Tensor,
+def to_x0(prediction: Prediction, out: Tensor, xt: Tensor, a: Tensor, b: Tensor,
           da: Tensor | None = None, db: Tensor | None = None) -> Tensor:
     """Convert a model output to ``x0_hat``. ``a, b, da, db`` broadcast against ``xt``.
 
@@ -48,7 +48,7 @@ def to_x0(prediction: str, out: Tensor, xt: Tensor, a: Tensor, b: Tensor,
     raise ValueError(f"unknown prediction type {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
 
 
-def from_x0(prediction: str, x0: Tensor, xt: Tensor, a: Tensor, b: Tensor,
+def from_x0(prediction: Prediction, x0: Tensor, xt: Tensor, a: Tensor, b: Tensor,
             da: Tensor | None = None, db: Tensor | None = None) -> Tensor:
     """The model output of type ``prediction`` that corresponds to ``x0`` at state ``xt``."""
     if prediction == "x0":
@@ -65,8 +65,3 @@ def from_x0(prediction: str, x0: Tensor, xt: Tensor, a: Tensor, b: Tensor,
     if prediction == "score":
         return -eps / b
     raise ValueError(f"unknown prediction type {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
-
-
-def eps_from_x0(x: Tensor, x0: Tensor, sigma: Tensor) -> Tensor:
-    """The sigma-space noise estimate ``(x - D) / sigma`` (EDM's ``d``)."""
-    return (x - x0) / sigma

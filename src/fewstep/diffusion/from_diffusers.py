@@ -273,7 +273,8 @@ class DiffusersDenoiser(Denoiser):
     def identity(self) -> dict[str, Any]:
         d = super().identity()
         cfg = {k: v for k, v in self.spec.config.items() if not k.startswith("_") or k == "_class_name"}
-        d["scheduler_config_sha"] = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        blob = json.dumps(cfg, sort_keys=True, default=str).encode()
+        d["scheduler_config_sha"] = hashlib.sha256(blob).hexdigest()[:16]
         return d
 
 

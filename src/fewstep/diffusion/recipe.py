@@ -40,7 +40,8 @@ class Recipe:
 
     def __post_init__(self):
         if self.version != RECIPE_VERSION:
-            raise ValueError(f"recipe version {self.version} is not supported; this fewstep reads version {RECIPE_VERSION}")
+            raise ValueError(f"recipe version {self.version} is not supported; this fewstep reads version "
+                             f"{RECIPE_VERSION}")
         if self.method not in METHODS:
             raise ValueError(f"unknown recipe method {self.method!r}; choose one of {', '.join(METHODS)}")
         if not isinstance(self.nfe, int) or self.nfe < 1:

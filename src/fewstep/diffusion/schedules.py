@@ -54,7 +54,8 @@ def time_power(n: int, process, sigma_min: float, sigma_max: float, power: float
     return s
 
 
-def discrete_timesteps(n: int, num_train_timesteps: int, spacing: str = "trailing", steps_offset: int = 0) -> np.ndarray:
+def discrete_timesteps(n: int, num_train_timesteps: int, spacing: str = "trailing",
+                       steps_offset: int = 0) -> np.ndarray:
     """Integer timesteps, decreasing, as diffusers spaces them; ``trailing`` starts at ``T - 1``
     (Lin et al., arXiv 2305.08891, Table 2)."""
     T = num_train_timesteps

@@ -252,7 +252,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         hits = [i for i in (self.timesteps == t).nonzero().flatten().tolist()]
         starts = [i for i in hits if self._plan[i].grid_index is not None]
         if not hits:
-            raise ValueError(f"timestep {float(t)} is not in this scheduler's timesteps; pass one of scheduler.timesteps")
+            raise ValueError(f"timestep {float(t)} is not in this scheduler's timesteps; "
+                             "pass one of scheduler.timesteps")
         self._step_index = (starts or hits)[0]
 
     def _is_handed_out(self, sample: Tensor) -> bool:

@@ -126,7 +126,8 @@ def wrap(net: CondDigitsUNet) -> CondEDM:
 def read_verified(path: Path, sha256: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Hash the bytes of ``path``, compare with ``sha256``, and parse those same bytes: the float32 state and
     the training record the script stores as JSON under the metadata key ``fewstep``."""
-    blob = read_verified_bytes(path, sha256, restore="rerun scripts/train_digits_cond.py (SHA256 in fewstep/models/cond.py)")
+    blob = read_verified_bytes(path, sha256,
+                               restore="rerun scripts/train_digits_cond.py (SHA256 in fewstep/models/cond.py)")
     n = int.from_bytes(blob[:8], "little")  # safetensors: 8-byte header length, then a JSON header
     meta = json.loads(blob[8:8 + n]).get("__metadata__") or {}
     return {k: v.float() for k, v in load_safetensors(blob).items()}, json.loads(meta.get("fewstep", "{}"))

@@ -124,8 +124,8 @@ def read_weights(name: str, path: Path | None = None) -> tuple[dict[str, torch.T
     """
     spec = _spec(name)
     path = weights_path(name) if path is None else Path(path)
-    blob = read_verified_bytes(path, SHA256.get(spec.file),
-                               restore=f"retrain with scripts/train_digits.py {name} (SHA256 in fewstep/models/trained.py)")
+    restore = f"retrain with scripts/train_digits.py {name} (SHA256 in fewstep/models/trained.py)"
+    blob = read_verified_bytes(path, SHA256.get(spec.file), restore=restore)
     state = {k: v.float() for k, v in load_safetensors(blob).items()}
     return state, _header_info(blob)
 

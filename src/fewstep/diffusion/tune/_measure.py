@@ -14,6 +14,7 @@ from fewstep.diffusion.sampling import plan_steps, seeded_noise, solve
 from fewstep.diffusion.schedules import as_list, check_sigmas, get_sigmas
 from fewstep.diffusion.solvers import get_solver
 from fewstep.diffusion.tune._tuning import start_sigma
+from fewstep.metrics import rmse  # noqa: F401  (the one rmse, re-exported for the fits: M.rmse)
 
 
 def grid(model, solver: str, nfe: int, schedule: str = "karras", solver_options: Mapping[str, Any] | None = None,
@@ -67,7 +68,3 @@ def reference_states(model, x: torch.Tensor, sigmas: list[float], rtol: float = 
         y = reference_solution(model, y, s0, s1, rtol=rtol, atol=rtol * 1e-2)
         out.append(y)
     return out
-
-
-def rmse(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.double() - b.double()).pow(2).mean().sqrt())

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from fewstep._seeds import EVAL_SEEDS, seed_text
 from fewstep._version import __version__
 from fewstep.diffusion.denoiser import Denoiser, model_hash
 from fewstep.diffusion.noise import seeded_noise
@@ -24,8 +25,6 @@ from fewstep.diffusion.schedules import check_sigmas, get_sigmas, karras, start_
 from fewstep.diffusion.solvers import get_solver
 from fewstep.evaluation import DataReference, compute_metrics, reference_samples
 
-TUNE_SEEDS = range(100_000, 100_128)
-EVAL_SEEDS = range(256)
 REF_BLOCK = 128  # tuning seeds per cached block of reference solutions
 # Tolerance of the tuning seeds' reference solutions: they differ from the benchmark's (rtol 1e-6) by
 # 2e-5 to 4e-5 RMS on the bundled trained models, a thousandth of the few-step errors tuning compares,
@@ -140,7 +139,7 @@ def held_out_quality(model: Denoiser, recipe: Recipe, eval_seeds: Sequence[int],
     out: dict[str, Any] = compute_metrics(names, tuned, ref, data)
     out["untuned"] = {"solver": b_solver, "solver_options": dict(b_opts), "schedule": baseline_schedule,
                       **compute_metrics(names, untuned, ref, data)}
-    out["eval_seeds"] = _seed_text(seeds)
+    out["eval_seeds"] = seed_text(seeds)
     return out
 
 
@@ -151,7 +150,7 @@ def make_recipe(model: Denoiser, method: str, solver: str, nfe: int, sigmas: Any
                 baseline: tuple[str, Mapping[str, Any]] | None = None,
                 baseline_schedule: str = "karras", progress: bool = False) -> Recipe:
     """Build the recipe, then measure its held-out quality (unless ``eval_seeds`` is None)."""
-    info = {"tune_seconds": round(time.perf_counter() - t_start, 2), "tune_seeds": _seed_text(tune_seeds),
+    info = {"tune_seconds": round(time.perf_counter() - t_start, 2), "tune_seeds": seed_text(tune_seeds),
             "options": dict(options or {}), "objective": dict(objective or {}), "fewstep": __version__}
     recipe = Recipe(model=model.name, model_hash=model_hash(model), solver=solver, nfe=nfe,
                     sigmas=tuple(float(v) for v in check_sigmas(sigmas)), method=method,
@@ -165,10 +164,3 @@ def make_recipe(model: Denoiser, method: str, solver: str, nfe: int, sigmas: Any
 def progress_bar(total: int, desc: str, enabled: bool):
     """A tqdm bar (it shows the time left) that is silent when ``enabled`` is false."""
     return tqdm(total=total, desc=desc, disable=not enabled, unit="it", leave=False)
-
-
-def _seed_text(seeds: Sequence[int]) -> str:
-    s = [int(v) for v in seeds]
-    if s and s == list(range(s[0], s[0] + len(s))):
-        return f"{s[0]}-{s[-1]}"
-    return ",".join(map(str, s))

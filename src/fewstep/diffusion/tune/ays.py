@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fewstep._seeds import EVAL_SEEDS, TUNE_SEEDS
 from fewstep.diffusion.schedules import check_sigmas
 from fewstep.diffusion.tune import _tuning as T
 
@@ -122,8 +123,8 @@ def model_samples(model, seeds: Sequence[int], n: int, stream: int = 0, progress
     return ref[torch.arange(n) % ref.shape[0]]
 
 
-def tune(model, *, solver: str = "dpmpp_2m", nfe: int = 10, seeds: Sequence[int] = T.TUNE_SEEDS,
-         eval_seeds: Sequence[int] | None = T.EVAL_SEEDS, progress: bool = True, mc_samples: int = 256,
+def tune(model, *, solver: str = "dpmpp_2m", nfe: int = 10, seeds: Sequence[int] = TUNE_SEEDS,
+         eval_seeds: Sequence[int] | None = EVAL_SEEDS, progress: bool = True, mc_samples: int = 256,
          candidates: int = 6, max_sweeps: int = 6, tol: float = 1e-2, ref_steps: int = 10):
     """Fit an AYS schedule for ``solver`` at ``nfe`` evaluations on ``model``; returns a ``Recipe``.
 

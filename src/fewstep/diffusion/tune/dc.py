@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from fewstep._seeds import EVAL_SEEDS, TUNE_SEEDS
 from fewstep.diffusion.sampling import solve
 from fewstep.diffusion.solvers.dc import BASES, cpr_features
 from fewstep.diffusion.tune import _measure as M
@@ -115,7 +116,7 @@ def fit_ratios(model, x, sigmas: list[float], ref: list, solver: str = "unipc_dc
     return ratios
 
 
-def tune(model, *, solver: str = "unipc_dc", nfe: int, seeds=range(100_000, 100_128), eval_seeds=range(256),
+def tune(model, *, solver: str = "unipc_dc", nfe: int, seeds=TUNE_SEEDS, eval_seeds=EVAL_SEEDS,
          progress: bool = True, trajectories: int = 10, schedule: str = "karras", sigmas=None, fit_rtol: float = 1e-5,
          bounds: tuple[float, float] = (0.0, 2.0), cpr_nfes: Sequence[int] | None = None,
          guidance_scale: float = 1.0, solver_options: dict | None = None):

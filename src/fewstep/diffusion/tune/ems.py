@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fewstep._seeds import EVAL_SEEDS, TUNE_SEEDS
 from fewstep.diffusion.denoiser import model_hash
 from fewstep.diffusion.recipe import Recipe
 from fewstep.diffusion.sampling import sample
@@ -124,7 +125,7 @@ def _x0(model, data, n: int, seed: int) -> torch.Tensor:
         return pool[torch.randint(len(pool), (n,), generator=gen)]
 
     with torch.no_grad():
-        return sample(model, solver="unipc", nfe=32, seeds=range(10**7 + seed, 10**7 + seed + n), dtype=torch.float64).double()
+        return sample(model, solver="unipc", nfe=32, seeds=range(10**7 + seed, 10**7 + seed + n), dtype=torch.float64)
 
 
 def _moments(model, x0, sigma, derivative, fd_step, gen, cond) -> np.ndarray:
@@ -190,7 +191,7 @@ def gauss_ems(model, lam: np.ndarray) -> EMS:
     return EMS(lam, l, np.zeros_like(l), 2 * l * (1 - l) * mu, meta={"kind": "gauss closed form"})
 
 
-def tune(model, *, solver: str = "dpm_solver_v3", nfe: int, seeds=T.TUNE_SEEDS, eval_seeds=T.EVAL_SEEDS,
+def tune(model, *, solver: str = "dpm_solver_v3", nfe: int, seeds=TUNE_SEEDS, eval_seeds=EVAL_SEEDS,
          progress: bool = True, ems: EMS | str | Path | None = None, ems_path: str | Path | None = None,
          schedules: Sequence[str] | None = None, sigmas=None, trajectories: int = 128, data: str = "auto",
          n_samples: int = 512, n_grid: int = 60, derivative: str = "fd", pooled: bool = False,

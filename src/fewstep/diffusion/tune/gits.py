@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
+from fewstep._seeds import EVAL_SEEDS, TUNE_SEEDS
 from fewstep.diffusion.denoiser import Denoiser
 from fewstep.diffusion.sampling import seeded_noise, solve
 from fewstep.diffusion.tune import _tuning as T
@@ -100,8 +101,8 @@ def path_cost(cost: Tensor, path: Sequence[int], coeff: float = 1.15) -> float:
     return float(sum(coeff**k * cost[a, b] for k, (a, b) in enumerate(zip(path[:-1], path[1:]))))
 
 
-def tune(model, *, solver: str = "ipndm", nfe: int = 10, seeds: Sequence[int] = T.TUNE_SEEDS,
-         eval_seeds: Sequence[int] | None = T.EVAL_SEEDS, progress: bool = True, fine_steps: int = 60,
+def tune(model, *, solver: str = "ipndm", nfe: int = 10, seeds: Sequence[int] = TUNE_SEEDS,
+         eval_seeds: Sequence[int] | None = EVAL_SEEDS, progress: bool = True, fine_steps: int = 60,
          teacher: str = "dpmpp_3m", coeff: float = 1.15):
     """Fit a GITS schedule for ``solver`` at ``nfe`` evaluations on ``model``; returns a ``Recipe``.
 

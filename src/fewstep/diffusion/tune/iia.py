@@ -11,6 +11,7 @@ import time
 import torch
 from tqdm import tqdm
 
+from fewstep._seeds import EVAL_SEEDS, TUNE_SEEDS
 from fewstep.diffusion.reference import reference_solution
 from fewstep.diffusion.sampling import solve
 from fewstep.diffusion.solvers.iia import BASES, N_TERMS, run_iia
@@ -69,7 +70,7 @@ def fit_coefficients(model, x, sigmas: list[float], solver: str = "iia_dpmpp_2m"
     return rows, per_step
 
 
-def tune(model, *, solver: str = "iia_dpmpp_2m", nfe: int, seeds=range(100_000, 100_128), eval_seeds=range(256),
+def tune(model, *, solver: str = "iia_dpmpp_2m", nfe: int, seeds=TUNE_SEEDS, eval_seeds=EVAL_SEEDS,
          progress: bool = True, trajectories: int = 32, schedule: str = "karras", sigmas=None, fine_steps: int = 10,
          target: str = "fine", fit_rtol: float = 1e-5):
     """Fit IIA coefficients for ``solver`` (``iia_ddim``, ``iia_dpmpp_2m``, ``iia_heun``, or their base

@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from fewstep._seeds import EVAL_SEEDS, TUNE_SEEDS
 from fewstep.diffusion.recipe import as_recipe
 from fewstep.diffusion.sampling import plan_steps
 from fewstep.diffusion.schedules import get_sigmas
@@ -192,8 +193,8 @@ class _Form(torch.nn.Module):
             return out
 
 
-def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T.TUNE_SEEDS,
-         eval_seeds: Sequence[int] | None = T.EVAL_SEEDS, progress: bool = True, schedule: str = "best",
+def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = TUNE_SEEDS,
+         eval_seeds: Sequence[int] | None = EVAL_SEEDS, progress: bool = True, schedule: str = "best",
          steps: int = 100, lr: float = 0.02, coefficients: bool = True, times: bool = True, holdout: float = 0.25,
          slack: float = 0.0, check_every: int = 10, starts: Sequence[Any] = (), batch: int | None = None,
          optimizer: str = "lbfgs", patience: int | None = 4, precondition: int | str | None = "auto",

@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from fewstep._seeds import EVAL_SEEDS, TUNE_SEEDS
 from fewstep.diffusion.solvers.usf import MAX_ORDER, PREDICTIONS
 from fewstep.diffusion.tune import _tuning as T
 from fewstep.diffusion.tune.ays import loglinear_interp
@@ -176,8 +177,8 @@ def evolve(search: Search, population: list[Candidate], generations: int, childr
     return pop
 
 
-def tune(model, *, solver: str = "unipc", nfe: int = 10, seeds: Sequence[int] = T.TUNE_SEEDS,
-         eval_seeds: Sequence[int] | None = T.EVAL_SEEDS, progress: bool = True, batch: int = 64,
+def tune(model, *, solver: str = "unipc", nfe: int = 10, seeds: Sequence[int] = TUNE_SEEDS,
+         eval_seeds: Sequence[int] | None = EVAL_SEEDS, progress: bool = True, batch: int = 64,
          population: int = 24, generations: int = 12, children: int = 16, elite: int = 8, refine_sweeps: int = 2,
          finalists: int = 4, seed: int = 0):
     """Search a per-step solver schedule (solver ``usf``) for ``nfe`` evaluations; returns a ``Recipe``.
