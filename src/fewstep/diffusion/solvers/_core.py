@@ -16,7 +16,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -25,8 +25,11 @@ Tensor = torch.Tensor
 
 
 # ----------------------------------------------------------------------------------------------
-# phi-functions and quadrature
+# the exponential-integrator engine: phi-functions, kernel moments, weights
 # ----------------------------------------------------------------------------------------------
+
+Form = Literal["data", "noise"]
+
 
 def phi(k: int, z: float) -> float:
     """``phi_k(z)``: ``phi_0 = e^z``, ``phi_{k+1}(z) = (phi_k(z) - 1/k!) / z``; stable for small ``|z|``
@@ -52,30 +55,93 @@ _GL_CACHE: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
 
 def gauss_legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and weights of the ``n``-point Gauss-Legendre rule on ``[-1, 1]`` (cached)."""
     if n not in _GL_CACHE:
         _GL_CACHE[n] = np.polynomial.legendre.leggauss(n)
     return _GL_CACHE[n]
 
 
+def quad(f: Callable[[np.ndarray], np.ndarray], a: float, b: float, n: int = 16) -> np.ndarray:
+    """``int_a^b f(u) du`` by ``n``-point Gauss-Legendre; ``f`` maps the nodes ``[n]`` to values ``[n, ...]``."""
+    xg, wg = gauss_legendre(n)
+    return 0.5 * (b - a) * np.tensordot(wg, f(0.5 * (b - a) * xg + 0.5 * (b + a)), axes=1)
+
+
+def exp_moments(n: int, h: float, c: float = 1.0, *, form: Form = "data", scale: float = 1.0) -> np.ndarray:
+    """The kernel moments ``m_k = int_0^h K(v) (v / scale)^k dv``, ``k < n``, of the exact step (MATH.md):
+
+    - ``form="data"``: ``K = c e^{-c (h - v)}``, ``m_k = c k! h^(k+1) phi_{k+1}(-c h) / scale^k``. At
+      ``h = inf`` only ``m_0 = 1`` is finite (the others are ``inf``).
+    - ``form="noise"``: ``K = c e^{-c v}``, ``m_k = k! P(k+1, c h) / (c scale)^k`` with the regularised
+      incomplete gamma ``P(k+1, x) = x^(k+1) e^-x phi_{k+1}(x) = 1 - e^-x sum_{j<=k} x^j / j!``; the phi
+      (series) form below ``x = k + 1``, where the complement would cancel, the complement above it, where
+      it does not and which stays finite up to ``h = inf`` (``m_k = k! / (c scale)^k``).
+
+    ``phi`` is a Taylor series for ``|c h| < 1``, so the moments keep full relative accuracy as ``h -> 0``.
+    """
+    x = c * h
+    m = np.empty(n)
+    for k in range(n):
+        if form == "data":
+            m[k] = (1.0 if k == 0 else math.inf) if math.isinf(x) else \
+                c * math.factorial(k) * h ** (k + 1) * phi(k + 1, -x) / scale**k
+        elif form == "noise":
+            if math.isinf(x):
+                p = 1.0
+            elif x > k + 1:
+                p = 1.0 - math.exp(-x) * sum(x**j / math.factorial(j) for j in range(k + 1))
+            else:
+                p = x ** (k + 1) * math.exp(-x) * phi(k + 1, x)
+            m[k] = math.factorial(k) * p / (c * scale) ** k
+        else:
+            raise ValueError(f"form must be 'data' or 'noise'; got {form!r}")
+    return m
+
+
+def exp_weights(nodes: Sequence[float], h: float, c: float = 1.0, *, form: Form = "data",
+                var: Callable[[np.ndarray], np.ndarray] | None = None, n_quad: int = 16) -> np.ndarray:
+    """The exponential-integrator weights: ``w`` with ``sum_j w_j P(u_j) = int_0^h K(v) P(u(v)) dv`` for every
+    polynomial ``P`` of degree ``< len(nodes)``, with ``K`` the kernel of ``form`` (``exp_moments``).
+
+    ``nodes`` are the points ``u_j`` where the solver has model values. By default the polynomial is in
+    ``v = lambda - lambda_s`` (``u = v``; past points ``v_j < 0``, a corrector's new point ``v = h``), and the
+    weights solve ``sum_j w_j v_j^k = m_k`` with the closed-form moments: the data-form step is
+    ``x' = e^{-c h} x + sum_j w_j D_j``, the noise-form one ``x' = x - sigma_s sum_j w_j eps_j`` (``c = 1``).
+    ``var(v)``, when given, is another polynomial variable (DEIS's VP time, sigma): the moments of
+    ``u(v)`` are then ``n_quad``-point Gauss-Legendre sums in ``y = e^{-c (h - v)}`` (data) or ``e^{-c v}``
+    (noise), the variables in which the kernel is uniform. A data-form step with ``h = inf`` has the one
+    weight 1 (``x' = D``); more nodes raise ``ValueError`` there, since the higher moments are infinite.
+    """
+    u = np.asarray(nodes, dtype=np.float64)
+    n = u.size
+    if u.ndim != 1 or n == 0:
+        raise ValueError(f"exp_weights needs a non-empty list of nodes; got {nodes!r}")
+    if form == "data" and math.isinf(c * h) and (n > 1 or var is not None):
+        raise ValueError(f"a data-form step to sigma = 0 (h = inf) has one node, x' = D; got {n} nodes")
+    if var is None:  # moments about v = 0, nodes scaled to O(1) for a well-conditioned solve at any h
+        shift, scale = 0.0, float(np.abs(u).max()) or 1.0
+        m = exp_moments(n, h, c, form=form, scale=scale)
+    else:
+        shift = u[0]
+        scale = float(np.abs(u - shift).max()) or 1.0
+
+        def powers(y):
+            v = h + np.log(y) / c if form == "data" else -np.log(y) / c
+            return ((var(v) - shift) / scale)[:, None] ** np.arange(n)
+
+        m = quad(powers, math.exp(-c * h), 1.0, n_quad)
+    if n == 1:
+        return m
+    return np.linalg.solve(((u - shift) / scale)[None, :] ** np.arange(n)[:, None], m)
+
+
 def lagrange_integrals(nodes: Sequence[float], a: float, b: float,
                        to_var: Callable[[np.ndarray], np.ndarray] | None = None, n_quad: int = 16) -> np.ndarray:
-    """``w_j = int_a^b l_j(v(s)) ds`` for the Lagrange basis ``l_j`` on ``nodes`` (in the variable v).
-
-    With ``to_var = None`` the variable is ``s`` itself and the polynomial integrand is integrated
-    exactly. Otherwise ``v(s)`` is a smooth change of variable (DEIS's VP time).
-    """
-    xg, wg = gauss_legendre(n_quad)
-    s = 0.5 * (b - a) * xg + 0.5 * (b + a)
-    v = s if to_var is None else to_var(s)
-    nv = np.asarray(nodes, dtype=np.float64)
-    out = np.empty(len(nv))
-    for j in range(len(nv)):
-        lj = np.ones_like(v)
-        for m in range(len(nv)):
-            if m != j:
-                lj = lj * (v - nv[m]) / (nv[j] - nv[m])
-        out[j] = 0.5 * (b - a) * np.dot(wg, lj)
-    return out
+    """``w_j = int_a^b l_j(u(sigma)) dsigma`` for the Lagrange basis ``l_j`` on ``nodes`` in the variable
+    ``u = to_var(sigma)`` (``sigma`` itself by default, integrated exactly): ``exp_weights`` in noise form,
+    whose kernel is uniform in ``sigma``, for a step from ``a`` down to ``b`` (``x' = x + sum_j w_j eps_j``)."""
+    u = (lambda sigma: sigma) if to_var is None else to_var
+    return -a * exp_weights(nodes, lam(b) - lam(a), form="noise", var=lambda v: u(a * np.exp(-v)), n_quad=n_quad)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -193,3 +259,15 @@ def check_order(name: str, order: int, max_order: int) -> int:
     if not isinstance(order, int) or not 1 <= order <= max_order:
         raise ValueError(f"solver {name!r} supports order 1..{max_order}; got {order!r}")
     return order
+
+
+def check_nonnegative(name: str, **values: float) -> None:
+    bad = {k: v for k, v in values.items() if not (isinstance(v, (int, float)) and v >= 0)}
+    if bad:
+        raise ValueError(f"solver {name!r} needs {', '.join(values)} >= 0; got "
+                         + ", ".join(f"{k}={v!r}" for k, v in bad.items()))
+
+
+def check_choice(name: str, option: str, value, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"solver {name!r}: {option} must be one of {', '.join(map(repr, allowed))}; got {value!r}")

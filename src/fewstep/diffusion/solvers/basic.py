@@ -45,13 +45,21 @@ def heun(D, x, sigmas, *, callback=None, noise=None, S_churn: float = 0.0, S_min
             x_hat = x + math.sqrt(t_hat**2 - t_cur**2) * S_noise * noise(t_cur, t_next)
         denoised = D(x_hat, t_hat)
         emit(callback, i, x, t_cur, denoised, sigma_hat=t_hat)
-        d_cur = (x_hat - denoised) / t_hat
-        x_next = x_hat + (t_next - t_hat) * d_cur
-        if t_next > 0:  # 2nd-order correction
-            d_prime = (x_next - D(x_next, t_next)) / t_next
-            x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
-        x = x_next
+        x, _ = heun_step(D, x_hat, t_hat, t_next, denoised)
     return x
+
+
+def heun_step(D, x_hat, t_hat: float, t_next: float, denoised):
+    """EDM Algorithm 1's step from ``(x_hat, t_hat)`` with ``denoised = D(x_hat, t_hat)``: Euler, then the
+    trapezoidal correction unless ``t_next = 0``. Returns ``x_next`` and the second evaluation
+    ``D(x_euler, t_next)`` (``None`` on the Euler-only step)."""
+    d_cur = (x_hat - denoised) / t_hat
+    x_next = x_hat + (t_next - t_hat) * d_cur
+    if t_next == 0:
+        return x_next, None
+    denoised_prime = D(x_next, t_next)  # 2nd-order correction
+    d_prime = (x_next - denoised_prime) / t_next
+    return x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime), denoised_prime
 
 
 @register("gradient_estimation", order=1, paper="Permenter & Yuan, arXiv 2306.04848 (gradient-estimation sampler)",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from fewstep.diffusion.solvers._core import emit, lam, multistep_order, register
+from fewstep.diffusion.solvers._core import check_choice, emit, exp_moments, exp_weights, lam, multistep_order, register
 
 E = math.expm1
 
@@ -68,65 +68,90 @@ def dpmpp_2s(D, x, sigmas, *, callback=None, r: float = 0.5):
     return x
 
 
+def dpmpp_2m_step(x, s: float, s_next: float, d, d_prev=None, h_last: float | None = None,
+                  solver_type: str = "midpoint", eta: float = 0.0):
+    """One DPM-Solver++(2M) step from ``s`` to ``s'`` (its deterministic part), with ``D_i = d``,
+    ``D_{i-1} = d_prev`` and ``h_last = lambda_i - lambda_{i-1}``; without ``d_prev`` the first-order step.
+
+    The kernel rate is ``c = 1 + eta`` (MATH.md), ``x' = (s'/s) e^{-eta h} x + ...``. ``midpoint``
+    (Algorithm 2): the line through ``D_{i-1}, D_i`` at the step's midpoint, ``(1 + 1/(2r)) D_i - 1/(2r) D_{i-1}``
+    with ``r = h_last / h``, times the one-node weight ``-expm1(-c h)``; ``taylor``: the exact integral of
+    that line (its two-node weights).
+    """
+    if s_next == 0:
+        return d
+    h = lam(s_next) - lam(s)
+    c = 1 + eta
+    x_next = (s_next / s) * math.exp(-eta * h) * x
+    if d_prev is None:
+        return x_next + exp_weights([0.0], h, c)[0] * d
+    if solver_type == "taylor":
+        w, w_prev = exp_weights([0.0, -h_last], h, c)
+        return x_next + w * d + w_prev * d_prev
+    r = h_last / h
+    d_mid = (1 + 1 / (2 * r)) * d - 1 / (2 * r) * d_prev
+    return x_next + exp_weights([0.0], h, c)[0] * d_mid
+
+
+def dpmpp_3m_step(x, s: float, s_next: float, d, d_prev, d_prev2, h_last: float, h_last2: float,
+                  c3: float = 2.0, eta: float = 0.0):
+    """One DPM-Solver++(3M) step from ``D_i, D_{i-1}, D_{i-2}`` (``h_last``, ``h_last2``: the two previous
+    steps in lambda), in the official Taylor form ``x' = (s'/s) e^{-eta h} x + m_0 D_i + m_1 d1 + (c3/2) m_2 d2``.
+
+    ``d1 ~ h D'`` and ``d2 ~ h^2 D''/2`` are the parabola's divided differences, and ``m_k`` the kernel
+    moments in ``(v/h)^k`` (``h phi_1, h phi_2, 2 h phi_3`` at ``-(1 + eta) h``). ``c3 = 2`` integrates the
+    parabola exactly (= ``exp_weights`` on the three nodes); the official code's ``c3 = 1`` halves that term.
+    """
+    if s_next == 0:
+        return d
+    h = lam(s_next) - lam(s)
+    r0, r1 = h_last / h, h_last2 / h
+    d1_0, d1_1 = (d - d_prev) / r0, (d_prev - d_prev2) / r1
+    d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
+    d2 = (d1_0 - d1_1) / (r0 + r1)
+    m0, m1, m2 = exp_moments(3, h, 1 + eta, scale=h)
+    return (s_next / s) * math.exp(-eta * h) * x + m0 * d + m1 * d1 + c3 / 2 * m2 * d2
+
+
 @register("dpmpp_2m", order=2, paper="Lu et al., DPM-Solver++, arXiv 2211.01095, Algorithm 2 (2M)")
 def dpmpp_2m(D, x, sigmas, *, callback=None, lower_order_final: bool = True, solver_type: str = "midpoint"):
     """``D_bar = (1 + 1/(2r)) D_i - 1/(2r) D_{i-1}``, ``x' = (s'/s) x - E(-h) D_bar``, ``r = h_{i-1}/h``.
 
     ``solver_type="taylor"`` uses ``h phi_2(-h) (D_i - D_{i-1}) / r`` for the correction instead.
     """
-    return _dpmpp_multistep(D, x, sigmas, 2, callback, lower_order_final, solver_type)
+    check_choice("dpmpp_2m", "solver_type", solver_type, ("midpoint", "taylor"))
+    n = len(sigmas) - 1
+    d_prev = h_last = None
+    for i, (s, s_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+        d = D(x, s)
+        emit(callback, i, x, s, d)
+        second = multistep_order(2, i, n, s_next, lower_order_final) == 2
+        x = dpmpp_2m_step(x, s, s_next, d, d_prev if second else None, h_last, solver_type)
+        d_prev, h_last = d, lam(s_next) - lam(s)
+    return x
 
 
 @register("dpmpp_3m", order=3, paper="Lu et al., DPM-Solver++, arXiv 2211.01095 (multistep third order)",
           notes="coefficients='official' reproduces dpm-solver/k-diffusion/diffusers, which converge at order 2")
 def dpmpp_3m(D, x, sigmas, *, callback=None, lower_order_final: bool = True, coefficients: str = "exact"):
-    """Third-order multistep DPM-Solver++ with warm-up orders 1, 2.
+    """Third-order multistep DPM-Solver++ with warm-up orders 1, 2 (midpoint).
 
     With ``d2 ~ h^2 D''/2`` (divided differences of the last three points), the exponential
     integrator's second-derivative term is ``h^3 phi_3(-h) D'' = 2 h phi_3(-h) d2``. The official
     code (and k-diffusion, diffusers) uses ``h phi_3(-h) d2``, half of it, which makes the method
     second order; ``coefficients="official"`` reproduces it for comparisons.
     """
-    if coefficients not in ("exact", "official"):
-        raise ValueError(f"coefficients must be 'exact' or 'official'; got {coefficients!r}")
-    return _dpmpp_multistep(D, x, sigmas, 3, callback, lower_order_final, "midpoint",
-                            c3=2.0 if coefficients == "exact" else 1.0)
-
-
-def _dpmpp_multistep(D, x, sigmas, order, callback, lower_order_final, solver_type, c3=2.0, *, eta=0.0,
-                     s_noise=0.0, noise=None):
-    """DPM-Solver++(2M/3M) in data form. With ``eta > 0`` it is the SDE variant (Lu et al. 2022;
-    k-diffusion's 2M/3M SDE): the linear part becomes ``(s'/s) e^{-eta h} x - E(-H) D`` with
-    ``H = (1 + eta) h``, and ``s' sqrt(-E(-2 eta h)) z`` is added."""
-    if solver_type not in ("midpoint", "taylor"):
-        raise ValueError(f"solver_type must be 'midpoint' or 'taylor'; got {solver_type!r}")
+    check_choice("dpmpp_3m", "coefficients", coefficients, ("exact", "official"))
+    c3 = 2.0 if coefficients == "exact" else 1.0
     n = len(sigmas) - 1
-    hist: list = []  # (lambda, D) of earlier points, newest last
+    d_prev = d_prev2 = h_last = h_last2 = None
     for i, (s, s_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
         d = D(x, s)
         emit(callback, i, x, s, d)
-        p = multistep_order(order, i, n, s_next, lower_order_final)
-        if s_next == 0:
-            x_next = d
+        order = multistep_order(3, i, n, s_next, lower_order_final)
+        if order == 3:
+            x = dpmpp_3m_step(x, s, s_next, d, d_prev, d_prev2, h_last, h_last2, c3)
         else:
-            h = lam(s_next) - lam(s)
-            H = (1 + eta) * h
-            x_next = (s_next / s) * math.exp(-eta * h) * x - E(-H) * d
-            if p >= 2:
-                r0 = (lam(s) - hist[-1][0]) / h
-                d1_0 = (d - hist[-1][1]) / r0
-            if p == 2:
-                x_next = x_next - E(-H) / 2 * d1_0 if solver_type == "midpoint" else x_next + (E(-H) / H + 1) * d1_0
-            elif p == 3:
-                r1 = (hist[-1][0] - hist[-2][0]) / h
-                d1_1 = (hist[-1][1] - hist[-2][1]) / r1
-                d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
-                d2 = (d1_0 - d1_1) / (r0 + r1)
-                phi_2 = E(-H) / H + 1
-                phi_3 = phi_2 / H - 0.5
-                x_next = x_next + phi_2 * d1 - c3 * phi_3 * d2
-            if eta > 0 and s_noise > 0:
-                x_next = x_next + s_noise * s_next * math.sqrt(-E(-2 * eta * h)) * noise(s, s_next)
-        hist = (hist + [(lam(s), d)])[-2:]
-        x = x_next
+            x = dpmpp_2m_step(x, s, s_next, d, d_prev if order == 2 else None, h_last)
+        d_prev, d_prev2, h_last, h_last2 = d, d_prev, lam(s_next) - lam(s), h_last
     return x

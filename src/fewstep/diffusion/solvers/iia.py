@@ -23,9 +23,10 @@ fine target is ``M`` sub-steps of the base solver, uniform in ``lambda`` (to ``s
 from __future__ import annotations
 
 import math
-from typing import Any
 
 from fewstep.diffusion.solvers._core import ddim_step, emit, lam, multistep_order, register
+from fewstep.diffusion.solvers.basic import heun_step
+from fewstep.diffusion.solvers.dpm import dpmpp_2m_step
 
 __all__ = ["iia_ddim", "iia_dpmpp_2m", "iia_heun"]
 
@@ -33,35 +34,30 @@ BASES = {"iia_ddim": "ddim", "iia_dpmpp_2m": "dpmpp_2m", "iia_heun": "heun"}
 N_TERMS = 2
 
 
-def _base_step(D, base: str, x, s: float, s_next: float, d, prev: list, i: int, n: int):
-    """The base solver's step and the IIA differences ``[delta_0, delta_1]`` (``None`` where missing);
-    ``prev`` holds ``(lambda, D)`` of earlier points, newest first."""
+def _base_step(D, base: str, x, s: float, s_next: float, d, d_prev, d_prev2, h_last, second: bool):
+    """The base solver's step (the solvers' own step functions) and the IIA differences ``[delta_0, delta_1]``
+    (``None`` where missing); ``d_prev``, ``d_prev2`` are the two earlier outputs, ``h_last`` the last step
+    in lambda, and ``second`` whether DPM-Solver++(2M) takes its second-order step."""
+    older = d - d_prev if d_prev is not None else None
     if base == "heun":
-        older = d - prev[0][1] if prev else None
-        if s_next == 0:
-            return d, [None, older]
-        d_cur = (x - d) / s
-        x_euler = x + (s_next - s) * d_cur
-        d2 = D(x_euler, s_next)
-        return x + (s_next - s) * 0.5 * (d_cur + (x_euler - d2) / s_next), [d2 - d, older]
-    deltas = [d - prev[0][1] if prev else None, prev[0][1] - prev[1][1] if len(prev) > 1 else None]
-    x_ddim = ddim_step(x, s, s_next, d)
-    if base == "ddim" or multistep_order(2, i, n, s_next, True) == 1:
-        return x_ddim, deltas
-    # DPM-Solver++(2M), midpoint form: x' = (s'/s) x - E(-h) [(1 + 1/(2 r0)) D_i - D_{i-1} / (2 r0)]
-    r0 = (lam(s) - prev[0][0]) / (lam(s_next) - lam(s))
-    return x_ddim + (1 - s_next / s) / (2 * r0) * deltas[0], deltas
+        x_next, d_euler = heun_step(D, x, s, s_next, d)
+        return x_next, [d_euler - d if d_euler is not None else None, older]
+    deltas = [older, d_prev - d_prev2 if d_prev2 is not None else None]
+    if base == "ddim":
+        return ddim_step(x, s, s_next, d), deltas
+    return dpmpp_2m_step(x, s, s_next, d, d_prev if second else None, h_last), deltas
 
 
 def run_iia(D, x, sigmas, base: str, coefficients, callback=None, fit=None):
     """Run the base solver with IIA terms; while fitting, ``fit(i, x, s, s_next, x_base, deltas) -> row``
     supplies each step's coefficients."""
     n = len(sigmas) - 1
-    hist: list[tuple[float, Any]] = []  # (lambda, D) of earlier points, newest last
+    d_prev = d_prev2 = h_last = None
     for i, (s, s_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
         d = D(x, s)
         emit(callback, i, x, s, d)
-        x_next, deltas = _base_step(D, base, x, s, s_next, d, hist[::-1], i, n)
+        second = multistep_order(2, i, n, s_next, True) == 2
+        x_next, deltas = _base_step(D, base, x, s, s_next, d, d_prev, d_prev2, h_last, second)
         row = fit(i, x, s, s_next, x_next, deltas) if fit is not None else coefficients[i]
         for k, (c, delta) in enumerate(zip(row, deltas)):
             if c and delta is None:
@@ -69,7 +65,7 @@ def run_iia(D, x, sigmas, base: str, coefficients, callback=None, fit=None):
                                  "at this step; it must be 0")
             if c:
                 x_next = x_next + c * delta
-        hist = (hist + [(lam(s), d)])[-2:]
+        d_prev, d_prev2, h_last = d, d_prev, lam(s_next) - lam(s)
         x = x_next
     return x
 

@@ -13,9 +13,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fewstep.diffusion.schedules import as_list, karras
-from fewstep.diffusion.solvers._core import register
+from fewstep.diffusion.solvers._core import check_nonnegative, register
 from fewstep.diffusion.solvers.basic import heun
-from fewstep.diffusion.solvers.stochastic import check_nonnegative
 
 DEFAULT_RESTARTS = ((3, 2, 0.06, 0.30),)  # the README's example: [N_restart, K, t_min, t_max]
 

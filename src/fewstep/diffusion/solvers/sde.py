@@ -10,20 +10,18 @@ import math
 
 import numpy as np
 
-from fewstep.diffusion.solvers._core import check_order, emit, gauss_legendre, lam, phi, register
-from fewstep.diffusion.solvers.stochastic import check_choice, check_nonnegative
+from fewstep.diffusion.solvers._core import (
+    check_choice,
+    check_nonnegative,
+    check_order,
+    emit,
+    exp_weights,
+    lam,
+    quad,
+    register,
+)
 
 E = math.expm1
-
-
-def exp_weights(nodes: list[float], h: float, c: float) -> np.ndarray:
-    """``b`` with ``sum_j b_j D_j = c int_0^h e^{-c(h-v)} P(v) dv``, ``P`` the polynomial through ``(nodes_j, D_j)``.
-
-    ``v = lambda - lambda_s``. The moments are ``c int_0^h e^{-c(h-v)} v^k dv = c k! h^(k+1) phi_{k+1}(-c h)``,
-    and ``b`` solves ``sum_j b_j nodes_j^k = m_k`` (exact for every polynomial of degree < len(nodes)).
-    """
-    m = [c * math.factorial(k) * h ** (k + 1) * phi(k + 1, -c * h) for k in range(len(nodes))]
-    return np.linalg.solve(np.vander(np.asarray(nodes, dtype=np.float64), increasing=True).T, np.asarray(m))
 
 
 @register("sa_solver", order=3, stochastic=True,
@@ -34,7 +32,7 @@ def exp_weights(nodes: list[float], h: float, c: float) -> np.ndarray:
 def sa_solver(D, x, sigmas, *, callback=None, noise=None, predictor_order: int = 3, corrector_order: int = 4,
               tau: float = 1.0, S_min: float = 0.0, S_max: float = math.inf):
     """Stochastic Adams predictor-corrector in data form, ``c = 1 + tau^2``:
-    ``x' = e^{-c h} x + sum_j b_j D_j + s' sqrt(1 - e^{-2 tau^2 h}) z``, ``b = exp_weights(past lambdas, h, c)``.
+    ``x' = e^{-c h} x + sum_j b_j D_j + s' sqrt(1 - e^{-2 tau^2 h}) z``, ``b = exp_weights(past lambdas, h, c)`` (``_core``).
 
     The corrector (Adams-Moulton, ``corrector_order`` points including the new one; 0 = off) redoes
     the step with ``D`` at the predicted point and the same ``z``; that ``D`` is kept for the next step,
@@ -47,27 +45,28 @@ def sa_solver(D, x, sigmas, *, callback=None, noise=None, predictor_order: int =
     check_nonnegative("sa_solver", tau=tau)
     if not S_min <= S_max:
         raise ValueError(f"solver 'sa_solver' needs S_min <= S_max; got S_min={S_min!r}, S_max={S_max!r}")
-    hist: list = []  # (lambda, D), newest last
+    keep = max(predictor_order, corrector_order, 1)
+    lams: list[float] = []  # lambdas and model values of the earlier points, newest first
+    ds: list = []
     last = None  # (x, lambda, h, c, noise term) of the step that led to the current state
     for i, (s, s_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
         d = D(x, s)
-        if last is not None and corrector_order > 0:
+        if last is not None and corrector_order > 0:  # Adams-Moulton: redo the last step with the new point
             x_prev, lam_prev, h, c, z_term = last
-            pts = [(lam(s), d)] + hist[::-1][:corrector_order - 1]
-            b = exp_weights([p[0] - lam_prev for p in pts], h, c)
-            x = math.exp(-c * h) * x_prev + sum(float(bj) * p[1] for bj, p in zip(b, pts)) + z_term
+            nodes, values = [lam(s)] + lams[:corrector_order - 1], [d] + ds[:corrector_order - 1]
+            b = exp_weights([lm - lam_prev for lm in nodes], h, c)
+            x = math.exp(-c * h) * x_prev + sum(float(bj) * dj for bj, dj in zip(b, values)) + z_term
         emit(callback, i, x, s, d)
-        hist = (hist + [(lam(s), d)])[-max(predictor_order, corrector_order, 1):]
+        lams, ds = ([lam(s)] + lams)[:keep], ([d] + ds)[:keep]
         if s_next == 0:
             x = d
             continue
         tau2 = tau * tau if S_min <= s <= S_max else 0.0
         h, c = lam(s_next) - lam(s), 1 + tau2
-        pts = hist[::-1][:predictor_order]
-        b = exp_weights([p[0] - lam(s) for p in pts], h, c)
+        b = exp_weights([lm - lam(s) for lm in lams[:predictor_order]], h, c)  # Adams-Bashforth predictor
         z_term = s_next * math.sqrt(-E(-2 * tau2 * h)) * noise(s, s_next) if tau2 > 0 else 0.0
         last = (x, lam(s), h, c, z_term)
-        x = math.exp(-c * h) * x + sum(float(bj) * p[1] for bj, p in zip(b, pts)) + z_term
+        x = math.exp(-c * h) * x + sum(float(bj) * dj for bj, dj in zip(b, ds)) + z_term
     return x
 
 
@@ -78,12 +77,9 @@ NOISE_SCALES = {
 }
 
 
-def _integral(f, a: float, b: float, n: int = 16) -> float:
-    """``int_a^b f(t) dt`` for ``0 < a < b`` by Gauss-Legendre in ``log t`` (smooth for ``f ~ 1/t``)."""
-    xg, wg = gauss_legendre(n)
-    u = 0.5 * (math.log(b) - math.log(a)) * xg + 0.5 * (math.log(b) + math.log(a))
-    t = np.exp(u)
-    return float(0.5 * (math.log(b) - math.log(a)) * np.dot(wg, np.array([f(v) for v in t]) * t))
+def _integral(f, a: float, b: float) -> float:
+    """``int_a^b f(t) dt`` for ``0 < a < b``, by 16-point Gauss-Legendre in ``u = log t`` (smooth for ``f ~ 1/t``)."""
+    return float(quad(lambda u: np.array([f(t) for t in np.exp(u)]) * np.exp(u), math.log(a), math.log(b)))
 
 
 @register("er_sde", order=3, stochastic=True, paper="Cui et al., Elucidating the solution space of extended reverse-time SDE for diffusion models, "
@@ -103,11 +99,11 @@ def er_sde(D, x, sigmas, *, callback=None, noise=None, order: int = 3, noise_sca
     check_choice("er_sde", "noise_scale", noise_scale, tuple(NOISE_SCALES))
     check_choice("er_sde", "coefficients", coefficients, ("exact", "official"))
     fs = NOISE_SCALES[noise_scale]
-    hist: list = []  # (sigma, D, D'), newest last
+    s_prev = s_prev2 = d_prev = slope_prev = None  # the two earlier sigmas, and D and D' at the last one
     for i, (s, s_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
         d = D(x, s)
         emit(callback, i, x, s, d)
-        slope = (d - hist[-1][1]) / (s - hist[-1][0]) if hist else None
+        slope = (d - d_prev) / (s - s_prev) if s_prev is not None else None
         if s_next == 0:
             x = d
         else:
@@ -115,10 +111,10 @@ def er_sde(D, x, sigmas, *, callback=None, noise=None, order: int = 3, noise_sca
             x_next = r * x + (1 - r) * d
             if order >= 2 and slope is not None:
                 d1 = slope
-                if order >= 3 and len(hist) >= 2:
-                    d2 = 2 * (slope - hist[-1][2]) / (s - hist[-2][0])
+                if order >= 3 and s_prev2 is not None:
+                    d2 = 2 * (slope - slope_prev) / (s - s_prev2)
                     if coefficients == "exact":
-                        d1 = slope + (s - hist[-1][0]) * d2 / 2
+                        d1 = slope + (s - s_prev) * d2 / 2
                     i2 = _integral(lambda t: (t - s) / fs(t), s_next, s)
                     x_next = x_next + ((s_next - s) ** 2 / 2 + fs(s_next) * i2) * d2
                 x_next = x_next + (s_next - s + fs(s_next) * _integral(lambda t: 1 / fs(t), s_next, s)) * d1
@@ -126,5 +122,5 @@ def er_sde(D, x, sigmas, *, callback=None, noise=None, order: int = 3, noise_sca
             if var > 1e-12 * s_next**2:  # phi = sigma (the ODE) adds no noise
                 x_next = x_next + math.sqrt(var) * noise(s, s_next)
             x = x_next
-        hist = (hist + [(s, d, slope)])[-2:]
+        s_prev, s_prev2, d_prev, slope_prev = s, s_prev, d, slope
     return x

@@ -14,9 +14,17 @@ from __future__ import annotations
 
 import math
 
-from fewstep.diffusion.solvers._core import ddim_step, emit, lam, register
+from fewstep.diffusion.solvers._core import (
+    check_choice,
+    check_nonnegative,
+    ddim_step,
+    emit,
+    lam,
+    multistep_order,
+    register,
+)
 from fewstep.diffusion.solvers.basic import heun
-from fewstep.diffusion.solvers.dpm import _dpmpp_multistep
+from fewstep.diffusion.solvers.dpm import dpmpp_2m_step, dpmpp_3m_step
 
 E = math.expm1
 
@@ -28,18 +36,6 @@ def ancestral_split(s: float, s_next: float, eta: float) -> tuple[float, float]:
         return s_next, 0.0
     s_up = min(s_next, eta * s_next * math.sqrt(max(0.0, 1 - (s_next / s) ** 2)))
     return math.sqrt(s_next**2 - s_up**2), s_up
-
-
-def check_nonnegative(name: str, **values: float) -> None:
-    bad = {k: v for k, v in values.items() if not (isinstance(v, (int, float)) and v >= 0)}
-    if bad:
-        raise ValueError(f"solver {name!r} needs {', '.join(values)} >= 0; got "
-                         + ", ".join(f"{k}={v!r}" for k, v in bad.items()))
-
-
-def check_choice(name: str, option: str, value, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ValueError(f"solver {name!r}: {option} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
 
 
 def split_increment(noise, s: float, s_mid: float, s_next: float):
@@ -148,8 +144,18 @@ def dpmpp_2m_sde(D, x, sigmas, *, callback=None, noise=None, eta: float = 1.0, s
                  lower_order_final: bool = True, solver_type: str = "midpoint"):
     """``x' = (s'/s) e^{-eta h} x - E(-H) D_i - E(-H)/(2r) (D_i - D_{i-1}) + s' sqrt(-E(-2 eta h)) z``,
     ``H = (1 + eta) h``; ``solver_type="taylor"`` uses ``(E(-H)/H + 1)/r (D_i - D_{i-1})`` instead."""
+    check_nonnegative("dpmpp_2m_sde", eta=eta, s_noise=s_noise)
     check_choice("dpmpp_2m_sde", "solver_type", solver_type, ("midpoint", "taylor"))
-    return _multistep_sde(D, x, sigmas, 2, callback, noise, eta, s_noise, lower_order_final, solver_type, 2.0)
+    n = len(sigmas) - 1
+    d_prev = h_last = None
+    for i, (s, s_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+        d = D(x, s)
+        emit(callback, i, x, s, d)
+        second = multistep_order(2, i, n, s_next, lower_order_final) == 2
+        x_next = dpmpp_2m_step(x, s, s_next, d, d_prev if second else None, h_last, solver_type, eta)
+        x = x_next + _sde_noise(noise, s, s_next, eta, s_noise)
+        d_prev, h_last = d, lam(s_next) - lam(s)
+    return x
 
 
 @register("dpmpp_3m_sde", order=3, stochastic=True,
@@ -160,12 +166,26 @@ def dpmpp_3m_sde(D, x, sigmas, *, callback=None, noise=None, eta: float = 1.0, s
     """``x' = e^{-H} x - E(-H) D_i + phi2 d1 - c phi3 d2 + noise`` with ``phi2 = E(-H)/H + 1``,
     ``phi3 = phi2/H - 1/2`` and the divided differences ``d1, d2`` of ``dpmpp_3m`` (``c = 2``, exact;
     k-diffusion's ``c = 1``). Warm-up orders 1, 2 (midpoint)."""
+    check_nonnegative("dpmpp_3m_sde", eta=eta, s_noise=s_noise)
     check_choice("dpmpp_3m_sde", "coefficients", coefficients, ("exact", "official"))
     c3 = 2.0 if coefficients == "exact" else 1.0
-    return _multistep_sde(D, x, sigmas, 3, callback, noise, eta, s_noise, lower_order_final, "midpoint", c3)
+    n = len(sigmas) - 1
+    d_prev = d_prev2 = h_last = h_last2 = None
+    for i, (s, s_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
+        d = D(x, s)
+        emit(callback, i, x, s, d)
+        order = multistep_order(3, i, n, s_next, lower_order_final)
+        if order == 3:
+            x_next = dpmpp_3m_step(x, s, s_next, d, d_prev, d_prev2, h_last, h_last2, c3, eta)
+        else:
+            x_next = dpmpp_2m_step(x, s, s_next, d, d_prev if order == 2 else None, h_last, eta=eta)
+        x = x_next + _sde_noise(noise, s, s_next, eta, s_noise)
+        d_prev, d_prev2, h_last, h_last2 = d, d_prev, lam(s_next) - lam(s), h_last
+    return x
 
 
-def _multistep_sde(D, x, sigmas, order, callback, noise, eta, s_noise, lower_order_final, solver_type, c3):
-    check_nonnegative(f"dpmpp_{order}m_sde", eta=eta, s_noise=s_noise)
-    return _dpmpp_multistep(D, x, sigmas, order, callback, lower_order_final, solver_type, c3,
-                            eta=eta, s_noise=s_noise, noise=noise)
+def _sde_noise(noise, s: float, s_next: float, eta: float, s_noise: float):
+    """The SDE family's noise ``s_noise s' sqrt(-E(-2 eta h)) z`` (0 on the step to sigma = 0 or without noise)."""
+    if s_next == 0 or eta == 0 or s_noise == 0:
+        return 0.0
+    return s_noise * s_next * math.sqrt(-E(-2 * eta * (lam(s_next) - lam(s)))) * noise(s, s_next)

@@ -6,26 +6,26 @@ import math
 
 import numpy as np
 
-from fewstep.diffusion.solvers._core import check_order, ddim_step, emit, lam, multistep_order, phi, register
+from fewstep.diffusion.solvers._core import check_order, ddim_step, emit, exp_weights, lam, multistep_order, register
 
 
 def unipc_coefficients(rks: list[float], h: float, variant: str) -> tuple[float, np.ndarray, np.ndarray]:
     """``B(h)``, the predictor weights ``a`` and the corrector weights ``c`` (Zhao et al., Sec. 3).
 
-    ``rks`` are ``r_m = (lambda_m - lambda_s) / h`` of the past points followed by ``1``;
-    ``b_k = hh phi_{k+1}(hh) k! / B(h)`` with ``hh = -h``, ``R[k, m] = r_m^k``. As in the official
-    code, order-2 prediction and order-1 correction use the weight 1/2.
+    ``rks`` are ``r_m = (lambda_m - lambda_s) / h`` of the past points followed by ``1``. The paper's
+    conditions ``sum_m c_m r_m^(k-1) = -h phi_{k+1}(-h) k! / B(h)`` (``k = 1..p``) say that ``-B c_m / r_m``
+    is the weight ``w_m`` of ``D_m`` in the exact data-form step through ``D_s`` and the ``D_m``, so
+    ``c_m = -w_m r_m / B`` with ``w = exp_weights`` (the predictor: the same without the new point ``r = 1``).
+    As in the official code, order-2 prediction and order-1 correction use the weight 1/2.
     """
-    p = len(rks)
-    hh = -h
-    B = hh if variant == "bh1" else math.expm1(hh)
-    b = np.array([hh * phi(k + 1, hh) * math.factorial(k) / B for k in range(1, p + 1)])
-    R = np.array([[r**k for r in rks] for k in range(p)])
-    if p == 1:
-        a, c = np.zeros(0), np.array([0.5])
+    B = -h if variant == "bh1" else math.expm1(-h)
+    r = np.asarray(rks, dtype=np.float64)
+    nodes = np.concatenate([[0.0], r * h])
+    c = np.array([0.5]) if r.size == 1 else -exp_weights(nodes, h)[1:] * r / B
+    if r.size <= 2:
+        a = np.array([0.5])[: r.size - 1]
     else:
-        a = np.array([0.5]) if p == 2 else np.linalg.solve(R[:-1, :-1], b[:-1])
-        c = np.linalg.solve(R, b)
+        a = -exp_weights(nodes[:-1], h)[1:] * r[:-1] / B
     return B, a, c
 
 

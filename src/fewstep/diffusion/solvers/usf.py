@@ -8,7 +8,7 @@ Liu et al., *A Unified Sampling Framework for Solver Searching of Diffusion Prob
 - ``prediction="noise"``: ``x' = x + int_s^{s'} eps(lambda(sigma)) dsigma`` with ``eps = (x - D) / sigma``
   interpolated the same way.
 
-Both are the exact integrals of the interpolant, written with the phi-functions of ``_core``; order 1
+Both are the exact integrals of the interpolant (``_core.exp_weights``, data and noise form); order 1
 is DDIM in both forms. The corrector is USF's free pseudo-corrector (UniC's idea, arXiv 2302.04867): the
 evaluation at the predicted state, which the next step needs anyway, is added as one more node and
 the step is recomputed from the same start. USF's relaxed derivative estimate scales the terms beyond
@@ -19,58 +19,31 @@ USF's ``average_x0`` starting point (``first_x0``).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
-from numpy.polynomial import polynomial as P
 
-from fewstep.diffusion.solvers._core import ddim_step, emit, lam, phi, register
+from fewstep.diffusion.solvers._core import ddim_step, emit, exp_weights, lam, register
 
 PREDICTIONS = ("data", "noise")
 MAX_ORDER = 3
 
 
-def weights(lams: Sequence[float], s: float, s_next: float, prediction: str) -> np.ndarray:
-    """Weights ``w_j`` of the exact step ``x' = a x + sum_j w_j v_j`` for the Lagrange interpolant in
-    ``lambda`` through ``lams[j]`` (``lams[0]`` the current point), ``v = D`` or ``eps``.
-
-    Writing ``l_j(lambda) = sum_k c_jk (lambda - lambda_s)^k``, the data form integrates
-    ``s' int e^lambda (lambda - lambda_s)^k = k! h^(k+1) phi_{k+1}(-h)`` and the noise form
-    ``-s int_0^h e^-tau tau^k = -s k! h^(k+1) e^-h phi_{k+1}(h)`` (``= -s k!`` at ``h = inf``).
-    """
-    lam_s = lams[0]
-    h = lam(s_next) - lam_s
-    taus = np.asarray(lams, dtype=np.float64) - lam_s
-    moments = []
-    for k in range(len(taus)):
-        if prediction == "data":
-            moments.append(math.factorial(k) * h ** (k + 1) * phi(k + 1, -h))
-        elif math.isinf(h):
-            moments.append(-s * math.factorial(k))
-        else:
-            moments.append(-s * math.factorial(k) * h ** (k + 1) * math.exp(-h) * phi(k + 1, h))
-    w = np.empty(len(taus))
-    for j in range(len(taus)):
-        others = np.delete(taus, j)
-        c = P.polyfromroots(others) / np.prod(taus[j] - others)  # l_j in powers of (lambda - lambda_s)
-        w[j] = float(np.dot(c, moments))
-    return w
-
-
 def step(x, s: float, s_next: float, nodes: Sequence[tuple[float, object, object]], prediction: str,
          relax: float = 0.0):
-    """One step from ``(x, s)`` to ``s'`` with the interpolant through ``nodes = [(lambda, D, eps), ...]``
-    (the first node is the current point). The part beyond the DDIM step is scaled by ``1 + relax``."""
+    """One step from ``(x, s)`` to ``s'`` with the interpolant in ``lambda`` through ``nodes = [(lambda, D, eps), ...]``
+    (the first node is the current point), integrated exactly by ``exp_weights``: data form
+    ``x' = (s'/s) x + sum_j w_j D_j``, noise form ``x' = x - s sum_j w_j eps_j``. The part beyond the DDIM
+    step is scaled by ``1 + relax``."""
     first = ddim_step(x, s, s_next, nodes[0][1])
     if len(nodes) == 1:
         return first
-    w = weights([n[0] for n in nodes], s, s_next, prediction)
+    v = [lm - nodes[0][0] for lm, _, _ in nodes]
+    h = lam(s_next) - nodes[0][0]
     if prediction == "data":
-        full = (s_next / s) * x + sum(float(wj) * n[1] for wj, n in zip(w, nodes))
+        full = (s_next / s) * x + sum(float(wj) * d for wj, (_, d, _) in zip(exp_weights(v, h), nodes))
     else:
-        full = x + sum(float(wj) * n[2] for wj, n in zip(w, nodes))
+        full = x + sum(float(-s * wj) * eps for wj, (_, _, eps) in zip(exp_weights(v, h, form="noise"), nodes))
     return full if relax == 0 else first + (1 + relax) * (full - first)
 
 
