@@ -47,7 +47,7 @@ def main() -> None:
     from fewstep.bench.harness import BenchSpec, run_bench, solver_overhead
     from fewstep.bench.peers import peer_rows
     from fewstep.bench.report import markdown_table, plot_quality
-    from fewstep.commands._args import parse_seeds
+    from fewstep.commands.args import parse_seeds
     from fewstep.models import list_models
 
     models = [m for m in args.models.split(",") if m in list_models()]

@@ -29,7 +29,7 @@ TUNED = (("ems", "dpm_solver_v3"), ("dc", "unipc_dc"), ("dc", "dpmpp_2m_dc"), ("
 
 def untuned_rows(model, nfe: int, seeds: list[int]) -> dict[str, dict]:
     from fewstep.diffusion.sampling import sample
-    from fewstep.diffusion.tune._tuning import start_sigma
+    from fewstep.diffusion.schedules import start_sigma
     from fewstep.evaluation import DataReference, compute_metrics
     from fewstep.evaluation.references import reference_samples
 

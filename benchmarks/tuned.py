@@ -365,7 +365,7 @@ def main() -> None:
     import torch
 
     from fewstep.bench.recipes import recipe_rows
-    from fewstep.commands._args import parse_ints, parse_seeds
+    from fewstep.commands.args import parse_ints, parse_seeds
     from fewstep.models import list_models
 
     torch.set_num_threads(args.threads)

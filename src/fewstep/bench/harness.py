@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 
-from fewstep._seeds import EVAL_SEEDS
 from fewstep._version import __version__
 from fewstep.bench.distributed import is_main, sharded
 from fewstep.diffusion.denoiser import CountingDenoiser, Denoiser
@@ -25,6 +24,7 @@ from fewstep.diffusion.schedules import SIGMA_CAP, get_sigmas
 from fewstep.diffusion.solvers import get_solver
 from fewstep.evaluation import DataReference, compute_metrics, reference_samples
 from fewstep.models import load_model
+from fewstep.seeds import EVAL_SEEDS
 
 
 @dataclass

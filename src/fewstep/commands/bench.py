@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from fewstep._seeds import EVAL_SEEDS, seed_text
+from fewstep.seeds import EVAL_SEEDS, seed_text
 
 
 def add_parser(sub) -> None:
@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from fewstep.bench.harness import BenchSpec, run_bench
-    from fewstep.commands._args import claim_outputs, parse_ints, parse_names, parse_seeds
+    from fewstep.commands.args import claim_outputs, parse_ints, parse_names, parse_seeds
     from fewstep.diffusion.schedules import list_schedules
     from fewstep.diffusion.solvers import SOLVERS
     from fewstep.evaluation import METRICS

@@ -35,7 +35,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from fewstep.commands._args import claim_outputs, parse_seeds
+    from fewstep.commands.args import claim_outputs, parse_seeds
 
     recipe = _resolve_recipe(args)
     seeds = parse_seeds(args.seeds)

@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from fewstep._seeds import EVAL_SEEDS, TUNE_SEEDS, seed_text
+from fewstep.seeds import EVAL_SEEDS, TUNE_SEEDS, seed_text
 
 
 def add_parser(sub) -> None:
@@ -72,7 +72,7 @@ def parse_options(items: list[str], fn) -> dict:
 
 
 def run(args) -> int:
-    from fewstep.commands._args import claim_outputs, parse_seeds
+    from fewstep.commands.args import claim_outputs, parse_seeds
 
     module = load_method(args.method)
     options = parse_options(args.option, module.tune)

@@ -15,7 +15,6 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from fewstep._seeds import EVAL_SEEDS, seed_text
 from fewstep._version import __version__
 from fewstep.diffusion.denoiser import Denoiser, model_hash
 from fewstep.diffusion.noise import seeded_noise
@@ -24,6 +23,7 @@ from fewstep.diffusion.sampling import plan_steps, sample, solve
 from fewstep.diffusion.schedules import check_sigmas, get_sigmas, karras, start_sigma
 from fewstep.diffusion.solvers import get_solver
 from fewstep.evaluation import DataReference, compute_metrics, reference_samples
+from fewstep.seeds import EVAL_SEEDS, seed_text
 
 REF_BLOCK = 128  # tuning seeds per cached block of reference solutions
 # Tolerance of the tuning seeds' reference solutions: they differ from the benchmark's (rtol 1e-6) by

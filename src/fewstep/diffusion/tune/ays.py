@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from fewstep._seeds import EVAL_SEEDS, TUNE_SEEDS
 from fewstep.diffusion.schedules import check_sigmas
 from fewstep.diffusion.tune import _tuning as T
+from fewstep.seeds import EVAL_SEEDS, TUNE_SEEDS
 
 Tensor = torch.Tensor
 

@@ -11,11 +11,11 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from fewstep._seeds import EVAL_SEEDS, TUNE_SEEDS
 from fewstep.diffusion.sampling import solve
 from fewstep.diffusion.solvers.dc import BASES, cpr_features
 from fewstep.diffusion.tune import _measure as M
 from fewstep.diffusion.tune import _tuning as T
+from fewstep.seeds import EVAL_SEEDS, TUNE_SEEDS
 
 __all__ = ["fit_cpr", "fit_ratios", "tune"]
 

@@ -38,7 +38,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from fewstep._seeds import EVAL_SEEDS, TUNE_SEEDS
 from fewstep.diffusion.denoiser import model_hash
 from fewstep.diffusion.recipe import Recipe
 from fewstep.diffusion.sampling import sample
@@ -47,6 +46,7 @@ from fewstep.diffusion.tune import _measure as M
 from fewstep.diffusion.tune import _tuning as T
 from fewstep.evaluation.references import cache_dir
 from fewstep.models.digits_data import digits_data
+from fewstep.seeds import EVAL_SEEDS, TUNE_SEEDS
 
 __all__ = ["EMS", "compute_ems", "gauss_ems", "keep", "tune"]
 

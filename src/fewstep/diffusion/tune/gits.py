@@ -20,10 +20,10 @@ from collections.abc import Sequence
 
 import torch
 
-from fewstep._seeds import EVAL_SEEDS, TUNE_SEEDS
 from fewstep.diffusion.denoiser import Denoiser
 from fewstep.diffusion.sampling import seeded_noise, solve
 from fewstep.diffusion.tune import _tuning as T
+from fewstep.seeds import EVAL_SEEDS, TUNE_SEEDS
 
 Tensor = torch.Tensor
 

@@ -11,12 +11,12 @@ import time
 import torch
 from tqdm import tqdm
 
-from fewstep._seeds import EVAL_SEEDS, TUNE_SEEDS
 from fewstep.diffusion.reference import reference_solution
 from fewstep.diffusion.sampling import solve
 from fewstep.diffusion.solvers.iia import BASES, N_TERMS, run_iia
 from fewstep.diffusion.tune import _measure as M
 from fewstep.diffusion.tune import _tuning as T
+from fewstep.seeds import EVAL_SEEDS, TUNE_SEEDS
 
 __all__ = ["fit_coefficients", "tune"]
 

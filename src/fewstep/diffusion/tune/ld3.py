@@ -36,13 +36,13 @@ from typing import Any
 
 import torch
 
-from fewstep._seeds import EVAL_SEEDS, TUNE_SEEDS
 from fewstep.diffusion.recipe import as_recipe
 from fewstep.diffusion.sampling import plan_steps
 from fewstep.diffusion.schedules import get_sigmas
 from fewstep.diffusion.solvers import SOLVERS
 from fewstep.diffusion.solvers.learned import linear_form, run_form
 from fewstep.diffusion.tune import _tuning as T
+from fewstep.seeds import EVAL_SEEDS, TUNE_SEEDS
 
 Tensor = torch.Tensor
 __all__ = ["as_learned", "base_candidates", "pick_base", "recipe_start", "tune"]

@@ -26,10 +26,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from fewstep._seeds import EVAL_SEEDS, TUNE_SEEDS
 from fewstep.diffusion.solvers.usf import MAX_ORDER, PREDICTIONS
 from fewstep.diffusion.tune import _tuning as T
 from fewstep.diffusion.tune.ays import loglinear_interp
+from fewstep.seeds import EVAL_SEEDS, TUNE_SEEDS
 
 
 @dataclass(frozen=True)

@@ -1,33 +1,12 @@
-"""Argument parsing shared by the subcommands: seed ranges, name lists, output paths."""
+"""Argument parsing shared by the subcommands: name lists, integer lists, output paths (seed ranges:
+``fewstep.seeds.parse_seeds``)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
 
-
-def parse_seeds(text: str) -> list[int]:
-    """``"0-63"``, ``"1,5,9"`` or a mix such as ``"0-3,10"``; seeds are non-negative and unique."""
-    seeds: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        try:
-            if "-" in part:
-                a, b = (int(v) for v in part.split("-", 1))
-                if b < a:
-                    raise ValueError(f"the seed range {part!r} is empty: its end is below its start")
-                seeds.extend(range(a, b + 1))
-            else:
-                seeds.append(int(part))
-        except ValueError as exc:
-            if "seed range" in str(exc):
-                raise
-            raise ValueError(f"bad seeds {text!r}: write a range like 0-63, a list like 1,5,9, or a mix") from None
-    if any(s < 0 for s in seeds):
-        raise ValueError(f"seeds must be non-negative; got {text!r}")
-    if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds repeat in {text!r}")
-    return seeds
+from fewstep.seeds import parse_seeds  # noqa: F401  (the subcommands read seeds through here)
 
 
 def parse_names(text: str, valid: Iterable[str], what: str) -> list[str]:
