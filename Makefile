@@ -23,4 +23,5 @@ demo: setup
 	$(VENV)/bin/fewstep sample --out fewstep-out/demo --force
 
 test: setup
+	$(VENV)/bin/ruff check src tests benchmarks scripts
 	$(PY) -m pytest -q -p no:cacheprovider
