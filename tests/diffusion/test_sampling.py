@@ -82,3 +82,11 @@ def test_a_recipe_is_resolved_once_into_its_solver_options_and_sigmas(recipe):
     assert p.solver == "dpmpp_2m" and p.solver_options == {"lower_order_final": False, "solver_type": "midpoint"}
     assert [float(s) for s in p.sigmas] == list(recipe.sigmas)
     assert not math.isinf(float(p.sigmas[0]))
+
+
+def test_afs_from_an_infinite_sigma_max_is_the_zero_limit():
+    """AFS replaces the first evaluation by ``x - sigma x / sqrt(1 + sigma^2)`` (``x = sigma eps``), whose limit
+    at sigma = inf is 0; it used to be inf/inf = NaN there."""
+    counted = CountingDenoiser(fewstep.load_model("digits-flow"))  # rectified flow: sigma_max = inf
+    x = fewstep.sample(counted, solver="ddim", nfe=4, batch=2, afs=True)
+    assert torch.isfinite(x).all() and counted.calls <= 4

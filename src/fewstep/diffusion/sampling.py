@@ -34,6 +34,8 @@ class Evaluator:
     def __call__(self, x: Tensor, sigma: float) -> Tensor:
         if self.afs_pending:
             self.afs_pending = False
+            if math.isinf(sigma):  # the limit of x - sigma x / sqrt(1 + sigma^2) for the state x = sigma eps
+                return torch.zeros_like(x)
             return x - sigma * x / math.sqrt(1 + sigma * sigma)
         self.calls += 1
         out = self.model(x, sigma, self.cond).to(x.dtype)
