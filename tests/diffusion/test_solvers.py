@@ -62,7 +62,7 @@ def measured_order(solver, options, grid, Ns):
 
 @pytest.mark.parametrize("solver,options,grid,order", ORDER_CASES, ids=lambda v: str(v) if not callable(v) else v.__name__)
 def test_order_of_convergence(solver, options, grid, order):
-    # MATH.md: N in 32..256 on a Karras grid, float64, without the final jump to 0. Two documented
+    # docs/math.md: N in 32..256 on a Karras grid, float64, without the final jump to 0. Two documented
     # exceptions: DPM-Solver-3 on a Karras grid has an error that changes sign near N = 100 on
     # Gaussians (pre-asymptotic), so it is measured on its native log-SNR grid; ipndm_v(4) and
     # unipc(3) reach their 4th order only past their low-order warm-up, and the official 3M's

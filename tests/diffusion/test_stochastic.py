@@ -122,7 +122,7 @@ def test_ddpm_posterior_step_is_ancestral_euler_er_sde_and_first_order_sa_solver
 ])
 def test_order_of_the_deterministic_limit(name, opts, order):
     """With the noise off (ER-SDE phi = sigma, SA-Solver tau = 0) the solvers are ODE solvers of the
-    papers' orders (MATH.md: N in 32..256, Karras grid, float64)."""
+    papers' orders (docs/math.md: N in 32..256, Karras grid, float64)."""
     opts = {**opts, **({"noise_scale": "ode"} if name == "er_sde" else {"tau": 0.0})}
     x4 = 80 * torch.randn(16, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     g4 = Gauss(dim=4, mean=torch.tensor([0.5, -1.0, 0.0, 2.0]), std=torch.tensor([0.5, 1.0, 2.0, 0.7]))

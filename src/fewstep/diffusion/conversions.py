@@ -1,4 +1,4 @@
-"""Every prediction-type conversion in one place (MATH.md, "How each prediction type becomes D").
+"""Every prediction-type conversion in one place (docs/math.md, "How each prediction type becomes `D`").
 
 The model space is ``x_t = a x0 + b eps``. ``to_x0`` turns a model output into the denoised
 estimate; ``from_x0`` is its exact inverse (used by integrations and by the round-trip tests).

@@ -3,7 +3,7 @@ their signature) into a fewstep ``Denoiser``, with the noise process read from a
 
 diffusers is never imported here: a scheduler or its config is only read as a mapping.
 
-Supported configs (MATH.md, "Mapping models into sigma space"):
+Supported configs (docs/math.md, "Mapping models into sigma space"):
 
 - discrete-time VP (DDPM, DDIM, PNDM, Euler, DPM-Solver, UniPC, ... configs): ``beta_schedule``
   ``linear`` / ``scaled_linear`` / ``squaredcos_cap_v2`` or ``trained_betas``, ``rescale_betas_zero_snr``,

@@ -1,4 +1,4 @@
-"""Forward noise processes: how a model's own time and scaling map to sigma space (MATH.md table).
+"""Forward noise processes: how a model's own time and scaling map to sigma space (docs/math.md, table).
 
 A process writes the model-space state as ``x_t = a(t) x0 + b(t) eps`` and defines
 ``sigma = b / a``; the sigma-space state is ``x = x_t / a``. Every process here gives
