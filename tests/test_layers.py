@@ -184,3 +184,10 @@ def test_families_load_no_diffusion_module(package):
             "print(bad); raise SystemExit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, f"import {package} loaded {proc.stdout.strip()} {proc.stderr[-2000:]}"
+
+
+def test_the_layer_check_can_fail():
+    assert layer_of("fewstep.diffusion.tune.ld3") == "tune" and layer_of("fewstep.diffusion.sampling") == "driver"
+    assert layer_of("fewstep.diffusion.solvers.dc") == "solvers" and layer_of("fewstep.diffusion") == "diffusion core"
+    assert "tune" not in ALLOWED["driver"] and "driver" not in ALLOWED["solvers"]  # what the old circle did
+    assert "lm" not in ALLOWED["metrics"] and "diffusion core" not in ALLOWED["lm"]  # families stay apart
