@@ -4,11 +4,9 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from fewstep.cli import main
 
@@ -28,7 +26,8 @@ def test_help_and_list(capsys):
 
 
 def test_import_is_light():
-    code = "import sys, fewstep, fewstep.cli; fewstep.cli.build_parser(); print(any(m in sys.modules for m in ('torch', 'diffusers', 'transformers')))"
+    code = ("import sys, fewstep, fewstep.cli; fewstep.cli.build_parser(); "
+            "print(any(m in sys.modules for m in ('torch', 'diffusers', 'transformers')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, check=True)
     assert out.stdout.strip() == "False"
 

@@ -49,7 +49,8 @@ def diffusers_vp_model(scheduler):
 def test_vp_round_trip_at_training_timesteps(name):
     scheduler = diffusers.DDIMScheduler(clip_sample=False, **VP_CONFIGS[name])
     model = from_diffusers(diffusers_vp_model(scheduler), scheduler, shape=(3,))
-    assert model.prediction == {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}[VP_CONFIGS[name]["prediction_type"]]
+    prediction = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}[VP_CONFIGS[name]["prediction_type"]]
+    assert model.prediction == prediction
     ac = scheduler.alphas_cumprod.double()
     for t in (0, 10, 500, 998):
         sigma = float(((1 - ac[t]) / ac[t]).sqrt())
@@ -124,7 +125,8 @@ def test_real_unet_learned_variance_and_call_convention():
     torch.manual_seed(0)
     unet = diffusers.UNet2DModel(sample_size=8, in_channels=2, out_channels=4, block_out_channels=(8, 8),
                                  layers_per_block=1, norm_num_groups=4,
-                                 down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+                                 down_block_types=("DownBlock2D", "DownBlock2D"),
+                                 up_block_types=("UpBlock2D", "UpBlock2D"))
     model = from_diffusers(unet, diffusers.DDPMScheduler(clip_sample=False).config)
     assert model.shape == (2, 8, 8)
     x = torch.randn(2, 2, 8, 8)
@@ -151,6 +153,7 @@ def test_bad_configs():
 
 def test_importing_fewstep_does_not_import_diffusers():
     code = ("import sys, fewstep, fewstep.diffusion, fewstep.integrations; "
-            "from fewstep.diffusion import from_diffusers; from fewstep.integrations import kdiffusion; from fewstep.bench import peers; "
+            "from fewstep.diffusion import from_diffusers; from fewstep.integrations import kdiffusion; "
+            "from fewstep.bench import peers; "
             "assert 'diffusers' not in sys.modules, 'diffusers was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)

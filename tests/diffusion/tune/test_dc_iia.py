@@ -7,13 +7,13 @@ import pytest
 import torch
 
 import fewstep
+from fewstep.diffusion.recipe import Recipe
 from fewstep.diffusion.sampling import solve
 from fewstep.diffusion.schedules import karras
+from fewstep.diffusion.solvers import dc as dc_solvers
 from fewstep.diffusion.tune import _measure as M
 from fewstep.diffusion.tune import _tuning as T
-from fewstep.diffusion.solvers import dc as dc_solvers
 from fewstep.diffusion.tune import dc, iia
-from fewstep.diffusion.recipe import Recipe
 from fewstep.models.exact import ring_gmm
 
 MODEL = ring_gmm()

@@ -9,13 +9,13 @@ import torch
 
 import fewstep
 from fewstep.diffusion.denoiser import Denoiser
+from fewstep.diffusion.recipe import Recipe
 from fewstep.diffusion.sampling import solve
 from fewstep.diffusion.schedules import karras
 from fewstep.diffusion.solvers.dpm_v3 import EMS, as_ems
 from fewstep.diffusion.tune import _measure as M
 from fewstep.diffusion.tune import _tuning as T
 from fewstep.diffusion.tune.ems import CONFIGS, STATISTICS, compute_ems, gauss_ems, tune
-from fewstep.diffusion.recipe import Recipe
 from fewstep.models.exact import Gauss, ring_gmm
 
 GAUSS = Gauss(dim=3, mean=torch.tensor([0.5, -1.0, 2.0]), std=torch.tensor([0.5, 1.0, 2.0]))

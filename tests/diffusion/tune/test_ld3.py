@@ -7,12 +7,12 @@ import torch
 
 import fewstep
 from fewstep.diffusion.denoiser import CountingDenoiser
+from fewstep.diffusion.recipe import Recipe
 from fewstep.diffusion.sampling import solve
 from fewstep.diffusion.schedules import get_sigmas
-from fewstep.diffusion.tune import ld3
 from fewstep.diffusion.solvers.learned import linear_form
+from fewstep.diffusion.tune import ld3
 from fewstep.diffusion.tune._tuning import Predictor, start_sigma
-from fewstep.diffusion.recipe import Recipe
 from fewstep.models.exact import Gauss
 
 TUNE = range(100_000, 100_032)
