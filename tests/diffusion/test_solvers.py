@@ -40,14 +40,14 @@ ORDER_CASES = [
     ("ipndm_v", {"order": 2}, karras, 2), ("ipndm_v", {"order": 3}, karras, 3), ("ipndm_v", {"order": 4}, karras, 4),
     ("ddim_accelerated", {}, karras, 2), ("gradient_estimation", {}, karras, 1),
     # tuned solvers without fitted options: DPM-Solver-v3 on l = 1, s = b = 0 is DPM-Solver++ (taylor 2M,
-    # exact 3M), DC and IIA are their base solvers; fitted options: tests/diffusion/test_tune_*.py
+    # exact 3M), DC and IIA are their base solvers; fitted options: tests/diffusion/tune/test_*.py
     ("dpm_solver_v3", {"corrector": False, "lower_order_final": False}, karras, 3),
     ("dpm_solver_v3", {"order": 2, "corrector": False, "lower_order_final": False}, karras, 2),
     ("unipc_dc", {"lower_order_final": False}, karras, 3), ("dpmpp_2m_dc", {"lower_order_final": False}, karras, 2),
     ("ipndm_dc", {}, karras, 2),
     ("iia_ddim", {}, karras, 1), ("iia_dpmpp_2m", {}, karras, 2), ("iia_heun", {}, karras, 2),
     ("usf", {}, karras, 3),
-    ("learned", {}, karras, 1),  # without coefficients it is DDIM; with them: tests/diffusion/test_tune_ld3.py
+    ("learned", {}, karras, 1),  # without coefficients it is DDIM; with them: tests/diffusion/tune/test_ld3.py
 ]
 
 
