@@ -2,6 +2,8 @@
 on, and the tuning seeds the tuners fit on (disjoint from them, so a tuned sampler is scored on noise it never saw).
 """
 
+from fewstep.limits import MAX_SEEDS
+
 EVAL_SEEDS = range(256)
 TUNE_SEEDS = range(100_000, 100_128)
 
@@ -24,6 +26,8 @@ def parse_seeds(text: str) -> list[int]:
                 a, b = (int(v) for v in part.split("-", 1))
                 if b < a:
                     raise ValueError(f"the seed range {part!r} is empty: its end is below its start")
+                if len(seeds) + (b - a + 1) > MAX_SEEDS:  # checked before the range is expanded
+                    raise ValueError(f"the seed range {part!r} makes more than {MAX_SEEDS:,} seeds (the limit)")
                 seeds.extend(range(a, b + 1))
             else:
                 seeds.append(int(part))
@@ -31,6 +35,8 @@ def parse_seeds(text: str) -> list[int]:
             if "seed range" in str(exc):
                 raise
             raise ValueError(f"bad seeds {text!r}: write a range like 0-63, a list like 1,5,9, or a mix") from None
+    if len(seeds) > MAX_SEEDS:
+        raise ValueError(f"{text!r} gives more than {MAX_SEEDS:,} seeds (the limit)")
     if any(s < 0 for s in seeds):
         raise ValueError(f"seeds must be non-negative; got {text!r}")
     if len(set(seeds)) != len(seeds):

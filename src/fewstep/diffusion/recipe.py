@@ -17,6 +17,7 @@ from typing import Any
 
 from fewstep.diffusion.denoiser import model_hash
 from fewstep.diffusion.solvers import get_solver
+from fewstep.limits import MAX_JSON_DEPTH, MAX_NFE, MAX_RECIPE_BYTES, check_count
 
 RECIPE_VERSION = 1
 METHODS = ("ays", "gits", "dc", "s3", "iia", "ems", "ld3", "manual")
@@ -39,13 +40,13 @@ class Recipe:
     version: int = RECIPE_VERSION
 
     def __post_init__(self):
+        _check_schema(self)
         if self.version != RECIPE_VERSION:
             raise ValueError(f"recipe version {self.version} is not supported; this fewstep reads version "
                              f"{RECIPE_VERSION}")
         if self.method not in METHODS:
             raise ValueError(f"unknown recipe method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if not isinstance(self.nfe, int) or self.nfe < 1:
-            raise ValueError(f"recipe nfe must be a positive integer; got {self.nfe!r}")
+        check_count("recipe nfe", self.nfe, 1, MAX_NFE)
         s = [float(v) for v in self.sigmas]
         if len(s) < 2 or any(math.isnan(v) for v in s) or any(b >= a for a, b in zip(s, s[1:])) or s[-1] < 0:
             raise ValueError(f"recipe sigmas must be a strictly decreasing list ending at >= 0; got {s}")
@@ -60,10 +61,15 @@ class Recipe:
 
     @classmethod
     def from_json(cls, text: str) -> Recipe:
+        if len(text) > MAX_RECIPE_BYTES:
+            raise ValueError(f"a recipe is at most {MAX_RECIPE_BYTES:,} bytes; this one has {len(text):,}")
         try:
             d = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"a recipe must be JSON: {exc}") from None
+        except RecursionError:
+            raise ValueError(f"the recipe's JSON is nested too deeply (the limit is {MAX_JSON_DEPTH})") from None
+        _check_depth(d)
         if not isinstance(d, dict):
             raise ValueError("a recipe must be a JSON object")
         known = set(cls.__dataclass_fields__)
@@ -73,7 +79,8 @@ class Recipe:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown recipe field(s) {sorted(unknown)}; allowed: {sorted(known)}")
-        d["sigmas"] = [math.inf if v == "inf" else v for v in d["sigmas"]]
+        if isinstance(d["sigmas"], list):
+            d["sigmas"] = [math.inf if v == "inf" else v for v in d["sigmas"]]
         return cls(**d)
 
     def save(self, path: str | Path) -> Path:
@@ -86,7 +93,14 @@ class Recipe:
         p = Path(path)
         if not p.is_file():
             raise ValueError(f"no recipe file at {p}")
-        return cls.from_json(p.read_text())
+        if p.stat().st_size > MAX_RECIPE_BYTES:
+            raise ValueError(f"{p} is not a recipe: it has {p.stat().st_size:,} bytes (the limit is "
+                             f"{MAX_RECIPE_BYTES:,})")
+        try:
+            text = p.read_text()
+        except (UnicodeDecodeError, OSError) as exc:
+            raise ValueError(f"cannot read the recipe {p}: {exc}") from None
+        return cls.from_json(text)
 
     @property
     def n_steps(self) -> int:
@@ -105,6 +119,48 @@ class Recipe:
             if not force:
                 raise ValueError(msg + " (pass force=True / --force to use it anyway)")
             warnings.warn(msg, stacklevel=3)
+
+
+_TYPES = {"model": str, "model_hash": str, "solver": str, "method": str, "solver_options": dict, "quality": dict,
+          "info": dict, "version": int}
+
+
+def _check_schema(recipe: Recipe) -> None:
+    """Every field of the right type (a recipe file is user input), before any value is used."""
+    for name, kind in _TYPES.items():
+        value = getattr(recipe, name)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise ValueError(f"recipe field {name!r} must be a {'JSON object' if kind is dict else kind.__name__}; "
+                             f"got {type(value).__name__} {_short(value)}")
+    sigmas = recipe.sigmas
+    if not isinstance(sigmas, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, (int, float))
+                                                    for v in sigmas):
+        raise ValueError(f"recipe sigmas must be a list of numbers (or \"inf\"); got {_short(sigmas)}")
+    for name in ("solver_options", "quality", "info"):
+        bad = [k for k in getattr(recipe, name) if not isinstance(k, str)]
+        if bad:
+            raise ValueError(f"recipe {name} keys must be strings; got {bad[:3]}")
+    if isinstance(recipe.solver_options.get("ems"), str):
+        raise ValueError("a recipe embeds its EMS statistics (a JSON object with lambda, l, s, b); it may not name a "
+                         "file, since loading a recipe must not open files it names. Rebuild it with "
+                         "`fewstep tune --method ems`")
+
+
+def _check_depth(value, limit: int = MAX_JSON_DEPTH) -> None:
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if depth > limit:
+            raise ValueError(f"the recipe's JSON is nested too deeply (the limit is {limit})")
+        if isinstance(v, dict):
+            stack.extend((x, depth + 1) for x in v.values())
+        elif isinstance(v, list):
+            stack.extend((x, depth + 1) for x in v)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def as_recipe(recipe: Recipe | str | Path | dict) -> Recipe:

@@ -14,6 +14,7 @@ from fewstep.diffusion.noise import NOISE_TYPES, make_noise, seeded_noise
 from fewstep.diffusion.recipe import as_recipe
 from fewstep.diffusion.schedules import as_list, check_sigmas, get_sigmas
 from fewstep.diffusion.solvers import get_solver
+from fewstep.limits import MAX_NFE, MAX_SEEDS, check_count
 
 Tensor = torch.Tensor
 
@@ -121,10 +122,13 @@ def _check_solver_options(info, options: Mapping[str, Any]) -> None:
 
 def plan_steps(solver: str, nfe: int, *, final_zero: bool = True, afs: bool = False, denoise_to_zero: bool = False,
                infinite_start: bool = False, options: Mapping[str, Any] | None = None) -> int:
-    """The most steps ``solver`` (with ``options``) can take with at most ``nfe`` model evaluations."""
+    """The most steps ``solver`` (with ``options``) can take with at most ``nfe`` model evaluations.
+
+    The cost of ``n`` steps never decreases with ``n`` once it is finite, so the answer is found by bisection
+    (``O(log nfe)`` cost evaluations) between the first feasible number of steps and ``nfe + 2``.
+    """
     info = get_solver(solver)
-    if not isinstance(nfe, int) or nfe < 1:
-        raise ValueError(f"nfe must be a positive integer; got {nfe!r}")
+    check_count("nfe", nfe, 1, MAX_NFE)
 
     def cost(n: int) -> float:
         try:
@@ -133,12 +137,20 @@ def plan_steps(solver: str, nfe: int, *, final_zero: bool = True, afs: bool = Fa
             return math.inf
         return c - int(afs) + int(denoise_to_zero and not final_zero)
 
-    # every step costs at least one evaluation and AFS saves one, so n <= nfe + 1
-    n = max((k for k in range(1, nfe + 2) if cost(k) <= nfe), default=0)
-    if n == 0:
-        fewest = next((c for c in map(cost, range(1, nfe + 4)) if c < math.inf), "more")
-        raise ValueError(f"nfe={nfe} is too small for solver {solver!r}: its shortest run costs {fewest} evaluations")
-    return n
+    # Every step after the first costs at least one evaluation, and AFS or a stored first output saves at most
+    # two, so n <= nfe + 2. Some solvers cannot take one step (Restart): the first feasible n is among 1..3.
+    first = next((k for k in (1, 2, 3) if cost(k) < math.inf), None)
+    if first is None or cost(first) > nfe:
+        fewest = "more than 3 steps" if first is None else f"{cost(first):g} evaluations"
+        raise ValueError(f"nfe={nfe} is too small for solver {solver!r}: its shortest run costs {fewest}")
+    lo, hi = first, nfe + 2  # cost(lo) <= nfe; find the largest such n in [lo, hi]
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if cost(mid) <= nfe:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 @dataclass(frozen=True)
@@ -267,6 +279,8 @@ def _seed_list(seeds, batch, seed, noise) -> list[int]:
         raise ValueError(f"batch must be a positive integer; got {batch!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
+    if batch is not None:
+        check_count("batch", batch, 1, MAX_SEEDS)
     if seeds is not None:
         if batch is not None or seed != 0:
             raise ValueError("give seeds=[...] or batch= and seed=, not both")
