@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 # Every module below registers its solvers when imported; the registry imports nothing from outside solvers/.
-from fewstep.diffusion.solvers import (  # noqa: F401  (training-free ODE solvers)  # noqa: F401  (stochastic samplers)  # noqa: F401  (solvers with fitted options)
+from fewstep.diffusion.solvers import (  # noqa: F401  (imported for their registrations)
     adams,
     basic,
     dc,
@@ -21,7 +21,7 @@ from fewstep.diffusion.solvers import (  # noqa: F401  (training-free ODE solver
     restart,
     sde,
     stochastic,
-    time_shift,  # noqa: F401  (ddim_ts, the time-shift sampler)
+    time_shift,
     unipc,
     usf,
 )

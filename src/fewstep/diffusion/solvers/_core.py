@@ -6,7 +6,9 @@ Conventions: ``x = x0 + sigma eps``, ``lambda = -log sigma``, a step from ``s`` 
     x_t = (sigma_t / sigma_s) x_s + sigma_t * int_{lambda_s}^{lambda_t} e^lambda D(lambda) dlambda,
 
 and a Taylor term ``D^(k) (lambda - lambda_s)^k / k!`` contributes ``h^(k+1) phi_{k+1}(-h) D^(k)``.
-Each solver supplies only its coefficients.
+One engine computes every solver's weights: ``exp_moments`` (the kernel's moments, in closed form through
+``phi``) and ``exp_weights`` (the weights of the values at a solver's nodes, the moments solved against
+them). Each solver supplies only its nodes and coefficients.
 """
 
 from __future__ import annotations
@@ -72,20 +74,21 @@ def exp_moments(n: int, h: float, c: float = 1.0, *, form: Form = "data", scale:
 
     - ``form="data"``: ``K = c e^{-c (h - v)}``, ``m_k = c k! h^(k+1) phi_{k+1}(-c h) / scale^k``. At
       ``h = inf`` only ``m_0 = 1`` is finite (the others are ``inf``).
-    - ``form="noise"``: ``K = c e^{-c v}``, ``m_k = k! P(k+1, c h) / (c scale)^k`` with the regularised
-      incomplete gamma ``P(k+1, x) = x^(k+1) e^-x phi_{k+1}(x) = 1 - e^-x sum_{j<=k} x^j / j!``; the phi
-      (series) form below ``x = k + 1``, where the complement would cancel, the complement above it, where
-      it does not and which stays finite up to ``h = inf`` (``m_k = k! / (c scale)^k``).
+    - ``form="noise"``: ``K = c e^{-c v}``, ``m_k = k! P(k+1, c h) / (c scale)^k``, with the regularised
+      incomplete gamma function ``P(k+1, x) = x^(k+1) e^-x phi_{k+1}(x) = 1 - e^-x sum_{j<=k} x^j / j!``:
+      the first form for ``x <= k + 1`` (where the second cancels), the second above, where it is exact
+      and stays finite up to ``h = inf`` (``m_k = k! / (c scale)^k``).
 
     ``phi`` is a Taylor series for ``|c h| < 1``, so the moments keep full relative accuracy as ``h -> 0``.
     """
+    _check_form(form)
     x = c * h
     m = np.empty(n)
     for k in range(n):
         if form == "data":
             m[k] = (1.0 if k == 0 else math.inf) if math.isinf(x) else \
                 c * math.factorial(k) * h ** (k + 1) * phi(k + 1, -x) / scale**k
-        elif form == "noise":
+        else:
             if math.isinf(x):
                 p = 1.0
             elif x > k + 1:
@@ -93,9 +96,12 @@ def exp_moments(n: int, h: float, c: float = 1.0, *, form: Form = "data", scale:
             else:
                 p = x ** (k + 1) * math.exp(-x) * phi(k + 1, x)
             m[k] = math.factorial(k) * p / (c * scale) ** k
-        else:
-            raise ValueError(f"form must be 'data' or 'noise'; got {form!r}")
     return m
+
+
+def _check_form(form: str) -> None:
+    if form not in ("data", "noise"):
+        raise ValueError(f"form must be 'data' or 'noise'; got {form!r}")
 
 
 def exp_weights(nodes: Sequence[float], h: float, c: float = 1.0, *, form: Form = "data",
@@ -116,8 +122,9 @@ def exp_weights(nodes: Sequence[float], h: float, c: float = 1.0, *, form: Form 
     n = u.size
     if u.ndim != 1 or n == 0:
         raise ValueError(f"exp_weights needs a non-empty list of nodes; got {nodes!r}")
-    if form == "data" and math.isinf(c * h) and (n > 1 or var is not None):
-        raise ValueError(f"a data-form step to sigma = 0 (h = inf) has one node, x' = D; got {n} nodes")
+    _check_form(form)
+    if form == "data" and math.isinf(c * h) and n > 1:
+        raise ValueError(f"a data-form step to sigma = 0 (h = inf) has one node (x' = D); got {n} nodes")
     if var is None:  # moments about v = 0, nodes scaled to O(1) for a well-conditioned solve at any h
         shift, scale = 0.0, float(np.abs(u).max()) or 1.0
         m = exp_moments(n, h, c, form=form, scale=scale)

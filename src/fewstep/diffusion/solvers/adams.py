@@ -45,7 +45,8 @@ def deis(D, x, sigmas, *, callback=None, order: int = 3, lower_order_final: bool
     return _adams(D, x, sigmas, callback, order, lower_order_final, weights)
 
 
-@register("ipndm", order=2, paper="Zhang & Chen, DEIS, arXiv 2204.13902 (iPNDM); EDM-form as in Zhou et al., arXiv 2312.00094",
+@register("ipndm", order=2,
+          paper="Zhang & Chen, DEIS, arXiv 2204.13902 (iPNDM); EDM-form as in Zhou et al., arXiv 2312.00094",
           notes="fixed equal-step coefficients: on a Karras grid orders >= 2 converge at order 2 only")
 def ipndm(D, x, sigmas, *, callback=None, order: int = 4):
     """``x' = x + (s' - s) sum_j c_j eps_{i-j}`` with the fixed Adams-Bashforth ``c`` of order ``min(order, i+1)``.

@@ -9,7 +9,8 @@ from fewstep.diffusion.solvers._core import check_choice, emit, exp_moments, exp
 E = math.expm1
 
 
-@register("dpm_solver_2", order=2, kind="singlestep", evals_per_step=2, final_evals=1, paper="Lu et al., DPM-Solver, arXiv 2206.00927, Algorithm 1 (DPM-Solver-2)",
+@register("dpm_solver_2", order=2, kind="singlestep", evals_per_step=2, final_evals=1,
+          paper="Lu et al., DPM-Solver, arXiv 2206.00927, Algorithm 1 (DPM-Solver-2)",
           notes="the step to sigma = 0 is first order")
 def dpm_solver_2(D, x, sigmas, *, callback=None, r1: float = 0.5):
     """``u = x - s1 E(r1 h) eps_s``; ``x' = x - s' E(h) eps_s - s'/(2 r1) E(h) (eps(u, s1) - eps_s)``."""
@@ -50,7 +51,8 @@ def dpm_solver_3(D, x, sigmas, *, callback=None, r1: float = 1 / 3, r2: float = 
     return x
 
 
-@register("dpmpp_2s", order=2, kind="singlestep", evals_per_step=2, final_evals=1, paper="Lu et al., DPM-Solver++, arXiv 2211.01095, Algorithm 1 (2S)",
+@register("dpmpp_2s", order=2, kind="singlestep", evals_per_step=2, final_evals=1,
+          paper="Lu et al., DPM-Solver++, arXiv 2211.01095, Algorithm 1 (2S)",
           notes="the step to sigma = 0 is first order")
 def dpmpp_2s(D, x, sigmas, *, callback=None, r: float = 0.5):
     """``u = (s1/s) x - E(-r h) D_s``; ``x' = (s'/s) x - E(-h) D_s - 1/(2r) E(-h) (D(u) - D_s)``."""
@@ -70,13 +72,12 @@ def dpmpp_2s(D, x, sigmas, *, callback=None, r: float = 0.5):
 
 def dpmpp_2m_step(x, s: float, s_next: float, d, d_prev=None, h_last: float | None = None,
                   solver_type: str = "midpoint", eta: float = 0.0):
-    """One DPM-Solver++(2M) step from ``s`` to ``s'`` (its deterministic part), with ``D_i = d``,
-    ``D_{i-1} = d_prev`` and ``h_last = lambda_i - lambda_{i-1}``; without ``d_prev`` the first-order step.
+    """One DPM-Solver++(2M) step from ``s`` to ``s'`` (its deterministic part) with ``D_i = d``,
+    ``D_{i-1} = d_prev`` and ``h_last = lambda_i - lambda_{i-1}``; without ``d_prev`` it is first order.
 
-    The kernel rate is ``c = 1 + eta`` (MATH.md), ``x' = (s'/s) e^{-eta h} x + ...``. ``midpoint``
-    (Algorithm 2): the line through ``D_{i-1}, D_i`` at the step's midpoint, ``(1 + 1/(2r)) D_i - 1/(2r) D_{i-1}``
-    with ``r = h_last / h``, times the one-node weight ``-expm1(-c h)``; ``taylor``: the exact integral of
-    that line (its two-node weights).
+    The kernel rate is ``c = 1 + eta`` (``(s'/s) e^{-eta h} = e^{-c h}``; MATH.md). ``midpoint``, Algorithm 2:
+    ``D_bar``, the line through ``D_{i-1}`` and ``D_i`` at the step's midpoint, times the one-node weight
+    ``-expm1(-c h)``; ``taylor``: the line integrated exactly (its two-node weights).
     """
     if s_next == 0:
         return d
@@ -84,13 +85,14 @@ def dpmpp_2m_step(x, s: float, s_next: float, d, d_prev=None, h_last: float | No
     c = 1 + eta
     x_next = (s_next / s) * math.exp(-eta * h) * x
     if d_prev is None:
-        return x_next + exp_weights([0.0], h, c)[0] * d
-    if solver_type == "taylor":
+        d_bar = d
+    elif solver_type == "midpoint":
+        r = h_last / h
+        d_bar = (1 + 1 / (2 * r)) * d - 1 / (2 * r) * d_prev
+    else:
         w, w_prev = exp_weights([0.0, -h_last], h, c)
         return x_next + w * d + w_prev * d_prev
-    r = h_last / h
-    d_mid = (1 + 1 / (2 * r)) * d - 1 / (2 * r) * d_prev
-    return x_next + exp_weights([0.0], h, c)[0] * d_mid
+    return x_next + exp_weights([0.0], h, c)[0] * d_bar
 
 
 def dpmpp_3m_step(x, s: float, s_next: float, d, d_prev, d_prev2, h_last: float, h_last2: float,

@@ -98,7 +98,8 @@ def iia_dpmpp_2m(D, x, sigmas, *, callback=None, coefficients=None):
     return run_iia(D, x, sigmas, "dpmpp_2m", _check(coefficients, len(sigmas) - 1), callback)
 
 
-@register("iia_heun", order=2, kind="singlestep", evals_per_step=2, final_evals=1, paper=f"{_PAPER} (on heun)", notes=_NOTES)
+@register("iia_heun", order=2, kind="singlestep", evals_per_step=2, final_evals=1, paper=f"{_PAPER} (on heun)",
+          notes=_NOTES)
 def iia_heun(D, x, sigmas, *, callback=None, coefficients=None):
     """EDM's Heun with IIA terms ``c_0 (D'_i - D_i) + c_1 (D_i - D_{i-1})``, one row per step."""
     return run_iia(D, x, sigmas, "heun", _check(coefficients, len(sigmas) - 1), callback)

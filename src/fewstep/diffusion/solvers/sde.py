@@ -32,7 +32,7 @@ E = math.expm1
 def sa_solver(D, x, sigmas, *, callback=None, noise=None, predictor_order: int = 3, corrector_order: int = 4,
               tau: float = 1.0, S_min: float = 0.0, S_max: float = math.inf):
     """Stochastic Adams predictor-corrector in data form, ``c = 1 + tau^2``:
-    ``x' = e^{-c h} x + sum_j b_j D_j + s' sqrt(1 - e^{-2 tau^2 h}) z``, ``b = exp_weights(past lambdas, h, c)`` (``_core``).
+    ``x' = e^{-c h} x + sum_j b_j D_j + s' sqrt(1 - e^{-2 tau^2 h}) z``, ``b = exp_weights(past lambdas, h, c)``.
 
     The corrector (Adams-Moulton, ``corrector_order`` points including the new one; 0 = off) redoes
     the step with ``D`` at the predicted point and the same ``z``; that ``D`` is kept for the next step,
@@ -82,7 +82,8 @@ def _integral(f, a: float, b: float) -> float:
     return float(quad(lambda u: np.array([f(t) for t in np.exp(u)]) * np.exp(u), math.log(a), math.log(b)))
 
 
-@register("er_sde", order=3, stochastic=True, paper="Cui et al., Elucidating the solution space of extended reverse-time SDE for diffusion models, "
+@register("er_sde", order=3, stochastic=True,
+          paper="Cui et al., Elucidating the solution space of extended reverse-time SDE for diffusion models, "
                 "arXiv 2309.06169 (ER-SDE-Solver-1/2/3, VE form)",
           notes="noise_scale 'ode' is the PF-ODE (order 1 = ddim); 'sde' at order 1 is ddpm; coefficients='official' "
                 "uses the chord slope as D' at order 3, as the official code does, which is second order")

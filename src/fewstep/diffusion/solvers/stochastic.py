@@ -45,7 +45,8 @@ def split_increment(noise, s: float, s_mid: float, s_next: float):
     return z_a, (math.sqrt(s - s_mid) * z_a + math.sqrt(s_mid - s_next) * z_b) / math.sqrt(s - s_next)
 
 
-@register("euler_ancestral", order=1, stochastic=True, paper="Song et al., DDIM, arXiv 2010.02502, Eq. 12 and 16 (eta); k-diffusion's ancestral Euler",
+@register("euler_ancestral", order=1, stochastic=True,
+          paper="Song et al., DDIM, arXiv 2010.02502, Eq. 12 and 16 (eta); k-diffusion's ancestral Euler",
           notes="eta = 1 is DDPM's posterior step; eta = 0 is ddim")
 def euler_ancestral(D, x, sigmas, *, callback=None, noise=None, eta: float = 1.0, s_noise: float = 1.0):
     """``x' = (s_down/s) x + (1 - s_down/s) D + s_noise s_up z``, with DDIM's eta-variance split."""

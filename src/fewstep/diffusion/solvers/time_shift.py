@@ -21,7 +21,8 @@ def _reference_process(D) -> VPDiscrete:
     return process if isinstance(process, VPDiscrete) else _DDPM
 
 
-@register("ddim_ts", order=1, kind="state_adaptive", paper="Li et al., Alleviating Exposure Bias ... Shifted Time Steps, arXiv 2305.15583 (TS-DDIM)",
+@register("ddim_ts", order=1, kind="state_adaptive",
+          paper="Li et al., Alleviating Exposure Bias ... Shifted Time Steps, arXiv 2305.15583 (TS-DDIM)",
           notes="window and cutoff in training timesteps (the model's discrete schedule, else DDPM's linear one)")
 def ddim_time_shift(D, x, sigmas, *, callback=None, window: int = 30, cutoff: int = 300):
     """Time-Shift DDIM (arXiv 2305.15583, Alg. 2, as in the authors' ADM code): after the first step and

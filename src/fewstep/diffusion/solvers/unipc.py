@@ -47,7 +47,8 @@ def unipc(D, x, sigmas, *, callback=None, order: int = 2, variant: str = "bh2", 
         raise ValueError(f"UniPC variant must be 'bh1' or 'bh2'; got {variant!r}")
     n = len(sigmas) - 1
     d = D(x, sigmas[0])
-    hist: list = []  # (lambda, D) of earlier points, newest last
+    lams: list[float] = []  # lambdas and model values of the two earlier points, newest first
+    ds: list = []
     for i, (s, s_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
         emit(callback, i, x, s, d)
         p = multistep_order(order, i, n, s_next, lower_order_final, final_threshold=None)
@@ -56,10 +57,9 @@ def unipc(D, x, sigmas, *, callback=None, order: int = 2, variant: str = "bh2", 
             x, d_next = ddim_step(x, s, s_next, d), None
         else:
             h = lam(s_next) - lam(s)
-            past = hist[::-1][: p - 1]  # most recent first
-            rks = [(lm - lam(s)) / h for lm, _ in past] + [1.0]
+            rks = [(lm - lam(s)) / h for lm in lams[: p - 1]] + [1.0]
             B, a, c = unipc_coefficients(rks, h, variant)
-            dDs = [(dm - d) / r for (_, dm), r in zip(past, rks)]
+            dDs = [(dm - d) / r for dm, r in zip(ds[: p - 1], rks)]
             x_bar = ddim_step(x, s, s_next, d)
             x_pred = x_bar - B * sum(am * dm for am, dm in zip(a, dDs)) if p > 1 else x_bar
             d_next = None if last else D(x_pred, s_next)
@@ -68,6 +68,6 @@ def unipc(D, x, sigmas, *, callback=None, order: int = 2, variant: str = "bh2", 
                 x = x_bar - B * corr
             else:
                 x = x_pred
-        hist = (hist + [(lam(s), d)])[-3:]
+        lams, ds = ([lam(s)] + lams)[:2], ([d] + ds)[:2]
         d = d_next
     return x
