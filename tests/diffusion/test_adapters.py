@@ -102,8 +102,9 @@ def test_discrete_fractional_timesteps_round_trip():
     torch.testing.assert_close(p.sigma_to_t(p.t_to_sigma(t)), t)
     # integer timesteps give the training sigmas exactly
     abar = np.cumprod(1 - make_betas("linear"))
-    torch.testing.assert_close(p.t_to_sigma(torch.tensor([10.0], dtype=torch.float64)), torch.tensor([math.sqrt((1 - abar[10]) / abar[10])],
-                                                                               dtype=torch.float64))
+    torch.testing.assert_close(p.t_to_sigma(torch.tensor([10.0], dtype=torch.float64)),
+                               torch.tensor([math.sqrt((1 - abar[10]) / abar[10])],
+                                            dtype=torch.float64))
     q = VPDiscrete.from_betas("linear", fractional=False)
     s = q.t_to_sigma(torch.tensor([41.4, 41.6], dtype=torch.float64))
     torch.testing.assert_close(q.sigma_to_t(s), torch.tensor([41.0, 42.0], dtype=torch.float64))

@@ -11,8 +11,15 @@ import torch
 import fewstep
 from fewstep.diffusion.adapters import ModelDenoiser
 from fewstep.diffusion.conversions import from_x0
-from fewstep.diffusion.corrections import (CalibrationTable, Calibrated, DynamicThreshold, EpsScaling, Wrapper,
-                                           calibrate, zero_terminal_snr)
+from fewstep.diffusion.corrections import (
+    Calibrated,
+    CalibrationTable,
+    DynamicThreshold,
+    EpsScaling,
+    Wrapper,
+    calibrate,
+    zero_terminal_snr,
+)
 from fewstep.diffusion.denoiser import CountingDenoiser, Denoiser, bcast
 from fewstep.diffusion.processes import VPDiscrete
 from fewstep.diffusion.sampling import sample, seeded_noise

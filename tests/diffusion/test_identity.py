@@ -54,7 +54,8 @@ def _fitted_options(model, solver, nfe):
     if solver.endswith("_dc"):
         return {"dc_ratios": [1.0, 1.0] + [1.0 + 0.05 * (-1) ** i for i in range(n - 2)]}
     if solver == "usf":
-        return {"orders": [1 + i % 3 for i in range(n)], "predictions": ["data", "noise"] * (n // 2) + ["data"] * (n % 2),
+        return {"orders": [1 + i % 3 for i in range(n)],
+                "predictions": ["data", "noise"] * (n // 2) + ["data"] * (n % 2),
                 "correctors": [i % 2 == 0 for i in range(n)], "relax": [0.1 * ((-1) ** i) for i in range(n)]}
     if solver == "learned":
         from fewstep.diffusion.solvers.learned import linear_form

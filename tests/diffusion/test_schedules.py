@@ -1,14 +1,20 @@
 import math
 
-import numpy as np
 import pytest
 import torch
 
 import fewstep
 from fewstep.diffusion.adapters import ModelDenoiser
-from fewstep.diffusion.processes import VE, Flow, VPDiscrete
-from fewstep.diffusion.schedules import (check_sigmas, discrete_timesteps, exponential, get_sigmas, karras,
-                                         list_schedules, logsnr)
+from fewstep.diffusion.processes import Flow, VPDiscrete
+from fewstep.diffusion.schedules import (
+    check_sigmas,
+    discrete_timesteps,
+    exponential,
+    get_sigmas,
+    karras,
+    list_schedules,
+    logsnr,
+)
 from fewstep.models.exact import Gauss
 
 GAUSS = Gauss(dim=2)

@@ -60,7 +60,8 @@ def measured_order(solver, options, grid, Ns):
     return -np.polyfit(np.log(Ns), np.log(errs), 1)[0]
 
 
-@pytest.mark.parametrize("solver,options,grid,order", ORDER_CASES, ids=lambda v: str(v) if not callable(v) else v.__name__)
+@pytest.mark.parametrize("solver,options,grid,order", ORDER_CASES,
+                         ids=lambda v: str(v) if not callable(v) else v.__name__)
 def test_order_of_convergence(solver, options, grid, order):
     # docs/math.md: N in 32..256 on a Karras grid, float64, without the final jump to 0. Two documented
     # exceptions: DPM-Solver-3 on a Karras grid has an error that changes sign near N = 100 on

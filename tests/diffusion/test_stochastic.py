@@ -17,6 +17,7 @@ from fewstep.diffusion.schedules import get_sigmas, karras
 from fewstep.diffusion.solvers import SOLVERS
 from fewstep.models.exact import Gauss
 
+
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """These tensors are small (<= 40000 values); one thread avoids oversubscribing a shared CPU."""

@@ -107,5 +107,9 @@ def test_digits_fd_is_in_feature_space_and_fd_pixels_in_pixel_space(digits):
 
 
 def test_unknown_metric_is_refused(ring):
-    with pytest.raises(ValueError, match="unknown metric 'fid'; choose from rmse_ref, fd"):
+    with pytest.raises(ValueError, match=r"unknown metric\(s\) \['fid'\]; choose from rmse_ref, fd"):
         compute_metrics(["fd", "fid"], ring.data[:10], None, ring)
+    no_data = DataReference.__new__(DataReference)  # a model without held-out data: still refused, not NaN
+    no_data.data, no_data.is_digits, no_data._features = None, False, None
+    with pytest.raises(ValueError, match="unknown metric"):
+        compute_metrics(["fid"], ring.data[:10], None, no_data)

@@ -5,8 +5,16 @@ import json
 import pytest
 import torch
 
-from fewstep.lm import (CausalLM, TransformersLM, count_tokens, frequent_tokens, generate, load_bundled,
-                        load_tokenizer, speculative_generate)
+from fewstep.lm import (
+    CausalLM,
+    TransformersLM,
+    count_tokens,
+    frequent_tokens,
+    generate,
+    load_bundled,
+    load_tokenizer,
+    speculative_generate,
+)
 from fewstep.lm.decoding import Stream, left_pad
 from fewstep.lm.models import DATA, bundled_token_counts
 
@@ -39,7 +47,8 @@ def test_cache_with_holes_gives_the_logits_of_a_clean_run(tiny):
     s.feed(torch.tensor([[10, 11, 12], [20, 21, 22]]))
     s.drop(torch.tensor([2, 0]))  # row 0 rejects two tokens, row 1 keeps all: a hole in row 0
     out = s.feed(torch.tensor([[30], [31]]))[:, -1]
-    torch.testing.assert_close(out, torch.stack([last_logits(tiny, a + [10, 30]), last_logits(tiny, b + [20, 21, 22, 31])]))
+    torch.testing.assert_close(out, torch.stack([last_logits(tiny, a + [10, 30]),
+                                                 last_logits(tiny, b + [20, 21, 22, 31])]))
     s.select(torch.tensor([1, 1, 0]))
     out = s.feed(torch.tensor([[1], [2], [3]]))[:, -1]
     expected = [b + [20, 21, 22, 31, 1], b + [20, 21, 22, 31, 2], a + [10, 30, 3]]

@@ -40,6 +40,9 @@ class DataReference:
 def compute_metrics(names: Sequence[str], samples: torch.Tensor, ref_x: torch.Tensor | None,
                     data: DataReference) -> dict[str, float]:
     """The metrics ``names`` of ``samples``; ``ref_x`` are their reference solutions (for ``rmse_ref``)."""
+    unknown = [name for name in names if name not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; choose from {', '.join(METRICS)}")
     out: dict[str, float] = {}
     flat = samples.double().reshape(samples.shape[0], -1)
     for name in names:
