@@ -26,7 +26,7 @@ E = math.expm1
 
 @register("sa_solver", order=3, stochastic=True,
           paper="Xue et al., SA-Solver: Stochastic Adams Solver for Fast Sampling of Diffusion Models, "
-                "arXiv 2309.05019",
+                "arXiv 2309.05019 (stochastic Adams-Bashforth predictor, Adams-Moulton corrector)",
           notes="order = predictor order; the corrector reuses the next step's evaluation (no extra NFE); "
                 "tau = 0 is the PF-ODE (predictor only: Adams-Bashforth in lambda, order 2 = dpmpp_2m taylor)")
 def sa_solver(D, x, sigmas, *, callback=None, noise=None, predictor_order: int = 3, corrector_order: int = 4,

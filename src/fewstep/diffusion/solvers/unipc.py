@@ -29,7 +29,8 @@ def unipc_coefficients(rks: list[float], h: float, variant: str) -> tuple[float,
     return B, a, c
 
 
-@register("unipc", order=3, paper="Zhao et al., UniPC, arXiv 2302.04867",
+@register("unipc", order=3,
+          paper="Zhao et al., UniPC, arXiv 2302.04867 (UniP-p predictor, UniC-p corrector, data prediction)",
           notes="UniP-p with UniC reaches order p+1; the corrector reuses the next step's evaluation")
 def unipc(D, x, sigmas, *, callback=None, order: int = 2, variant: str = "bh2", corrector: bool = True,
           lower_order_final: bool = True):
