@@ -4,8 +4,8 @@ Trains on the fixed train split of the 8x8 digits (``fewstep.models.digits_data`
 accuracy on the held-out split, and writes
 
 - ``src/fewstep/metrics/data/digits_cnn.safetensors`` (float32 weights; metadata holds the
-  seed, epochs, held-out accuracy and torch version),
-- ``src/fewstep/metrics/data/digits_cnn.safetensors.sha256`` (its checksum, checked at load).
+  seed, epochs, held-out accuracy and torch version). It prints the file's SHA-256, which goes into
+  ``BUNDLED_SHA256`` in ``src/fewstep/_verify.py`` (checked at load).
 
 Runs on 2 CPU threads with a fixed seed; it takes well under a minute. From the repository root:
 
@@ -86,7 +86,7 @@ def train(epochs: int, seed: int) -> tuple[DigitsNet, float]:
 
 
 def save_weights(state: dict[str, torch.Tensor], info: dict, out: Path) -> str:
-    """Writes safetensors plus its ``sha256sum``-style checksum file; returns the digest.
+    """Writes safetensors; returns the digest to commit in ``fewstep._verify.BUNDLED_SHA256``.
 
     The metadata is one JSON string with sorted keys: safetensors writes a multi-key metadata map
     in an arbitrary order, which would make the file bytes (and so the checksum) vary by run.
@@ -96,7 +96,6 @@ def save_weights(state: dict[str, torch.Tensor], info: dict, out: Path) -> str:
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out), metadata={"fewstep": json.dumps(info, sort_keys=True)})
     digest = hashlib.sha256(out.read_bytes()).hexdigest()
-    out.with_name(out.name + ".sha256").write_text(f"{digest}  {out.name}\n")
     return digest
 
 

@@ -8,7 +8,29 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-__all__ = ["ChecksumError", "read_verified_bytes"]
+__all__ = ["BUNDLED_SHA256", "ChecksumError", "bundled_path", "read_bundled", "read_verified_bytes",
+           "verify_bundled"]
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+# Every bundled data file (paths relative to the package), with the script that rebuilds it. The trained
+# diffusion networks keep their digests beside their specs (fewstep.models.trained.SHA256, .cond.SHA256).
+BUNDLED_SHA256 = {
+    "models/data/digits.npz": "9b1d6eb7deedb5a97a80bacc7d11ec6d69a5a1fada95ab17b4284fd26f03de0e",
+    "models/data/digits_gmm.safetensors": "e511183413840ebf5a0d9028c761239cdf2acac90426cce2ae1544dce280ec76",
+    "metrics/data/digits_cnn.safetensors": "69101a51ece7116a683522eb30896bd87e074b2a8e6317a571d08d2d6480deb3",
+    "lm/data/tokenizer.json": "272d040ae004de830a0f75626b62e7fcd81ec693c8cfc77e8cb8b8098f256d21",
+    "lm/data/token_counts.json": "935c0ed7c8576a2802caf2bb3d35ec6213c3940eae1c0c13ca46270011ea678d",
+    "lm/data/target/model.safetensors": "33238c68f3c49a74aab9ae5b64a31dff145c24e6fe569fc333e3a4e9afb021de",
+    "lm/data/target/config.json": "56e7d5ac468ef013e893429cce32a61135db55d58ba6f3f7303bc33558bd4c3a",
+    "lm/data/target/generation_config.json": "038b4132194845a39539953e314896b34db517bc1e71699d98281b36b6fb676d",
+    "lm/data/draft/model.safetensors": "045da64be1caaab9e287fb1e97ddf3997553d5e6d383f49578ecf91c6a074e88",
+    "lm/data/draft/config.json": "cc85bb3915c5fd753d9c5aebaf597e6b890142f0176a935cfc1950aa65de686d",
+    "lm/data/draft/generation_config.json": "038b4132194845a39539953e314896b34db517bc1e71699d98281b36b6fb676d",
+}
+_REBUILD = {"models/data/digits.npz": "scripts/export_digits.py",
+            "models/data/digits_gmm.safetensors": "scripts/fit_digits_gmm.py",
+            "metrics/data/digits_cnn.safetensors": "scripts/train_classifier.py",
+            "lm/data": "scripts/train_lm.py"}
 
 
 class ChecksumError(RuntimeError):
@@ -38,3 +60,25 @@ def read_verified_bytes(path: str | Path, sha256: str | None, *, restore: str) -
         raise ChecksumError(f"SHA-256 mismatch for {path}: expected {sha256.lower()}, got {actual}. The file is "
                             f"corrupt or was replaced; restore it from git or {restore}")
     return blob
+
+
+def bundled_path(name: str) -> Path:
+    """The path of the bundled file ``name`` (relative to the package, a key of ``BUNDLED_SHA256``)."""
+    if name not in BUNDLED_SHA256:
+        raise KeyError(f"{name!r} is not a bundled file; known: {', '.join(sorted(BUNDLED_SHA256))}")
+    return PACKAGE_DIR / name
+
+
+def read_bundled(name: str) -> bytes:
+    """The verified bytes of the bundled file ``name`` (see ``bundled_path``)."""
+    script = next((v for k, v in _REBUILD.items() if name.startswith(k)), "reinstall fewstep")
+    return read_verified_bytes(bundled_path(name), BUNDLED_SHA256[name], restore=f"rebuild it with {script}")
+
+
+def verify_bundled(prefix: str) -> None:
+    """Check every bundled file under ``prefix`` (for loaders that read a directory themselves)."""
+    names = [name for name in BUNDLED_SHA256 if name.startswith(prefix)]
+    if not names:
+        raise KeyError(f"no bundled files under {prefix!r}")
+    for name in names:
+        read_bundled(name)

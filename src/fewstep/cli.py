@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from fewstep._verify import ChecksumError
+
 # subcommand name -> module that implements it (imported only when that subcommand runs,
 # except for its tiny argument definitions).
 SUBCOMMANDS: dict[str, str] = {
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(SUBCOMMANDS[args.command])
     try:
         return int(module.run(args) or 0)
-    except ValueError as exc:  # bad input found by the library: one clear line, no traceback
+    except (ValueError, ChecksumError) as exc:  # bad input or a damaged bundled file: one clear line, no traceback
         print(f"fewstep {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

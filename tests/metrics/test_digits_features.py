@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from fewstep._verify import BUNDLED_SHA256
 from fewstep.metrics import digits_classifier, digits_features, digits_predict
 from fewstep.metrics.features import WEIGHTS_PATH, ChecksumError, DigitsNet, load_digits_net
 from fewstep.models.digits_data import digits_data
@@ -29,15 +30,14 @@ def test_heldout_accuracy_of_shipped_weights():
 def test_weights_are_small_and_match_the_committed_checksum():
     assert WEIGHTS_PATH.stat().st_size < 200_000
     digest = hashlib.sha256(WEIGHTS_PATH.read_bytes()).hexdigest()
-    committed = WEIGHTS_PATH.with_name(WEIGHTS_PATH.name + ".sha256").read_text().split()[0]
-    assert digest == committed
+    assert digest == BUNDLED_SHA256["metrics/data/digits_cnn.safetensors"]
+    assert not WEIGHTS_PATH.with_name(WEIGHTS_PATH.name + ".sha256").exists()  # no checksum file to regenerate
     assert isinstance(load_digits_net(), DigitsNet)
 
 
 def test_tampered_weights_raise_checksum_error(tmp_path):
     weights = tmp_path / WEIGHTS_PATH.name
     shutil.copy(WEIGHTS_PATH, weights)
-    shutil.copy(WEIGHTS_PATH.with_name(WEIGHTS_PATH.name + ".sha256"), tmp_path)
     load_digits_net(weights)  # an intact copy loads
     blob = bytearray(weights.read_bytes())
     blob[-1] ^= 0x01  # flip one bit of the last weight
@@ -49,10 +49,6 @@ def test_tampered_weights_raise_checksum_error(tmp_path):
 def test_wrong_expected_digest_and_missing_files_raise(tmp_path):
     with pytest.raises(ChecksumError, match="expected 0{64}"):
         load_digits_net(WEIGHTS_PATH, sha256="0" * 64)
-    weights = tmp_path / "w.safetensors"
-    shutil.copy(WEIGHTS_PATH, weights)
-    with pytest.raises(FileNotFoundError, match="checksum file"):
-        load_digits_net(weights)
     with pytest.raises(FileNotFoundError, match="weights not found"):
         load_digits_net(tmp_path / "missing.safetensors")
 

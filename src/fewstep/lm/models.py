@@ -16,6 +16,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from fewstep._verify import read_bundled, verify_bundled
+
 DATA = Path(__file__).parent / "data"
 BUNDLED = ("target", "draft")
 
@@ -142,6 +144,7 @@ def load_bundled(name: str = "target", vocab_size: int | None = None) -> Transfo
         raise ValueError(f"bundled model must be one of {', '.join(BUNDLED)}, got {name!r}")
     from transformers import AutoModelForCausalLM
 
+    verify_bundled(f"lm/data/{name}/")  # transformers reads the directory itself: check every file first
     model = AutoModelForCausalLM.from_pretrained(DATA / name, local_files_only=True, dtype=torch.float32,
                                                  use_safetensors=True)
     ids = None if vocab_size is None else frequent_tokens(bundled_token_counts(), vocab_size)
@@ -150,11 +153,11 @@ def load_bundled(name: str = "target", vocab_size: int | None = None) -> Transfo
 
 def bundled_token_counts() -> torch.Tensor:
     """Token frequencies of the bundled training corpus (CPython's ``pydoc_data``)."""
-    return torch.tensor(json.loads((DATA / "token_counts.json").read_text())["counts"], dtype=torch.long)
+    return torch.tensor(json.loads(read_bundled("lm/data/token_counts.json"))["counts"], dtype=torch.long)
 
 
 def load_tokenizer() -> Any:
     """The bundled byte-level BPE tokenizer (a ``tokenizers.Tokenizer``)."""
     from tokenizers import Tokenizer
 
-    return Tokenizer.from_file(str(DATA / "tokenizer.json"))
+    return Tokenizer.from_str(read_bundled("lm/data/tokenizer.json").decode())

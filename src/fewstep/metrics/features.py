@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fewstep._verify import ChecksumError, read_verified_bytes
+from fewstep._verify import BUNDLED_SHA256, ChecksumError, bundled_path, read_verified_bytes
 
 __all__ = [
     "ChecksumError",
@@ -28,7 +28,7 @@ __all__ = [
     "load_digits_net",
 ]
 
-WEIGHTS_PATH = Path(__file__).resolve().parent / "data" / "digits_cnn.safetensors"
+WEIGHTS_PATH = bundled_path("metrics/data/digits_cnn.safetensors")
 _BATCH = 4096
 
 
@@ -61,24 +61,16 @@ class DigitsNet(nn.Module):
         return self.head(self.features(x))
 
 
-def _read_checksum(path: Path) -> str:
-    # `sha256sum` format: "<64 hex digits>  <file name>"
-    text = Path(path).read_text().split()
-    if not text or len(text[0]) != 64:
-        raise ChecksumError(f"{path} does not hold a SHA-256 hex digest")
-    return text[0].lower()
-
-
 def load_digits_net(weights: Path = WEIGHTS_PATH, sha256: str | None = None) -> DigitsNet:
     """Loads a ``DigitsNet`` from safetensors (no pickle) after verifying the file's SHA-256.
 
     Args:
         weights: path of the ``.safetensors`` file.
-        sha256: the expected hex digest; ``None`` reads it from the committed ``sha256sum``-style
-            file next to the weights (``<weights>.sha256``).
+        sha256: the expected hex digest; ``None`` means the committed digest of the bundled weights
+            (``fewstep._verify.BUNDLED_SHA256``), a constant in the code rather than a file beside them.
 
     Raises:
-        FileNotFoundError: the weights or their checksum file are missing.
+        FileNotFoundError: the weights are missing.
         ChecksumError: the digest of ``weights`` differs from the expected one.
     """
     from safetensors.torch import load as load_safetensors
@@ -87,10 +79,7 @@ def load_digits_net(weights: Path = WEIGHTS_PATH, sha256: str | None = None) -> 
     if not weights.is_file():
         raise FileNotFoundError(f"classifier weights not found at {weights}")
     if sha256 is None:
-        checksum_file = weights.with_name(weights.name + ".sha256")
-        if not checksum_file.is_file():
-            raise FileNotFoundError(f"checksum file not found at {checksum_file}")
-        sha256 = _read_checksum(checksum_file)
+        sha256 = BUNDLED_SHA256["metrics/data/digits_cnn.safetensors"]
     blob = read_verified_bytes(weights, sha256, restore="rerun scripts/train_classifier.py")
     net = DigitsNet()
     net.load_state_dict(load_safetensors(blob), strict=True)

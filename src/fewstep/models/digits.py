@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from safetensors.torch import load
 
-from safetensors.torch import load_file
-
+from fewstep._verify import read_bundled
 from fewstep.models._registry import register_model
 from fewstep.models.digits_data import digits_data
 from fewstep.models.exact import GMM, Empirical
 
-_DATA = Path(__file__).resolve().parent / "data"
 DIGITS_SHAPE = (1, 8, 8)
 # The digits have 17 grey levels, 0.125 apart in [-1, 1]. EDM's sigma_min = 0.002 is a quarter of
 # one level of 8-bit images (0.0078); the same fraction of a digits level is about 0.03.
@@ -20,7 +18,7 @@ DIGITS_SIGMA_MIN = 0.03
 def digits_gmm(**kw) -> GMM:
     """A 16-component full-covariance Gaussian mixture fitted to the digits by
     ``scripts/fit_digits_gmm.py``; its denoiser is the exact posterior mean of that mixture."""
-    p = load_file(str(_DATA / "digits_gmm.safetensors"))
+    p = load(read_bundled("models/data/digits_gmm.safetensors"))
     kw.setdefault("sigma_min", DIGITS_SIGMA_MIN)
     return GMM(p["weights"], p["means"], p["covariances"], shape=DIGITS_SHAPE, name="digits-gmm", **kw)
 

@@ -8,25 +8,23 @@ bundled digits classifier (``fewstep.metrics.features``) never saw in training.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
+import io
 from typing import Literal
 
 import numpy as np
 import torch
 
+from fewstep._verify import bundled_path, read_bundled
+
 __all__ = ["digits_data", "DIGITS_PATH"]
 
-DIGITS_PATH = Path(__file__).resolve().parent / "data" / "digits.npz"
+DIGITS_PATH = bundled_path("models/data/digits.npz")
 _SPLITS = ("all", "train", "heldout")
 
 
 @functools.lru_cache(maxsize=1)
 def _load_raw() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if not DIGITS_PATH.is_file():
-        raise FileNotFoundError(
-            f"digits archive not found at {DIGITS_PATH}; regenerate it with scripts/export_digits.py"
-        )
-    with np.load(DIGITS_PATH, allow_pickle=False) as archive:
+    with np.load(io.BytesIO(read_bundled("models/data/digits.npz")), allow_pickle=False) as archive:
         images, labels, heldout = archive["images"], archive["labels"], archive["heldout"]
     if images.shape != (len(labels), 64) or heldout.shape != labels.shape:
         raise RuntimeError(
