@@ -22,7 +22,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # next) names exactly the layers it builds on and never another family.
 BASE = "base"
 LAYERS: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
-    (BASE, ("fewstep._version", "fewstep._verify", "fewstep.seeds", "fewstep.limits"), ()),
+    (BASE, ("fewstep._version", "fewstep._verify", "fewstep.seeds", "fewstep.limits", "fewstep.cache"), ()),
     ("metrics", ("fewstep.metrics",), (BASE,)),
     ("lm", ("fewstep.lm",), (BASE,)),
     ("diffusion core", ("fewstep.diffusion.processes", "fewstep.diffusion.conversions", "fewstep.diffusion.denoiser",

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fewstep.cache import is_blob_ref
 from fewstep.diffusion.denoiser import model_hash
 from fewstep.diffusion.solvers import get_solver
 from fewstep.limits import MAX_JSON_DEPTH, MAX_NFE, MAX_RECIPE_BYTES, check_count
@@ -140,10 +141,10 @@ def _check_schema(recipe: Recipe) -> None:
         bad = [k for k in getattr(recipe, name) if not isinstance(k, str)]
         if bad:
             raise ValueError(f"recipe {name} keys must be strings; got {bad[:3]}")
-    if isinstance(recipe.solver_options.get("ems"), str):
+    if isinstance(recipe.solver_options.get("ems"), str) and not is_blob_ref(recipe.solver_options["ems"]):
         raise ValueError("a recipe embeds its EMS statistics (a JSON object with lambda, l, s, b); it may not name a "
                          "file, since loading a recipe must not open files it names. Rebuild it with "
-                         "`fewstep tune --method ems`")
+                         "`fewstep tune --method ems` (which stores them inline or as a cache reference sha256:<hex>)")
 
 
 def _check_depth(value, limit: int = MAX_JSON_DEPTH) -> None:

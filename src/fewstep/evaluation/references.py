@@ -17,21 +17,17 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from fewstep.cache import cache_dir
 from fewstep.diffusion.denoiser import model_hash
 from fewstep.diffusion.noise import seeded_noise
 from fewstep.diffusion.reference import reference_solution
 from fewstep.metrics.paired import rmse
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("FEWSTEP_CACHE", Path.home() / ".cache" / "fewstep"))
 
 
 def reference_path(model, seeds: Sequence[int], *, sigma_max: float | None = None, rtol: float = 1e-6,

@@ -2,6 +2,8 @@
 with DPM-Solver++, exactness of the first-order step when the EMS are exact, and a gain on digits-gmm."""
 
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,13 +145,23 @@ def test_ems_storage_and_a_recipe_that_samples(tmp_path):
     assert r.quality["untuned"]["schedule"] == r.info["objective"]["schedule"]  # DPM-Solver++ on the same grid
     stored = as_ems(r.solver_options["ems"])
     assert (kept == "lsb" or not stored.b.any()) and ("s" in kept or not stored.s.any())
-    # a second NFE reuses the cached statistics; a large EMS is stored as a file next to the cache
+    # a second NFE reuses the cached statistics; with ems_path the recipe names them by content, not by the path
     one = {"trajectories": 4, "eval_seeds": None, "progress": False, "n_samples": 32, "n_grid": 20,
            "statistics": ["lsb"]}
     assert tune(model, nfe=6, **one).solver_options["ems"] == tune(model, nfe=5, **one).solver_options["ems"]
     big = tune(model, nfe=5, trajectories=4, eval_seeds=None, progress=False, ems=stats,
                ems_path=tmp_path / "big.safetensors")
-    assert big.solver_options["ems"].endswith("big.safetensors")
+    ref = big.solver_options["ems"]
+    assert ref.startswith("sha256:") and (tmp_path / "big.safetensors").is_file()
+    assert torch.equal(as_ems(ref).l, EMS.load(tmp_path / "big.safetensors").l)
+    assert Recipe.from_json(big.to_json()).solver_options["ems"] == ref  # a recipe may name a cache entry
+    blob = next((Path(os.environ["FEWSTEP_CACHE"]) / "ems").glob(ref.split(":")[1] + "*"))
+    blob.write_bytes(blob.read_bytes()[:-1] + b"x")  # an edited cache entry is detected, not used
+    with pytest.raises(ValueError, match="damaged"):
+        as_ems(ref)
+    blob.unlink()  # a cleared cache says how to rebuild
+    with pytest.raises(ValueError, match="not in the cache.*fewstep tune --method ems"):
+        as_ems(ref)
 
 
 def test_bad_input_raises():

@@ -24,6 +24,7 @@ third-order coefficient; the paper's App. A.2 as cited by the official README).
 from __future__ import annotations
 
 import functools
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fewstep.cache import get_blob, is_blob_ref
 from fewstep.diffusion.solvers._core import check_order, ddim_step, emit, gauss_legendre, lam, multistep_order, register
 
 Tensor = torch.Tensor
@@ -105,6 +107,24 @@ class EMS:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(dict(zip(_KEYS, (self.lam, self.l, self.s, self.b))), str(path), metadata=self.meta)
         return path
+
+    def to_bytes(self) -> bytes:
+        """The safetensors bytes of ``save`` (for the content-addressed cache)."""
+        from safetensors.torch import save
+
+        return save(dict(zip(_KEYS, (self.lam, self.l, self.s, self.b))), metadata=self.meta)
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> EMS:
+        from safetensors.torch import load
+
+        arrays = load(blob)
+        missing = set(_KEYS) - set(arrays)
+        if missing:
+            raise ValueError(f"not EMS data: it lacks {sorted(missing)}")
+        n = int.from_bytes(blob[:8], "little")
+        meta = json.loads(blob[8:8 + n]).get("__metadata__") or {}
+        return cls(arrays["lambda"], arrays["l"], arrays["s"], arrays["b"], meta=meta)
 
     @classmethod
     def load(cls, path: str | Path) -> EMS:
@@ -219,6 +239,9 @@ def as_ems(ems: EMS | str | Path | dict | None) -> EMS:
         return _IDENTITY
     if isinstance(ems, EMS):
         return ems
+    if is_blob_ref(ems):  # what recipes store: content-addressed statistics in fewstep's cache
+        return EMS.from_bytes(get_blob("ems", ems, rebuild="rerun the `fewstep tune --method ems` that made the "
+                                                             "recipe, or give ems= a file or inline statistics"))
     if isinstance(ems, (str, Path)):
         return EMS.load(ems)
     if isinstance(ems, dict):
@@ -287,7 +310,8 @@ def dpm_solver_v3(D, x, sigmas, *, callback=None, ems=None, order: int = 3, pred
     pseudo-order, meant for about 5 NFE). The step to sigma = 0 is ``x = D``.
 
     Args:
-        ems: an ``EMS``, a path to its safetensors file, an inline dict, or ``None`` (``l = 1, s = b = 0``).
+        ems: an ``EMS``, a path to its safetensors file, a cache reference ``"sha256:<hex>"`` (what recipes
+            store), an inline dict, or ``None`` (``l = 1, s = b = 0``).
     """
     check_order("dpm_solver_v3", order, 3)
     stats = as_ems(ems)

@@ -38,13 +38,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from fewstep.cache import cache_dir, put_blob
 from fewstep.diffusion.denoiser import model_hash
 from fewstep.diffusion.recipe import Recipe
 from fewstep.diffusion.sampling import sample
 from fewstep.diffusion.solvers.dpm_v3 import EMS
 from fewstep.diffusion.tune import _measure as M
 from fewstep.diffusion.tune import _tuning as T
-from fewstep.evaluation.references import cache_dir
 from fewstep.models.digits_data import digits_data
 from fewstep.seeds import EVAL_SEEDS, TUNE_SEEDS
 
@@ -217,8 +217,9 @@ def tune(model, *, solver: str = "dpm_solver_v3", nfe: int, seeds=TUNE_SEEDS, ev
         ems: precomputed statistics (an ``EMS`` or a path); otherwise ``compute_ems`` with ``data``,
             ``n_samples``, ``n_grid``, ``derivative``, ``pooled`` over the grids' sigma range, cached
             under ``$FEWSTEP_CACHE/ems`` so that other NFEs reuse it.
-        ems_path: where to save the EMS the recipe uses; EMS of at most ``INLINE_LIMIT`` numbers are
-            stored in the recipe.
+        ems_path: where to save a copy of the EMS the recipe uses. EMS of at most ``INLINE_LIMIT`` numbers are
+            stored in the recipe (unless ``ems_path`` is given); larger ones in fewstep's cache, named in the
+            recipe by the SHA-256 of their bytes (``"sha256:<hex>"``), never by a path.
         statistics: which of the EMS the candidates keep (see above).
     """
     t0 = time.perf_counter()
@@ -254,13 +255,11 @@ def tune(model, *, solver: str = "dpm_solver_v3", nfe: int, seeds=TUNE_SEEDS, ev
     name, kept, best = trials[int(np.argmin(errs))]
     chosen = variants[kept]
     if ems_path is not None:
-        ems_opt = str(chosen.save(ems_path).resolve())
-    elif 3 * chosen.l.numel() + chosen.lam.numel() <= INLINE_LIMIT:
+        chosen.save(ems_path)  # a copy for the user; the recipe names the statistics by content, never by path
+    if ems_path is None and 3 * chosen.l.numel() + chosen.lam.numel() <= INLINE_LIMIT:
         ems_opt = chosen.to_dict()
-    elif kept == "lsb" and cached is not None:
-        ems_opt = str(cached.resolve())
     else:
-        ems_opt = str(chosen.save(_cache_path(model, repr(chosen.to_dict()))).resolve())
+        ems_opt = put_blob("ems", chosen.to_bytes())
     baseline = ("dpm_solver_v3", best) if solver == "dpm_solver_v3" else (solver, {})
     objective = {"rmse_tune_seeds": [[n, k, c, e] for (n, k, c), e in zip(trials, errs)], "chosen": best,
                  "statistics": kept, "schedule": name, "ems_seconds": round(t_ems, 2), "ems_meta": stats.meta}
