@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from fewstep.cache import cache_dir
+from fewstep.cache import atomic_write_bytes, cache_dir
 from fewstep.diffusion.denoiser import model_hash
 from fewstep.diffusion.noise import seeded_noise
 from fewstep.diffusion.reference import reference_solution
@@ -54,9 +56,11 @@ def reference_samples(model, seeds: Sequence[int], *, sigma_max: float | None = 
     top = float(model.sigma_max if sigma_max is None else sigma_max)
     seeds = [int(s) for s in seeds]
     path = reference_path(model, seeds, sigma_max=top, rtol=rtol, check=check)
+    key = _entry_key(model, seeds, top, rtol, check)
     if use_cache and path.exists():
-        blob = torch.load(path, weights_only=True)
-        return blob["x"], float(blob["tol_check"])
+        cached = _read_entry(path, key, (len(seeds), *model.shape))
+        if cached is not None:
+            return cached
     noise = seeded_noise(seeds, model.shape, dtype=torch.float64)
     x_T = noise if math.isinf(top) else top * noise
     end = float(model.sigma_min)
@@ -68,11 +72,37 @@ def reference_samples(model, seeds: Sequence[int], *, sigma_max: float | None = 
     tol_check = float((ref[:k] - half).pow(2).mean().sqrt())
     out = half if check is None else ref
     if use_cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"x": out, "tol_check": tol_check, "seeds": seeds, "sigma_max": top}, tmp)
-        tmp.replace(path)
+        buffer = io.BytesIO()
+        torch.save({"x": out, "tol_check": tol_check, "key": key, "digest": _digest(out, tol_check)}, buffer)
+        atomic_write_bytes(path, buffer.getvalue())
     return out, tol_check
+
+
+def _entry_key(model, seeds: list[int], top: float, rtol: float, check: int | None) -> str:
+    """What a cache entry must have been computed for (stored inside it and compared on every read)."""
+    return json.dumps([model_hash(model), seeds, top, float(model.sigma_min), rtol, check])
+
+
+def _digest(x: torch.Tensor, tol_check: float) -> str:
+    return hashlib.sha256(x.detach().cpu().double().contiguous().numpy().tobytes() + repr(tol_check).encode()
+                          ).hexdigest()
+
+
+def _read_entry(path: Path, key: str, shape: tuple[int, ...]) -> tuple[torch.Tensor, float] | None:
+    """The cached references if the entry is intact and for these arguments; else ``None``, with a warning
+    (the caller recomputes and overwrites it)."""
+    try:
+        blob = torch.load(path, weights_only=True)
+        x, tol_check = blob["x"], float(blob["tol_check"])
+        problem = ("it was computed for other arguments" if blob.get("key") != key else
+                   "its values do not match their checksum" if blob.get("digest") != _digest(x, tol_check) else
+                   f"it holds shape {tuple(x.shape)}, not {shape}" if tuple(x.shape) != shape else None)
+    except Exception as exc:  # truncated, empty or not a torch file: any reading error means recompute
+        problem = f"it cannot be read ({type(exc).__name__})"
+    if problem is None:
+        return x, tol_check
+    warnings.warn(f"the cached reference {path} is not usable ({problem}); recomputing it", stacklevel=3)
+    return None
 
 
 @contextlib.contextmanager
