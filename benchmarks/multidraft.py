@@ -50,10 +50,10 @@ def exact_table(rows: int) -> None:
 
 def bundled_table() -> None:
     from fewstep.commands.bench_lm import PROMPTS
-    from fewstep.commands.generate import _quiet_transformers, encode
+    from fewstep.commands.generate import encode, quiet_transformers
     from fewstep.lm import load_bundled, load_tokenizer, speculative_generate
 
-    _quiet_transformers()
+    quiet_transformers()
     target, draft, tok = load_bundled("target"), load_bundled("draft"), load_tokenizer()
     prompts = [encode(tok, text) for text in PROMPTS[:8]]
     print("| drafts | selection | acceptance rate | target calls / token |")

@@ -106,13 +106,14 @@ def tune_model(name: str, nfes, methods, seeds, log) -> tuple[list[Path], list[s
 def tuning_references(model, seeds, log) -> list[float]:
     """Compute (or load) the tuning seeds' references before any method, so that no method's time
     includes them; returns the seconds of each block of ``REF_BLOCK`` seeds computed here."""
-    from fewstep.diffusion.tune import _tuning as T
+    from fewstep.diffusion import schedules
+    from fewstep.diffusion import tune as T
     from fewstep.evaluation.references import reference_path
 
     seeds, out = list(seeds), []
     for i in range(0, len(seeds), T.REF_BLOCK):
         block = seeds[i:i + T.REF_BLOCK]
-        fresh = not reference_path(model, block, sigma_max=T.start_sigma(model), rtol=T.TUNE_RTOL,
+        fresh = not reference_path(model, block, sigma_max=schedules.start_sigma(model), rtol=T.TUNE_RTOL,
                                    check=T.TUNE_CHECK).exists()
         t = time.perf_counter()
         T.tuning_references(model, block)
@@ -265,7 +266,7 @@ def write_doc(rows, recipe_paths, models, nfes, methods, failures, seeds, minute
     import torch
 
     from fewstep.bench.harness import device_name
-    from fewstep.diffusion.tune import _tuning as T
+    from fewstep.diffusion import tune as T
 
     IMG.mkdir(parents=True, exist_ok=True)
     png = IMG / "tuned.png"

@@ -15,9 +15,10 @@ import torch
 
 
 def main() -> None:
+    from fewstep.diffusion import schedules
+    from fewstep.diffusion import tune as T
     from fewstep.diffusion.reference import reference_solution
     from fewstep.diffusion.sampling import seeded_noise
-    from fewstep.diffusion.tune import _tuning as T
     from fewstep.models import load_model
 
     torch.set_num_threads(1)
@@ -25,7 +26,7 @@ def main() -> None:
     print(f"{len(seeds)} tuning seeds; tuning rtol {T.TUNE_RTOL:g} against the benchmark's 1e-6")
     for name in ("digits-edm", "digits-flow", "digits-vp-eps"):
         model = load_model(name)
-        top = T.start_sigma(model)
+        top = schedules.start_sigma(model)
         x = top * seeded_noise(seeds, model.shape, dtype=torch.float64)
         out = {}
         for rtol in (T.TUNE_RTOL, 1e-6):

@@ -191,3 +191,15 @@ def test_the_layer_check_can_fail():
     assert layer_of("fewstep.diffusion.solvers.dc") == "solvers" and layer_of("fewstep.diffusion") == "diffusion core"
     assert "tune" not in ALLOWED["driver"] and "driver" not in ALLOWED["solvers"]  # what the old circle did
     assert "lm" not in ALLOWED["metrics"] and "diffusion core" not in ALLOWED["lm"]  # families stay apart
+
+
+def test_benchmarks_and_scripts_use_only_public_modules():
+    root = SRC.parent
+    bad = []
+    for path in sorted([*(root / "benchmarks").glob("*.py"), *(root / "scripts").glob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [f"{node.module}.{a.name}" for a in node.names] if isinstance(node, ast.ImportFrom) else [])
+            bad += [f"{path.name}:{node.lineno} {n}" for n in names
+                    if n.split(".")[0] == "fewstep" and any(part.startswith("_") for part in n.split("."))]
+    assert not bad, "benchmarks/ and scripts/ import private modules:\n" + "\n".join(bad)

@@ -120,10 +120,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
     import transformers
 
-    from fewstep.commands.generate import _quiet_transformers
+    from fewstep.commands.generate import quiet_transformers
     from fewstep.lm import Sampler, load_bundled, load_tokenizer
 
-    _quiet_transformers()
+    quiet_transformers()
 
     for name in ("gamma", "batch", "prompts", "max_new_tokens", "repeats", "threads"):
         if getattr(args, name) < 1:

@@ -46,7 +46,7 @@ def load(name: str, vocab_size: int | None = None):
     return models.TransformersLM(model), AutoTokenizer.from_pretrained(name, local_files_only=True)
 
 
-def _quiet_transformers() -> None:
+def quiet_transformers() -> None:
     from transformers.utils import logging
 
     logging.disable_progress_bar()
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from fewstep.lm import Sampler, generate, speculative_generate
     from fewstep.lm.multidraft import DEFAULT
 
-    _quiet_transformers()
+    quiet_transformers()
 
     sampler = Sampler.parse(args.sampler, order=args.order)
     if args.samples < 1:

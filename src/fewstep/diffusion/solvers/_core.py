@@ -1,4 +1,5 @@
-"""The shared exponential-integrator core, the solver registry and the driver (MATH.md).
+"""The shared exponential-integrator core and the solver registry (docs/math.md, "Solvers as exponential
+integrators").
 
 Conventions: ``x = x0 + sigma eps``, ``lambda = -log sigma``, a step from ``s`` to ``t`` has
 ``h = lambda_t - lambda_s > 0``. The exact data-form solution is
@@ -70,7 +71,7 @@ def quad(f: Callable[[np.ndarray], np.ndarray], a: float, b: float, n: int = 16)
 
 
 def exp_moments(n: int, h: float, c: float = 1.0, *, form: Form = "data", scale: float = 1.0) -> np.ndarray:
-    """The kernel moments ``m_k = int_0^h K(v) (v / scale)^k dv``, ``k < n``, of the exact step (MATH.md):
+    """The kernel moments ``m_k = int_0^h K(v) (v / scale)^k dv``, ``k < n``, of the exact step (docs/math.md):
 
     - ``form="data"``: ``K = c e^{-c (h - v)}``, ``m_k = c k! h^(k+1) phi_{k+1}(-c h) / scale^k``. At
       ``h = inf`` only ``m_0 = 1`` is finite (the others are ``inf``).

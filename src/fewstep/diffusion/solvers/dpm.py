@@ -75,7 +75,7 @@ def dpmpp_2m_step(x, s: float, s_next: float, d, d_prev=None, h_last: float | No
     """One DPM-Solver++(2M) step from ``s`` to ``s'`` (its deterministic part) with ``D_i = d``,
     ``D_{i-1} = d_prev`` and ``h_last = lambda_i - lambda_{i-1}``; without ``d_prev`` it is first order.
 
-    The kernel rate is ``c = 1 + eta`` (``(s'/s) e^{-eta h} = e^{-c h}``; MATH.md). ``midpoint``, Algorithm 2:
+    The kernel rate is ``c = 1 + eta`` (``(s'/s) e^{-eta h} = e^{-c h}``; docs/math.md). ``midpoint``, Algorithm 2:
     ``D_bar``, the line through ``D_{i-1}`` and ``D_i`` at the step's midpoint, times the one-node weight
     ``-expm1(-c h)``; ``taylor``: the line integrated exactly (its two-node weights).
     """

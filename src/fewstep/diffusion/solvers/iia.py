@@ -6,8 +6,8 @@ so that the coarse step matches ``M`` fine sub-steps of the same solver from the
 coefficients are fitted once per model, grid and NFE by ``fewstep.diffusion.tune.iia``, then stored
 in the recipe.
 
-The paper's exact term sets were not available to us (its equations are unverified in
-REFERENCES.md); fewstep uses, with ``D_i`` the output at step ``i``:
+The paper's exact term sets were not available to us (we could not verify its equations); fewstep uses,
+with ``D_i`` the output at step ``i``:
 
 - ``iia_ddim``, ``iia_dpmpp_2m``: ``x' = base + c_0 (D_i - D_{i-1}) + c_1 (D_{i-1} - D_{i-2})``;
 - ``iia_heun`` (EDM Heun): ``x' = base + c_0 (D'_i - D_i) + c_1 (D_i - D_{i-1})``, where ``D'_i`` is the

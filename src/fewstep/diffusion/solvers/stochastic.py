@@ -6,7 +6,7 @@ Every stochastic solver takes ``noise(sigma, sigma_next) -> Tensor`` (standard n
 noise the increments of a coarse grid are sums of those of a finer one.
 
 In sigma space an ancestral step from ``s`` to ``s'`` goes deterministically to ``s_down`` and adds
-``s_up z``, with ``s_down^2 + s_up^2 = s'^2`` (MATH.md). The SDE family integrates the linear part
+``s_up z``, with ``s_down^2 + s_up^2 = s'^2`` (docs/math.md). The SDE family integrates the linear part
 exactly in ``lambda = -log sigma``: ``x' = (s'/s) e^{-eta h} x - expm1(-(1+eta) h) D + s' sqrt(-expm1(-2 eta h)) z``.
 """
 

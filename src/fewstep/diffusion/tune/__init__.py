@@ -8,6 +8,7 @@ maps the CLI's method names to them.
 """
 
 from fewstep.diffusion.recipe import METHODS, Recipe, as_recipe
+from fewstep.diffusion.tune._tuning import REF_BLOCK, TUNE_CHECK, TUNE_RTOL, tuning_references
 
 METHOD_MODULES = {
     "ays": "fewstep.diffusion.tune.ays",
@@ -19,4 +20,5 @@ METHOD_MODULES = {
     "ld3": "fewstep.diffusion.tune.ld3",
 }
 
-__all__ = ["METHODS", "METHOD_MODULES", "Recipe", "as_recipe"]
+__all__ = ["METHODS", "METHOD_MODULES", "REF_BLOCK", "Recipe", "TUNE_CHECK", "TUNE_RTOL", "as_recipe",
+           "tuning_references"]
