@@ -22,8 +22,9 @@ from fewstep.diffusion.corrections import (
 )
 from fewstep.diffusion.denoiser import CountingDenoiser, Denoiser, bcast
 from fewstep.diffusion.processes import VPDiscrete
-from fewstep.diffusion.sampling import sample, seeded_noise
+from fewstep.diffusion.sampling import sample, seeded_noise, solve
 from fewstep.diffusion.schedules import discrete_timesteps, get_sigmas
+from fewstep.diffusion.solvers import SOLVERS, register
 from fewstep.models.digits_data import digits_data
 from fewstep.models.exact import Gauss
 
@@ -205,3 +206,22 @@ def test_bad_input_is_rejected_with_the_allowed_values(gauss, make, message):
         EpsScaling(lambda x, s: x, 1.0)
     with pytest.raises(TypeError, match="VPDiscrete"):
         zero_terminal_snr(gauss.process)
+
+
+def test_time_shift_is_declared_a_correction_because_it_does_not_converge_to_the_ode_solution():
+    """ddim_ts aims each step at a shifted time, so refining the grid does not remove its error (DDIM's falls as
+    1/N); the registry says so by its kind and order, and the order tests select solvers by that declaration."""
+    info = SOLVERS["ddim_ts"]
+    assert info.kind == "correction" and info.order is None
+    gauss = Gauss(dim=64, mean=0.3, std=0.5)
+    x_T = 80.0 * seeded_noise(range(16), (64,), dtype=torch.float64)
+    exact = gauss.ode_solution(x_T, 80.0, 0.0)
+    shift = {"window": 40, "cutoff": 0}
+
+    def error(solver, n, **options):
+        return float((solve(gauss, x_T, get_sigmas("karras", n, gauss), solver, **options) - exact).abs().max())
+
+    assert error("ddim", 64) < error("ddim", 16) / 3  # first order converges
+    assert error("ddim_ts", 64, **shift) > 3 * error("ddim", 64)  # the correction keeps its shift
+    with pytest.raises(ValueError, match="a correction has order None"):
+        register("bad_correction", order=1, kind="correction", paper="-", fn=lambda D, x, sigmas, *, callback=None: x)

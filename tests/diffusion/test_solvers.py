@@ -76,9 +76,9 @@ def test_order_of_convergence(solver, options, grid, order):
 
 def test_registry_declares_the_measured_default_order():
     covered = {s for s, o, _, _ in ORDER_CASES}
-    # stochastic solvers are tested in test_stochastic; a state-adaptive grid (ddim_ts) in test_corrections
+    # stochastic solvers are tested in test_stochastic; corrections (ddim_ts) declare no order: test_corrections
     deterministic = {name: info for name, info in SOLVERS.items()
-                     if not info.stochastic and info.kind != "state_adaptive"}
+                     if not info.stochastic and info.kind != "correction"}
     assert covered == set(deterministic)
     for name, info in deterministic.items():
         defaults = [c for c in ORDER_CASES if c[0] == name and _is_default(c[1], info)]
@@ -180,7 +180,7 @@ def test_digits_gmm_error_at_nfe10_multistep_beats_ddim():
     x_T = model.sigma_max * seeded_noise(range(24), model.shape, dtype=torch.float64)
     ref = reference_solution(model, x_T, model.sigma_max, rtol=1e-6)
     err = {}
-    for name in sorted(n for n, info in SOLVERS.items() if not info.stochastic and info.kind != "state_adaptive"):
+    for name in sorted(n for n, info in SOLVERS.items() if not info.stochastic and info.kind != "correction"):
         n = plan_steps(name, 10)
         x = solve(model, x_T, get_sigmas("karras", n, model), name)
         err[name] = float((x - ref).pow(2).mean().sqrt())

@@ -14,7 +14,7 @@ def run(args) -> int:
     if args.what == "solvers":
         from fewstep.diffusion.solvers import list_solvers
 
-        rows = [(n, str(i["order"]), f'{i["evals_per_step"]}/{i["final_evals"]}',
+        rows = [(n, "-" if i["order"] is None else str(i["order"]), f'{i["evals_per_step"]}/{i["final_evals"]}',
                  "stochastic" if i["stochastic"] else i["kind"], i["paper"]) for n, i in list_solvers().items()]
         _table(("solver", "order", "evals/step (final)", "kind", "paper"), rows)
     elif args.what == "schedules":

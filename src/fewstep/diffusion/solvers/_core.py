@@ -158,18 +158,20 @@ def lagrange_integrals(nodes: Sequence[float], a: float, b: float,
 
 class SolverKind(str, Enum):
     """How a solver uses its evaluations: one per step reusing earlier ones (multistep), several per step
-    (singlestep), or a step that depends on the state itself (state_adaptive: not a linear map of outputs)."""
+    (singlestep), or a correction: a sampler that changes the trajectory on purpose (e.g. by the state itself),
+    so it does not converge to the ODE solution and has no order."""
 
     MULTISTEP = "multistep"
     SINGLESTEP = "singlestep"
-    STATE_ADAPTIVE = "state_adaptive"
+    CORRECTION = "correction"
 
 
 @dataclass(frozen=True)
 class SolverInfo:
     """Registry entry: the solver function and what it promises.
 
-    ``order`` is the convergence order measured on a Karras grid with default options;
+    ``order`` is the convergence order measured on a Karras grid with default options (``None`` for a
+    correction, which does not converge to the ODE solution);
     ``evals_per_step`` the model calls of a full step; ``final_evals`` those of a final step to
     sigma = 0 (a singlestep or Heun step ends with one Euler evaluation there). A solver whose cost
     is not a per-step count (Restart) gives ``cost(n_steps, final_zero, options) -> int`` instead,
@@ -178,7 +180,7 @@ class SolverInfo:
 
     name: str
     fn: Callable[..., Tensor]
-    order: int
+    order: int | None
     evals_per_step: int
     final_evals: int
     paper: str
@@ -213,12 +215,14 @@ def solver_options(fn: Callable) -> dict[str, Any]:
     return {p.name: p.default for p in params if p.kind == p.KEYWORD_ONLY and p.name not in ("callback", "noise")}
 
 
-def register(name: str, *, order: int, paper: str, kind: SolverKind | str = SolverKind.MULTISTEP,
+def register(name: str, *, order: int | None, paper: str, kind: SolverKind | str = SolverKind.MULTISTEP,
              evals_per_step: int = 1, final_evals: int | None = None, stochastic: bool = False, notes: str = "",
              fn: Callable | None = None, cost: Callable | None = None):
     """Decorator (or call with ``fn=``) adding a solver to the registry; its options come from its signature."""
 
     def deco(f):
+        if (order is None) != (SolverKind(kind) is SolverKind.CORRECTION):
+            raise ValueError(f"solver {name!r}: a correction has order None, every other solver an order")
         SOLVERS[name] = SolverInfo(name, f, order, evals_per_step,
                                    evals_per_step if final_evals is None else final_evals,
                                    paper, SolverKind(kind), stochastic, solver_options(f), notes, cost)

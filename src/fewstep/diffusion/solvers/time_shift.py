@@ -21,7 +21,7 @@ def _reference_process(D) -> VPDiscrete:
     return process if isinstance(process, VPDiscrete) else _DDPM
 
 
-@register("ddim_ts", order=1, kind="state_adaptive",
+@register("ddim_ts", order=None, kind="correction",
           paper="Li et al., Alleviating Exposure Bias ... Shifted Time Steps, arXiv 2305.15583 (TS-DDIM)",
           notes="window and cutoff in training timesteps (the model's discrete schedule, else DDPM's linear one)")
 def ddim_time_shift(D, x, sigmas, *, callback=None, window: int = 30, cutoff: int = 300):

@@ -54,7 +54,7 @@ def base_candidates() -> list[str]:
     """The registered deterministic solvers on a fixed grid that are one-evaluation-per-step and need
     nothing fitted (DPM-Solver-v3 needs its statistics; the tuned solvers their coefficients)."""
     return sorted(name for name, i in SOLVERS.items()
-                  if not i.stochastic and i.kind != "state_adaptive" and i.cost is None and i.evals_per_step == 1
+                  if not i.stochastic and i.kind != "correction" and i.cost is None and i.evals_per_step == 1
                   and i.final_evals == 1 and not i.fn.__module__.startswith("fewstep.diffusion.tune")
                   and name != "dpm_solver_v3")
 
