@@ -164,6 +164,29 @@ def test_ems_storage_and_a_recipe_that_samples(tmp_path):
         as_ems(ref)
 
 
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "edit", "foreign"])
+def test_the_ems_cache_is_verified_and_recomputed_with_a_warning(tmp_path, monkeypatch, damage):
+    from fewstep.diffusion.tune.ems import _cached
+
+    monkeypatch.setenv("FEWSTEP_CACHE", str(tmp_path))
+    model, opts = ring_gmm(), {"data": "auto", "n_samples": 16, "n_grid": 6, "derivative": "fd", "pooled": False}
+    first, path = _cached(model, 0.01, 10.0, False, opts)
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[:50])
+    elif damage == "garbage":
+        path.write_bytes(b"x" * 100)
+    elif damage == "edit":  # valid safetensors, one value changed: the checksum inside catches it
+        edited = EMS(first.lam, first.l + 0.5, first.s, first.b, meta=first.meta)
+        path.write_bytes(edited.to_bytes())
+    else:  # a valid entry of other arguments copied over this one
+        _, other = _cached(model, 0.02, 10.0, False, opts)
+        path.write_bytes(other.read_bytes())
+    with pytest.warns(UserWarning, match="not usable"):
+        again, _ = _cached(model, 0.01, 10.0, False, opts)
+    assert torch.equal(again.l, first.l) and torch.equal(again.b, first.b)
+    assert not list(path.parent.glob("*.tmp"))
+
+
 def test_bad_input_raises():
     lam = np.linspace(-4, 6, 5)
     one = np.ones((5, 2))

@@ -31,6 +31,7 @@ import hashlib
 import json
 import math
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fewstep.cache import cache_dir, put_blob
+from fewstep.cache import atomic_write_bytes, cache_dir, put_blob
 from fewstep.diffusion.denoiser import model_hash
 from fewstep.diffusion.recipe import Recipe
 from fewstep.diffusion.sampling import sample
@@ -285,12 +286,31 @@ def _cache_path(model, key: str) -> Path:
     return cache_dir() / "ems" / f"{model_hash(model)}-{digest}.safetensors"
 
 
+def _arrays_digest(stats: EMS) -> str:
+    return hashlib.sha256(b"".join(v.contiguous().numpy().tobytes() for v in (stats.lam, stats.l, stats.s, stats.b))
+                          ).hexdigest()
+
+
 def _cached(model, lo: float, hi: float, progress: bool, options: dict) -> tuple[EMS, Path | None]:
-    """``compute_ems`` over ``[lo, hi]``, cached on disk by model and options (not for tensor data)."""
+    """``compute_ems`` over ``[lo, hi]``, cached on disk by model and options (not for tensor data). An entry
+    stores its key and a checksum of its arrays; one that is unreadable, for other arguments or edited is
+    recomputed with a warning, and entries are written atomically."""
     if torch.is_tensor(options.get("data")):
         return compute_ems(model, sigma_min=lo, sigma_max=hi, progress=progress, **options), None
-    path = _cache_path(model, json.dumps([lo, hi, sorted((k, repr(v)) for k, v in options.items())]))
+    key = json.dumps([model_hash(model), lo, hi, sorted((k, repr(v)) for k, v in options.items())])
+    path = _cache_path(model, key)
     if path.is_file():
-        return EMS.load(path), path
+        try:
+            stats = EMS.from_bytes(path.read_bytes())
+            ok = stats.meta.get("cache_key") == key and stats.meta.get("digest") == _arrays_digest(stats)
+        except Exception:  # truncated, empty or not safetensors: recompute
+            ok = False
+        if ok:
+            return stats, path
+        warnings.warn(f"the cached EMS {path} is not usable (damaged, edited or for other arguments); "
+                      "recomputing it", stacklevel=3)
     stats = compute_ems(model, sigma_min=lo, sigma_max=hi, progress=progress, **options)
-    return stats, stats.save(path)
+    stats = EMS(stats.lam, stats.l, stats.s, stats.b,
+                meta={**stats.meta, "cache_key": key, "digest": _arrays_digest(stats)})
+    atomic_write_bytes(path, stats.to_bytes())
+    return stats, path
