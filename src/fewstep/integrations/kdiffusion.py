@@ -14,21 +14,21 @@ k-diffusion's algorithm; where a fewstep solver has the same name (``euler``, ``
 ``dpmpp_sde``, ``dpmpp_2m``, ``dpmpp_2m_sde``, ``dpmpp_3m_sde``), k-diffusion's meaning and keywords win for
 that name and fewstep's own options stay reachable as ``run(name, ...)``:
 
-===========================  =====================================================================
-``sample_euler``             ``euler``; ``s_churn > 0``: EDM churn + Euler steps (``_churn``)
-``sample_euler_ancestral``   ``euler_ancestral``
-``sample_heun``              ``heun`` (``s_churn`` etc. are its ``S_churn``, ``S_min``, ``S_max``, ``S_noise``)
-``sample_dpm_2``             ``dpm_solver_2`` (r1 = 1/2); ``s_churn > 0``: EDM churn + DPM-Solver-2 steps
-``sample_dpm_2_ancestral``   ``dpm_solver_2`` (eta = 0); ancestral DPM-Solver-2 steps (``_ancestral``)
-``sample_lms``               ``ipndm_v`` (order <= 4, no lower order at the end); ``_lms`` above order 4
-``sample_dpm_fast``          DPM-Solver-fast over ``ddim``, ``dpm_solver_2``, ``dpm_solver_3`` steps
-``sample_dpm_adaptive``      DPM-Solver-12/23 with a PID step-size controller over the same steps
+=============================  ==================================================================================
+``sample_euler``               ``euler``; ``s_churn > 0``: EDM churn + Euler steps (``_churn``)
+``sample_euler_ancestral``     ``euler_ancestral``
+``sample_heun``                ``heun`` (``s_churn`` etc. are its ``S_churn``, ``S_min``, ``S_max``, ``S_noise``)
+``sample_dpm_2``               ``dpm_solver_2`` (r1 = 1/2); ``s_churn > 0``: EDM churn + DPM-Solver-2 steps
+``sample_dpm_2_ancestral``     ``dpm_solver_2`` (eta = 0); ancestral DPM-Solver-2 steps (``_ancestral``)
+``sample_lms``                 ``ipndm_v`` (order <= 4, no lower order at the end); ``_lms`` above order 4
+``sample_dpm_fast``            DPM-Solver-fast over ``ddim``, ``dpm_solver_2``, ``dpm_solver_3`` steps
+``sample_dpm_adaptive``        DPM-Solver-12/23 with a PID step-size controller over the same steps
 ``sample_dpmpp_2s_ancestral``  ``dpmpp_2s`` (r = 1/2, eta = 0); ancestral 2S steps (``_ancestral``)
-``sample_dpmpp_sde``         ``dpmpp_sde``
-``sample_dpmpp_2m``          ``dpmpp_2m`` (lower_order_final=False)
-``sample_dpmpp_2m_sde``      ``dpmpp_2m_sde`` (lower_order_final=False; solver_type 'heun' is 'taylor')
-``sample_dpmpp_3m_sde``      ``_dpmpp_3m_sde``: ``dpmpp_3m_sde`` (official coefficients) with a Taylor warm-up
-===========================  =====================================================================
+``sample_dpmpp_sde``           ``dpmpp_sde``
+``sample_dpmpp_2m``            ``dpmpp_2m`` (lower_order_final=False)
+``sample_dpmpp_2m_sde``        ``dpmpp_2m_sde`` (lower_order_final=False; solver_type 'heun' is 'taylor')
+``sample_dpmpp_3m_sde``        ``_dpmpp_3m_sde``: ``dpmpp_3m_sde`` (official coefficients) with a Taylor warm-up
+=============================  ==================================================================================
 
 **Every fewstep solver** ``name`` not in that list is ``sample_<name>(model, x, sigmas, extra_args=None,
 callback=None, disable=None, **options)`` with the solver's options (``fewstep.list_solvers()``), including
@@ -39,6 +39,14 @@ like ``x``). By default it comes from the global torch RNG, as in k-diffusion: `
 ``dpmpp_sde``, ``dpmpp_2m_sde`` and ``dpmpp_3m_sde`` a Brownian path per sample (``fewstep.diffusion.noise``)
 seeded by ``torch.randint``. fewstep's noise objects are noise samplers, so
 ``noise_sampler=make_noise("gaussian", seeds, x.shape[1:], x.dtype)`` gives each sample its own seed.
+
+**Differences from k-diffusion**, on purpose: fewstep draws only the noise it uses (k-diffusion also draws churn
+noise at steps without churn and ancestral noise that it scales by 0), so a global seed gives k-diffusion's own
+sample exactly when every step uses its draw, as with the default ``s_tmin``, ``s_tmax`` and ``eta > 0``; the
+default Brownian paths are fewstep's, not torchsde's (the same law, other numbers); ``sample_dpm_2_ancestral`` adds
+its noise on a step to ``s_down = 0 < sigma_next`` (k-diffusion leaves that state without noise);
+``sample_dpm_adaptive``'s ``info["nfe"]`` counts the evaluations made (a retry reuses the one at its start); and
+``sample_heun`` with churn reports the state before the churn as the callback's ``x`` (fewstep's ``heun``).
 """
 
 from __future__ import annotations
@@ -202,7 +210,7 @@ def run(solver: str, model: Callable[..., Tensor], x: Tensor, sigmas: Any, extra
 # ----------------------------------------------------------------------------------------------
 
 def _euler_step(D, x: Tensor, s: float, s_next: float, d: Tensor) -> Tensor:
-    """Euler in sigma, ``x' = x + (s' - s) (x - D) / s`` (Karras et al., arXiv 2206.00364, Eq. 4)."""
+    """Euler in sigma, ``x' = x + (s' - s) (x - D) / s`` (the Euler step of Karras et al., arXiv 2206.00364, Alg. 1)."""
     return x + (s_next - s) * ((x - d) / s)
 
 
