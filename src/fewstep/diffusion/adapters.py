@@ -25,6 +25,28 @@ def _module_dtype(model: Any) -> torch.dtype | None:
     return None
 
 
+def call_net(net: Callable[..., Tensor], x: Tensor, t: Tensor, cond: Mapping[str, Any] | None, dtype: torch.dtype,
+             min_batch: int = 1) -> Tensor:
+    """``net(x, t, **cond)`` in ``dtype``, on at least ``min_batch`` rows.
+
+    CPU kernels (oneDNN, MKL) choose other algorithms for small batches, which round differently, so a sample
+    would depend on how many others share its batch. Padding every call to ``min_batch`` rows (repeating the first
+    row of ``x``, ``t`` and every per-sample tensor in ``cond``) makes each row's result independent of the batch
+    and of the process count; only the padded rows are dropped.
+    """
+    n = x.shape[0]
+    if n < min_batch:
+        pad = min_batch - n
+
+        def grow(v):
+            return torch.cat([v, v[:1].expand(pad, *v.shape[1:])]) if torch.is_tensor(v) and v.ndim and \
+                v.shape[0] == n else v
+
+        x, t = grow(x), grow(t)
+        cond = {k: grow(v) for k, v in (cond or {}).items()}
+    return net(x.to(dtype), t.to(dtype), **(cond or {}))[:n]
+
+
 class ModelDenoiser(Denoiser):
     """Wrap ``model(x_t, t, **cond) -> prediction`` defined on a ``NoiseProcess``.
 
@@ -38,11 +60,14 @@ class ModelDenoiser(Denoiser):
         time_fn: optional map from native time to what the model takes as its time input.
         model_dtype: the dtype the model computes in; by default the dtype of its first parameter,
             or the state's dtype for parameter-free callables. The output is cast back.
+        min_batch: pad every call to at least this many rows (``call_net``), so that a sample does not depend
+            on the batch it is drawn in; 1 (no padding) by default.
     """
 
     def __init__(self, model: Callable[..., Tensor], process: NoiseProcess, prediction: str, *,
                  shape: tuple[int, ...] | None = None, name: str | None = None,
-                 time_fn: Callable[[Tensor], Tensor] | None = None, model_dtype: torch.dtype | None = None):
+                 time_fn: Callable[[Tensor], Tensor] | None = None, model_dtype: torch.dtype | None = None,
+                 min_batch: int = 1):
         super().__init__(process)
         if not callable(model):
             raise TypeError(f"model must be callable; got {type(model).__name__}")
@@ -56,6 +81,7 @@ class ModelDenoiser(Denoiser):
         self.name = name or f"{process.family}-{prediction}"
         self.time_fn = time_fn
         self.model_dtype = model_dtype or _module_dtype(model)
+        self.min_batch = int(min_batch)
 
     def denoise(self, x: Tensor, sigma: Tensor, cond: Mapping[str, Any] | None) -> Tensor:
         inf = torch.isinf(sigma)
@@ -71,7 +97,7 @@ class ModelDenoiser(Denoiser):
         t = self.process.sigma_to_t(sigma)
         t_in = self.time_fn(t) if self.time_fn is not None else t
         dtype = self.model_dtype or x.dtype
-        out = self.model(xt.to(dtype), t_in.to(dtype), **(cond or {})).to(x.dtype)
+        out = call_net(self.model, xt, t_in, cond, dtype, self.min_batch).to(x.dtype)
         da = db = None
         if self.prediction == "velocity":
             da, db = (bcast(c.to(x.dtype), x) for c in self.process.dcoeffs_dt(t))
@@ -83,14 +109,14 @@ class EDMPrecond(Denoiser):
     ``D = c_skip x + c_out F(c_in x, c_noise)`` with ``c_skip = sd^2/(s^2+sd^2)``,
     ``c_out = s sd / sqrt(s^2+sd^2)``, ``c_in = 1/sqrt(s^2+sd^2)``, ``c_noise = log(s)/4``.
 
-    ``net(x_in, c_noise, **cond)`` is the raw network ``F``.
+    ``net(x_in, c_noise, **cond)`` is the raw network ``F``; ``min_batch`` as in ``ModelDenoiser``.
     """
 
     prediction = "edm"
 
     def __init__(self, net: Callable[..., Tensor], *, sigma_data: float = 0.5, sigma_min: float = 0.002,
                  sigma_max: float = 80.0, shape: tuple[int, ...] | None = None, name: str = "edm",
-                 model_dtype: torch.dtype | None = None):
+                 model_dtype: torch.dtype | None = None, min_batch: int = 1):
         super().__init__(VE(sigma_min, sigma_max))
         if sigma_data <= 0:
             raise ValueError(f"sigma_data must be positive; got {sigma_data}")
@@ -99,6 +125,7 @@ class EDMPrecond(Denoiser):
         self.shape = tuple(shape) if shape is not None else None
         self.name = name
         self.model_dtype = model_dtype or _module_dtype(net)
+        self.min_batch = int(min_batch)
 
     def denoise(self, x, sigma, cond):
         if torch.isinf(sigma).any():
@@ -111,7 +138,7 @@ class EDMPrecond(Denoiser):
         c_in = torch.rsqrt(s**2 + sd**2)
         c_noise = torch.log(sigma) / 4
         dtype = self.model_dtype or x.dtype
-        F = self.net((c_in * x).to(dtype), c_noise.to(dtype), **(cond or {})).to(x.dtype)
+        F = call_net(self.net, c_in * x, c_noise, cond, dtype, self.min_batch).to(x.dtype)
         return c_skip * x + c_out * F
 
     def identity(self):

@@ -28,7 +28,7 @@ from torch.nn import functional as F
 from fewstep._verify import read_verified_bytes
 from fewstep.diffusion.adapters import EDMPrecond
 from fewstep.models._registry import register_model
-from fewstep.models.nets import DigitsUNet, UNetConfig
+from fewstep.models.nets import MIN_BATCH, DigitsUNet, UNetConfig
 
 __all__ = ["NUM_CLASSES", "NULL_CLASS", "CONFIG", "CondDigitsUNet", "CondEDM", "load_digits_cond", "wrap"]
 
@@ -105,7 +105,8 @@ class CondEDM(EDMPrecond):
     null_class = NULL_CLASS
 
     def __init__(self, net: CondDigitsUNet, name: str = "digits-cond"):
-        super().__init__(net, sigma_data=SIGMA_DATA, sigma_min=0.002, sigma_max=80.0, shape=SHAPE, name=name)
+        super().__init__(net, sigma_data=SIGMA_DATA, sigma_min=0.002, sigma_max=80.0, shape=SHAPE, name=name,
+                         min_batch=MIN_BATCH)
 
     def embed(self, class_labels: Tensor) -> Tensor:
         return self.net.embed(class_labels)
@@ -115,7 +116,9 @@ class CondEDM(EDMPrecond):
         if bad:
             raise ValueError(f"unknown condition key(s) {sorted(bad)} for {self.name}; "
                              "allowed: class_labels, class_embedding")
-        return super().denoise(x, sigma, cond)
+        cond = dict(cond or {})
+        self.net._condition(x.shape[0], cond.get("class_labels"), cond.get("class_embedding"), x.dtype)  # checked
+        return super().denoise(x, sigma, cond)  # at the caller's batch size, before call_net pads the rows
 
 
 def wrap(net: CondDigitsUNet) -> CondEDM:

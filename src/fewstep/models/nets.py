@@ -22,6 +22,9 @@ from torch.nn import functional as F
 __all__ = ["UNetConfig", "DigitsUNet", "SinusoidalEmbedding"]
 
 Tensor = torch.Tensor
+# Every bundled network is called on at least this many rows (fewstep.diffusion.adapters.call_net): CPU kernels
+# pick other algorithms below 8 rows (2 threads) or 16 (1 thread), so a sample would depend on its batch.
+MIN_BATCH = 16
 
 
 @dataclass(frozen=True)

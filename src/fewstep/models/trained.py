@@ -29,7 +29,7 @@ from fewstep.diffusion.adapters import EDMPrecond, ModelDenoiser
 from fewstep.diffusion.denoiser import Denoiser
 from fewstep.diffusion.processes import Flow, VPDiscrete
 from fewstep.models._registry import register_model
-from fewstep.models.nets import DigitsUNet, UNetConfig
+from fewstep.models.nets import MIN_BATCH, DigitsUNet, UNetConfig
 
 __all__ = ["ChecksumError", "SPECS", "SHA256", "DATA_DIR", "TrainedSpec", "build_net", "wrap", "load_trained",
            "weights_path", "read_weights"]
@@ -96,10 +96,11 @@ def wrap(name: str, net: torch.nn.Module) -> Denoiser:
     """Convert the raw network of ``name`` into the denoiser contract ``D(x, sigma)``."""
     spec = _spec(name)
     if spec.objective == "edm":
-        return EDMPrecond(net, sigma_data=SIGMA_DATA, sigma_min=0.002, sigma_max=80.0, shape=SHAPE, name=name)
+        return EDMPrecond(net, sigma_data=SIGMA_DATA, sigma_min=0.002, sigma_max=80.0, shape=SHAPE, name=name,
+                          min_batch=MIN_BATCH)
     if spec.objective == "flow":
-        return ModelDenoiser(net, Flow(), "velocity", shape=SHAPE, name=name)
-    return ModelDenoiser(net, VPDiscrete.from_betas("linear"), "eps", shape=SHAPE, name=name)
+        return ModelDenoiser(net, Flow(), "velocity", shape=SHAPE, name=name, min_batch=MIN_BATCH)
+    return ModelDenoiser(net, VPDiscrete.from_betas("linear"), "eps", shape=SHAPE, name=name, min_batch=MIN_BATCH)
 
 
 def _header_info(blob: bytes) -> dict:
