@@ -15,19 +15,19 @@ k-diffusion's algorithm; where a fewstep solver has the same name (``euler``, ``
 that name and fewstep's own options stay reachable as ``run(name, ...)``:
 
 =============================  ==================================================================================
-``sample_euler``               ``euler``; ``s_churn > 0``: EDM churn + Euler steps (``_churn``)
+``sample_euler``               ``euler``; ``s_churn > 0``: EDM churn + Euler steps (``churn``)
 ``sample_euler_ancestral``     ``euler_ancestral``
 ``sample_heun``                ``heun`` (``s_churn`` etc. are its ``S_churn``, ``S_min``, ``S_max``, ``S_noise``)
 ``sample_dpm_2``               ``dpm_solver_2`` (r1 = 1/2); ``s_churn > 0``: EDM churn + DPM-Solver-2 steps
-``sample_dpm_2_ancestral``     ``dpm_solver_2`` (eta = 0); ancestral DPM-Solver-2 steps (``_ancestral``)
-``sample_lms``                 ``ipndm_v`` (order <= 4, no lower order at the end); ``_lms`` above order 4
+``sample_dpm_2_ancestral``     ``dpm_solver_2`` (eta = 0); ancestral DPM-Solver-2 steps (``ancestral``)
+``sample_lms``                 ``ipndm_v`` (order <= 4, no lower order at the end); ``lms`` above order 4
 ``sample_dpm_fast``            DPM-Solver-fast over ``ddim``, ``dpm_solver_2``, ``dpm_solver_3`` steps
 ``sample_dpm_adaptive``        DPM-Solver-12/23 with a PID step-size controller over the same steps
-``sample_dpmpp_2s_ancestral``  ``dpmpp_2s`` (r = 1/2, eta = 0); ancestral 2S steps (``_ancestral``)
+``sample_dpmpp_2s_ancestral``  ``dpmpp_2s`` (r = 1/2, eta = 0); ancestral 2S steps (``ancestral``)
 ``sample_dpmpp_sde``           ``dpmpp_sde``
 ``sample_dpmpp_2m``            ``dpmpp_2m`` (lower_order_final=False)
 ``sample_dpmpp_2m_sde``        ``dpmpp_2m_sde`` (lower_order_final=False; solver_type 'heun' is 'taylor')
-``sample_dpmpp_3m_sde``        ``_dpmpp_3m_sde``: ``dpmpp_3m_sde`` (official coefficients) with a Taylor warm-up
+``sample_dpmpp_3m_sde``        ``dpmpp_3m_sde`` (official coefficients) with a Taylor warm-up step
 =============================  ==================================================================================
 
 **Every fewstep solver** ``name`` not in that list is ``sample_<name>(model, x, sigmas, extra_args=None,
@@ -65,9 +65,20 @@ from fewstep.diffusion.processes import VE
 from fewstep.diffusion.sampling import Evaluator
 from fewstep.diffusion.schedules import as_list, check_sigmas
 from fewstep.diffusion.solvers import SOLVERS, get_solver
-from fewstep.diffusion.solvers._core import emit, lagrange_integrals, lam
-from fewstep.diffusion.solvers.dpm import dpmpp_2m_step, dpmpp_3m_step
-from fewstep.diffusion.solvers.stochastic import ancestral_split
+from fewstep.diffusion.solvers._core import emit, lam
+from fewstep.integrations._kdiffusion_algorithms import (
+    ancestral,
+    ancestral_target,
+    check_nonnegative,
+    churn,
+    dpm_2_step,
+    dpm_solver_step,
+    dpmpp_2s_step,
+    dpmpp_3m_sde_taylor_warmup,
+    euler_step,
+    lms,
+    sigma_range,
+)
 
 Tensor = torch.Tensor
 NoiseSampler = Callable[[Any, Any], Tensor]
@@ -205,144 +216,12 @@ def run(solver: str, model: Callable[..., Tensor], x: Tensor, sigmas: Any, extra
     return _drive(info.name, info.fn, model, x, sigmas, extra_args, callback, disable, **options)
 
 
-# ----------------------------------------------------------------------------------------------
-# k-diffusion's algorithms that fewstep has no registered solver for
-# ----------------------------------------------------------------------------------------------
-
-def _euler_step(D, x: Tensor, s: float, s_next: float, d: Tensor) -> Tensor:
-    """Euler in sigma, ``x' = x + (s' - s) (x - D) / s`` (the Euler step of Karras et al., arXiv 2206.00364, Alg. 1)."""
-    return x + (s_next - s) * ((x - d) / s)
-
-
-def _dpm_2_step(D, x: Tensor, s: float, s_next: float, d: Tensor) -> Tensor:
-    """DPM-Solver-2 with r1 = 1/2 (Lu et al., arXiv 2206.00927, Algorithm 1) in sigma space: Euler to the
-    midpoint in log sigma, ``s_mid = sqrt(s s')``, then the whole step with the slope there; Euler to 0."""
-    if s_next == 0:
-        return _euler_step(D, x, s, s_next, d)
-    s_mid = math.sqrt(s * s_next)
-    u = _euler_step(D, x, s, s_mid, d)
-    return x + (s_next - s) * ((u - D(u, s_mid)) / s_mid)
-
-
-def _dpmpp_2s_step(D, x: Tensor, s: float, s_next: float, d: Tensor) -> Tensor:
-    """DPM-Solver++(2S) with r = 1/2 (Lu et al., arXiv 2211.01095, Algorithm 1): a data-form step to
-    ``s_mid = sqrt(s s')``, then the whole step with ``D`` there; Euler to 0."""
-    if s_next == 0:
-        return _euler_step(D, x, s, s_next, d)
-    s_mid = math.sqrt(s * s_next)
-    u = (s_mid / s) * x + (1 - s_mid / s) * d
-    return (s_next / s) * x + (1 - s_next / s) * D(u, s_mid)
-
-
-def _churn(D, x, sigmas, *, callback=None, noise, step, s_churn: float, s_tmin: float, s_tmax: float,
-           s_noise: float):
-    """Karras et al., arXiv 2206.00364, Algorithm 2 with any ``step``: where ``s_tmin <= t_i <= s_tmax``, raise
-    ``x`` to ``t_hat = (1 + gamma) t_i``, ``gamma = min(s_churn / N, sqrt(2) - 1)``, with ``sqrt(t_hat^2 - t_i^2)
-    s_noise z``, then step from ``t_hat`` to ``t_{i+1}``."""
-    _check_nonnegative(s_churn=s_churn, s_noise=s_noise)
-    gamma_in = min(s_churn / (len(sigmas) - 1), math.sqrt(2) - 1)
-    for i, (t_cur, t_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
-        gamma = gamma_in if s_tmin <= t_cur <= s_tmax else 0.0
-        t_hat = t_cur * (1 + gamma)
-        if gamma > 0:  # increase noise temporarily
-            x = x + math.sqrt(t_hat**2 - t_cur**2) * s_noise * noise(t_cur, t_next)
-        denoised = D(x, t_hat)
-        emit(callback, i, x, t_cur, denoised, sigma_hat=t_hat)
-        x = step(D, x, t_hat, t_next, denoised)
-    return x
-
-
-def _ancestral(D, x, sigmas, *, callback=None, noise, step, eta: float, s_noise: float):
-    """Ancestral sampling with any ``step`` (docs/math.md, "Stochastic steps"): ``step`` to ``s_down``, then add
-    ``s_noise s_up z``, with DDIM's eta-variance split ``s_down^2 + s_up^2 = s'^2`` (Song et al., arXiv 2010.02502)."""
-    _check_nonnegative(eta=eta, s_noise=s_noise)
-    for i, (s, s_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
-        d = D(x, s)
-        emit(callback, i, x, s, d)
-        s_down, s_up = ancestral_split(s, s_next, eta)
-        x = step(D, x, s, s_down, d)
-        if s_next > 0:
-            x = x + s_noise * s_up * noise(s, s_next)
-    return x
-
-
-def _lms(D, x, sigmas, *, callback=None, order: int):
-    """Linear multistep in sigma: ``x' = x + sum_j w_j eps_{i-j}``, ``w_j = int_{s_i}^{s_i+1} l_j(s) ds`` with the
-    Lagrange basis ``l_j`` on the last ``min(order, i + 1)`` sigmas (Adams-Bashforth with variable steps; Hairer,
-    Norsett & Wanner, Solving ODEs I, III.5); ``ipndm_v`` is the same for order <= 4."""
-    eps: list[Tensor] = []
-    past: list[float] = []
-    for i, (s, s_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
-        d = D(x, s)
-        emit(callback, i, x, s, d)
-        eps, past = ([(x - d) / s] + eps)[:order], ([s] + past)[:order]
-        w = lagrange_integrals(past, s, s_next, n_quad=order)
-        x = x + sum(float(wj) * e for wj, e in zip(w, eps))
-    return x
-
-
-def _dpmpp_3m_sde(D, x, sigmas, *, callback=None, noise, eta: float, s_noise: float):
-    """DPM-Solver++(3M) SDE (Lu et al., arXiv 2211.01095) as k-diffusion runs it: fewstep's ``dpmpp_3m_sde`` with
-    ``coefficients="official"`` and no lower order at the end, but with the order-2 warm-up step in the Taylor
-    form (``h phi_2`` weight) where fewstep's uses the midpoint form."""
-    _check_nonnegative(eta=eta, s_noise=s_noise)
-    d_prev = d_prev2 = h_last = h_last2 = None
-    for i, (s, s_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
-        d = D(x, s)
-        emit(callback, i, x, s, d)
-        if h_last2 is not None:
-            x = dpmpp_3m_step(x, s, s_next, d, d_prev, d_prev2, h_last, h_last2, 1.0, eta)
-        else:
-            x = dpmpp_2m_step(x, s, s_next, d, d_prev, h_last, "taylor", eta)
-        if s_next > 0 and eta > 0 and s_noise > 0:
-            x = x + s_noise * s_next * math.sqrt(-math.expm1(-2 * eta * (lam(s_next) - lam(s)))) * noise(s, s_next)
-        d_prev, d_prev2, h_last, h_last2 = d, d_prev, lam(s_next) - lam(s), h_last
-    return x
-
-
-def _check_nonnegative(**values: float) -> None:
-    bad = {k: v for k, v in values.items() if not v >= 0}
-    if bad:
-        raise ValueError("need " + ", ".join(f"{k} >= 0" for k in values) + "; got "
-                         + ", ".join(f"{k}={v!r}" for k, v in bad.items()))
-
-
-# ----------------------------------------------------------------------------------------------
-# DPM-Solver-fast and adaptive DPM-Solver: k-diffusion's (sigma_min, sigma_max) signature
-# ----------------------------------------------------------------------------------------------
-
-def _dpm_solver(order: int, D, x: Tensor, s: float, s_next: float, callback=None, **options) -> Tensor:
-    """One DPM-Solver-``order`` step (Lu et al., arXiv 2206.00927; order 1 is DDIM): the registered solver on a
-    one-step grid."""
-    name = {1: "ddim", 2: "dpm_solver_2", 3: "dpm_solver_3"}[order]
-    return SOLVERS[name].fn(D, x, [s, s_next], callback=callback, **options)
-
-
-def _sigma_range(sigma_min: Any, sigma_max: Any, eta: float, s_noise: float) -> tuple[float, float]:
-    lo, hi = float(sigma_min), float(sigma_max)
-    if not (0 < lo < math.inf and 0 < hi < math.inf and lo != hi):
-        raise ValueError(f"sigma_min and sigma_max must be positive, finite and different; got {lo!r}, {hi!r}")
-    _check_nonnegative(eta=eta, s_noise=s_noise)
-    if eta and lo > hi:
-        raise ValueError(f"eta must be 0 for reverse sampling (sigma_min > sigma_max); got eta={eta!r}")
-    return lo, hi
-
-
-def _ancestral_target(s: float, s_next: float, eta: float, floor: float) -> tuple[float, float]:
-    """Where a DPM-Solver step goes with ``eta > 0``: ``s_down``, no lower than ``floor`` (sigma_min), and the noise
-    level ``s_up`` that brings it back to ``s_next``."""
-    if not eta:
-        return s_next, 0.0
-    s_down = max(ancestral_split(s, s_next, eta)[0], floor)
-    return s_down, math.sqrt(s_next**2 - s_down**2)
-
-
 def sample_dpm_fast(model, x, sigma_min, sigma_max, n, extra_args=None, callback=None, disable=None, eta=0.,
                     s_noise=1., noise_sampler=None):
     """DPM-Solver-fast (Lu et al., arXiv 2206.00927, Sec. 3.3): ``n`` evaluations on ``K = n // 3 + 1`` steps
     uniform in ``lambda = -log sigma`` from ``sigma_max`` to ``sigma_min``: DPM-Solver-3 steps, then orders 2, 1
     (``n % 3 == 0``) or one step of order ``n % 3``. ``eta > 0`` makes each step ancestral. Ends at ``sigma_min``."""
-    lo, hi = _sigma_range(sigma_min, sigma_max, eta, s_noise)
+    lo, hi = sigma_range(sigma_min, sigma_max, eta, s_noise)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n (the number of evaluations) must be a positive integer; got {n!r}")
     k = n // 3 + 1
@@ -359,8 +238,8 @@ def sample_dpm_fast(model, x, sigma_min, sigma_max, n, extra_args=None, callback
             if callback is not None:
                 t = _tensor(lams[i], x)
                 report = _reporter(lambda p, t=t: callback({**p, "t": t, "t_up": t}), x, None, i)
-            s_to, s_up = _ancestral_target(s, s_next, eta, lo)
-            x = _dpm_solver(order, D, x, s, s_to, report)
+            s_to, s_up = ancestral_target(s, s_next, eta, lo)
+            x = dpm_solver_step(order, D, x, s, s_to, report)
             if s_up > 0:
                 x = x + s_noise * s_up * noise(s, s_next)
     return x
@@ -378,8 +257,8 @@ def sample_dpm_adaptive(model, x, sigma_min, sigma_max, extra_args=None, callbac
     least ``accept_safety``. ``info["nfe"]`` counts the evaluations made (a retry reuses ``D`` at its start)."""
     if order not in (2, 3):
         raise ValueError(f"order must be 2 or 3; got {order!r}")
-    lo, hi = _sigma_range(sigma_min, sigma_max, eta, s_noise)
-    _check_nonnegative(rtol=rtol, atol=atol)
+    lo, hi = sigma_range(sigma_min, sigma_max, eta, s_noise)
+    check_nonnegative(rtol=rtol, atol=atol)
     low, high = ((1, {}), (2, {"r1": 0.5})) if order == 2 else ((2, {"r1": 1 / 3}), (3, {}))
     forward = lo < hi
     s, t_end, h = lam(hi), lam(lo), abs(h_init) * (1 if forward else -1)
@@ -404,10 +283,10 @@ def sample_dpm_adaptive(model, x, sigma_min, sigma_max, extra_args=None, callbac
         while (s < t_end - 1e-5) if forward else (s > t_end + 1e-5):
             t = min(t_end, s + h) if forward else max(t_end, s + h)
             s_cur, s_next = math.exp(-s), math.exp(-t)
-            s_to, s_up = _ancestral_target(s_cur, s_next, eta, lo)
+            s_to, s_up = ancestral_target(s_cur, s_next, eta, lo)
             denoised = D(x, s_cur)
-            x_low = _dpm_solver(low[0], D, x, s_cur, s_to, **low[1])
-            x_high = _dpm_solver(high[0], D, x, s_cur, s_to, **high[1])
+            x_low = dpm_solver_step(low[0], D, x, s_cur, s_to, **low[1])
+            x_high = dpm_solver_step(high[0], D, x, s_cur, s_to, **high[1])
             delta = torch.clamp(rtol * torch.maximum(x_low.abs(), x_prev.abs()), min=atol)
             error = float(torch.linalg.norm((x_low - x_high) / delta)) / math.sqrt(x.numel())
             inv = 1 / (error + 1e-8)
@@ -441,7 +320,7 @@ def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None,
     args = (model, x, sigmas, extra_args, callback, disable)
     if s_churn == 0:
         return _drive("euler", SOLVERS["euler"].fn, *args)
-    return _drive("euler", _churn, *args, noise=_noise(None, x, sigmas), step=_euler_step, s_churn=s_churn,
+    return _drive("euler", churn, *args, noise=_noise(None, x, sigmas), step=euler_step, s_churn=s_churn,
                   s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
 
 
@@ -467,39 +346,39 @@ def sample_dpm_2(model, x, sigmas, extra_args=None, callback=None, disable=None,
     args = (model, x, sigmas, extra_args, callback, disable)
     if s_churn == 0:
         return _drive("dpm_2", SOLVERS["dpm_solver_2"].fn, *args, r1=0.5)
-    return _drive("dpm_2", _churn, *args, noise=_noise(None, x, sigmas), step=_dpm_2_step, s_churn=s_churn,
+    return _drive("dpm_2", churn, *args, noise=_noise(None, x, sigmas), step=dpm_2_step, s_churn=s_churn,
                   s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise)
 
 
 def sample_dpm_2_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1., s_noise=1.,
                            noise_sampler=None):
-    """Ancestral DPM-Solver-2 steps (``_ancestral``); ``eta = 0`` is fewstep's ``dpm_solver_2`` (r1 = 1/2)."""
+    """Ancestral DPM-Solver-2 steps (``ancestral``); ``eta = 0`` is fewstep's ``dpm_solver_2`` (r1 = 1/2)."""
     args = (model, x, sigmas, extra_args, callback, disable)
     if eta == 0:
         return _drive("dpm_2_ancestral", SOLVERS["dpm_solver_2"].fn, *args, r1=0.5)
-    return _drive("dpm_2_ancestral", _ancestral, *args, noise=_noise(noise_sampler, x, sigmas),
-                  step=_dpm_2_step, eta=eta, s_noise=s_noise)
+    return _drive("dpm_2_ancestral", ancestral, *args, noise=_noise(noise_sampler, x, sigmas),
+                  step=dpm_2_step, eta=eta, s_noise=s_noise)
 
 
 def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, order=4):
     """Linear multistep in sigma with Lagrange-integrated coefficients: fewstep's ``ipndm_v`` for
-    ``order <= 4`` (full order to the end), ``_lms`` above."""
+    ``order <= 4`` (full order to the end), ``lms`` above."""
     if isinstance(order, bool) or not isinstance(order, int) or order < 1:
         raise ValueError(f"order must be a positive integer; got {order!r}")
     args = (model, x, sigmas, extra_args, callback, disable)
     if order <= 4:
         return _drive("lms", SOLVERS["ipndm_v"].fn, *args, order=order, lower_order_final=False)
-    return _drive("lms", _lms, *args, order=order)
+    return _drive("lms", lms, *args, order=order)
 
 
 def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1., s_noise=1.,
                               noise_sampler=None):
-    """Ancestral DPM-Solver++(2S) steps (``_ancestral``); ``eta = 0`` is fewstep's ``dpmpp_2s`` (r = 1/2)."""
+    """Ancestral DPM-Solver++(2S) steps (``ancestral``); ``eta = 0`` is fewstep's ``dpmpp_2s`` (r = 1/2)."""
     args = (model, x, sigmas, extra_args, callback, disable)
     if eta == 0:
         return _drive("dpmpp_2s_ancestral", SOLVERS["dpmpp_2s"].fn, *args, r=0.5)
-    return _drive("dpmpp_2s_ancestral", _ancestral, *args, noise=_noise(noise_sampler, x, sigmas),
-                  step=_dpmpp_2s_step, eta=eta, s_noise=s_noise)
+    return _drive("dpmpp_2s_ancestral", ancestral, *args, noise=_noise(noise_sampler, x, sigmas),
+                  step=dpmpp_2s_step, eta=eta, s_noise=s_noise)
 
 
 def sample_dpmpp_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1., s_noise=1.,
@@ -530,8 +409,10 @@ def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
 
 def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1., s_noise=1.,
                         noise_sampler=None):
-    """DPM-Solver++(3M) SDE as k-diffusion runs it (``_dpmpp_3m_sde``). Default noise: a Brownian path per sample."""
-    return _drive("dpmpp_3m_sde", _dpmpp_3m_sde, model, x, sigmas, extra_args, callback, disable,
+    """DPM-Solver++(3M) SDE as k-diffusion runs it (``dpmpp_3m_sde_taylor_warmup``).
+
+    Default noise: a Brownian path per sample."""
+    return _drive("dpmpp_3m_sde", dpmpp_3m_sde_taylor_warmup, model, x, sigmas, extra_args, callback, disable,
                   noise=_noise(noise_sampler, x, sigmas, brownian=True), eta=eta, s_noise=s_noise)
 
 
