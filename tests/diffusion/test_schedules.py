@@ -58,7 +58,8 @@ def test_discrete_spacings_match_their_definitions():
         get_sigmas("discrete", 10, GAUSS)
 
 
-@pytest.mark.parametrize("name", ["karras", "logsnr", "exponential", "time_uniform", "time_quadratic"])
+@pytest.mark.parametrize("name", ["karras", "logsnr", "exponential", "time_uniform", "time_quadratic", "flow_shift",
+                                  "flow_dynamic"])
 @pytest.mark.parametrize("final", ["zero", "min"])
 def test_every_schedule_is_decreasing_with_the_right_ends(name, final):
     s = get_sigmas(name, 7, GAUSS, final=final)
@@ -66,6 +67,49 @@ def test_every_schedule_is_decreasing_with_the_right_ends(name, final):
     assert (s[1:] < s[:-1]).all()
     assert float(s[0]) == pytest.approx(GAUSS.sigma_max)
     assert float(s[-1]) == (0.0 if final == "zero" else pytest.approx(GAUSS.sigma_min))
+
+
+def _diffusers_flow_sigmas(n: int, config: dict, **kwargs) -> torch.Tensor:
+    diffusers = pytest.importorskip("diffusers")
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler.from_config({"num_train_timesteps": 1000, **config})
+    scheduler.set_timesteps(n, **kwargs)
+    return scheduler.sigmas.double()
+
+
+FLOW = ModelDenoiser(lambda x, t: x, Flow(t_min=1e-3), "velocity")  # t_min = 1 / 1000, as diffusers
+
+
+@pytest.mark.parametrize("n", [1, 3, 7, 10])
+@pytest.mark.parametrize("shift", [1.0, 3.0, 0.5])
+def test_flow_shift_is_diffusers_flow_grid(n, shift):
+    """The grid in flow time t = sigma / (1 + sigma) is diffusers' own FlowMatchEulerDiscreteScheduler sigmas
+    (which are float32), with t = 1 as sigma = inf."""
+    ours = get_sigmas("flow_shift", n, FLOW, shift=shift)
+    assert ours.numel() == n + 1 and math.isinf(ours[0]) and ours[-1] == 0
+    t = torch.where(torch.isinf(ours), torch.ones_like(ours), ours / (1 + ours))
+    torch.testing.assert_close(t, _diffusers_flow_sigmas(n, {"shift": shift}), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("n", [2, 5, 10])
+@pytest.mark.parametrize("mu", [0.0, 0.5, 1.15])
+def test_flow_dynamic_is_diffusers_dynamic_shifting(n, mu):
+    ours = get_sigmas("flow_dynamic", n, FLOW, mu=mu)
+    t = torch.where(torch.isinf(ours), torch.ones_like(ours), ours / (1 + ours))
+    config = {"use_dynamic_shifting": True, "time_shift_type": "exponential"}
+    torch.testing.assert_close(t, _diffusers_flow_sigmas(n, config, mu=mu), rtol=1e-6, atol=1e-7)
+
+
+def test_flow_grids_plain_and_bad_options():
+    plain = get_sigmas("flow_shift", 6, FLOW)
+    torch.testing.assert_close(get_sigmas("flow_dynamic", 6, FLOW), plain)
+    t = plain[1:-1] / (1 + plain[1:-1])
+    torch.testing.assert_close(torch.diff(t), torch.full((4,), float(t[1] - t[0]), dtype=torch.float64))
+    assert (get_sigmas("flow_shift", 6, FLOW, shift=3.0)[1:-1] > plain[1:-1]).all()  # shift > 1 stays noisier
+    assert float(get_sigmas("flow_shift", 4, FLOW, sigma_max=80.0)[0]) == pytest.approx(80.0)
+    with pytest.raises(ValueError, match="shift must be > 0"):
+        get_sigmas("flow_shift", 4, FLOW, shift=0.0)
+    with pytest.raises(ValueError, match="unknown option"):
+        get_sigmas("flow_shift", 4, FLOW, mu=1.0)
 
 
 def test_explicit_and_bad_schedules():

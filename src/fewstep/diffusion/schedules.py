@@ -54,6 +54,30 @@ def time_power(n: int, process, sigma_min: float, sigma_max: float, power: float
     return s
 
 
+def flow_shift(n: int, t_min: float, t_max: float = 1.0, shift: float = 1.0) -> Tensor:
+    """diffusers' ``FlowMatchEulerDiscreteScheduler`` grid in flow time ``t``: ``linspace(t_max, s(t_min), n)``
+    mapped through ``s(t) = shift t / (1 + (shift - 1) t)`` (Esser et al., arXiv 2403.03206, Eq. 23).
+
+    The low end is shifted twice, as diffusers does (its ``sigma_min`` is already shifted); ``shift = 1`` is the
+    plain linspace grid. Returns ``n`` flow times, decreasing.
+    """
+    if not shift > 0:
+        raise ValueError(f"shift must be > 0; got {shift!r}")
+
+    def s(t):
+        return shift * t / (1 + (shift - 1) * t)
+
+    return s(torch.linspace(t_max, s(t_min), n, dtype=torch.float64))
+
+
+def flow_dynamic(n: int, t_min: float, t_max: float = 1.0, mu: float = 0.0) -> Tensor:
+    """diffusers' dynamic shifting (``use_dynamic_shifting``, ``time_shift_type="exponential"``):
+    ``s(t) = e^mu / (e^mu + 1/t - 1)`` over ``linspace(t_max, t_min, n)`` (FLUX's resolution shift ``mu``).
+    ``mu = 0`` is the plain linspace grid. Returns ``n`` flow times, decreasing."""
+    t = torch.linspace(t_max, t_min, n, dtype=torch.float64)
+    return math.exp(mu) / (math.exp(mu) + (1 / t - 1))
+
+
 def discrete_timesteps(n: int, num_train_timesteps: int, spacing: str = "trailing",
                        steps_offset: int = 0) -> np.ndarray:
     """Integer timesteps, decreasing, as diffusers spaces them; ``trailing`` starts at ``T - 1``
@@ -79,6 +103,8 @@ _SCHEDULES = {
     "time_uniform": "uniform in the model's native time",
     "time_quadratic": "uniform in the square root of the model's native time",
     "discrete": "integer timesteps of a discrete model, spacing leading / trailing (default) / linspace",
+    "flow_shift": "diffusers' flow-matching grid in flow time t = sigma / (1 + sigma), option shift (default 1.0)",
+    "flow_dynamic": "diffusers' flow-matching grid with dynamic (exponential) shifting, option mu (default 0.0)",
     "explicit": "an explicit list of sigmas (option sigmas=[...])",
 }
 
@@ -112,7 +138,10 @@ def get_sigmas(name: str, n_steps: int, model, *, final: str = "zero", sigma_min
         model: a ``Denoiser`` (gives ``sigma_min``, ``sigma_max`` and its native time).
         final: ``"zero"`` appends sigma = 0; ``"min"`` ends the grid at ``sigma_min``.
         sigma_min, sigma_max: override the model's range.
-        options: schedule options (``rho``, ``spacing``, ``steps_offset``, ``sigmas``).
+        options: schedule options (``rho``, ``spacing``, ``steps_offset``, ``shift``, ``mu``, ``sigmas``).
+
+    The flow grids live in flow time ``t = sigma / (1 + sigma)`` (the flow's ``sigma = t / (1 - t)``); they start
+    at ``t = 1`` (``sigma = inf``) unless ``sigma_max`` is finite.
     """
     if name not in _SCHEDULES:
         raise ValueError(f"unknown schedule {name!r}; choose one of {', '.join(_SCHEDULES)}")
@@ -136,6 +165,12 @@ def get_sigmas(name: str, n_steps: int, model, *, final: str = "zero", sigma_min
             raise ValueError(f"the discrete schedule needs a discrete-time model; this one is {process.family}")
         t = discrete_timesteps(n, T, **options)
         s = process.t_to_sigma(torch.from_numpy(t)).double()
+    elif name in ("flow_shift", "flow_dynamic"):
+        key = "shift" if name == "flow_shift" else "mu"
+        _check_opts(name, options, {key})
+        fn = flow_shift if name == "flow_shift" else flow_dynamic
+        t = fn(n, lo / (1 + lo), 1.0 if math.isinf(hi) else hi / (1 + hi), **options)
+        s = torch.where(t >= 1, torch.full_like(t, math.inf), t / (1 - t))
     elif name in ("karras", "logsnr", "exponential"):
         if math.isinf(hi):
             raise ValueError(f"the {name} schedule needs a finite sigma_max, and this model's is inf (zero "
