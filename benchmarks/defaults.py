@@ -1,0 +1,239 @@
+"""The defaults of ``fewstep.sample`` (issue 17, item 1): which (solver, schedule) to run when the user names
+neither, per model family and NFE, measured against the peers' own defaults.
+
+    .venv/bin/python benchmarks/defaults.py measure digits-gmm   # one model per process; run several at once
+    .venv/bin/python benchmarks/defaults.py report               # selection, the table, the markdown section
+
+``measure`` scores every candidate (solver, schedule) of fewstep and the peers' samplers on one model at
+NFE 3-10 by rmse_ref (RMSE to the adaptive float64 reference ODE solution from the same noise and the same
+starting sigma) and writes the rows to ``--out``. ``report`` picks, per family and NFE, the candidate with the
+best geometric-mean ratio to the best peer default, choosing on all but one model of a family with several (the held-out
+model is reported, not chosen on), prints the table for ``src/fewstep/diffusion/defaults.py`` and writes the
+``defaults`` section of docs/benchmarks.md.
+
+The run goes through ``fewstep.sample`` and ``fewstep.bench.peers.run_peer`` directly rather than
+``run_bench`` / ``peer_rows``, because those take a schedule by name only, and the candidates need schedule
+options (the flow grids' ``shift``, a finite ``sigma_max`` on a flow model) and the peers their own grids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "benchmarks.md"
+MODELS = ["gmm2d", "digits-gmm", "digits-empirical", "digits-edm", "digits-flow", "digits-vp-eps"]
+HELD_OUT = {"ve": "digits-edm"}  # the family's model that the choice never sees
+NFES = list(range(3, 11))
+SOLVERS = ["unipc", "dpmpp_2m", "dpmpp_3m", "ipndm", "ipndm_v", "deis", "dpm_solver_v3"]
+CAP = 80.0  # SIGMA_CAP: where k-diffusion-style sigma grids start on a flow model
+# (schedule, options) candidates per family; sigma-space grids on a flow model start at CAP.
+SCHEDULES = {
+    "ve": [("karras", {}), ("logsnr", {}), ("time_uniform", {})],
+    "vp": [("karras", {}), ("logsnr", {}), ("time_uniform", {})],
+    "vp_discrete": [("karras", {}), ("logsnr", {}), ("time_uniform", {}), ("discrete", {})],
+    "flow": [("karras", {"sigma_max": CAP}), ("logsnr", {"sigma_max": CAP}), ("time_uniform", {}),
+             ("flow_shift", {"shift": 2.0}), ("flow_shift", {"shift": 3.0}), ("flow_shift", {"sigma_max": CAP}),
+             ("flow_shift", {"shift": 3.0, "sigma_max": CAP})],
+}
+# The peers' defaults: k-diffusion's sample_dpmpp_2m on its Karras grid; diffusers' DPM-Solver++(2M) on its own
+# grid for the model (Karras for a sigma-space model, its timesteps for a discrete VP model, its flow sigmas for
+# a flow model). Other peer samplers count only towards "the best untuned configuration of any library".
+PEER_DEFAULTS = {("kdiffusion", "dpmpp_2m"), ("diffusers", "dpmpp_2m")}
+PEER_SAMPLERS = [("kdiffusion", "dpmpp_2m"), ("kdiffusion", "lms"), ("diffusers", "dpmpp_2m"),
+                 ("diffusers", "unipc"), ("diffusers", "deis"), ("diffusers", "ipndm")]
+
+
+def peer_grids(model, nfe: int):
+    """The grids a peer runs on at ``nfe`` (one evaluation per step): ``[(name, sigmas, is_default_grid)]``."""
+    import numpy as np
+    import torch
+
+    from fewstep.diffusion.schedules import get_sigmas
+
+    top = float(model.sigma_max) if math.isfinite(model.sigma_max) else CAP
+    out = [("karras", get_sigmas("karras", nfe, model, sigma_max=top), model.process.family != "flow")]
+    if model.process.family == "vp_discrete":  # DPMSolverMultistepScheduler's default timestep_spacing
+        out.append(("discrete linspace", get_sigmas("discrete", nfe, model, spacing="linspace"), True))
+    if model.process.family == "flow":  # DPMSolverMultistepScheduler(use_flow_sigmas=True, flow_shift=1.0)
+        t = np.linspace(1 - 1 / 1000, 0, nfe + 1)[:-1]
+        out.append(("diffusers flow", torch.tensor([*(t / (1 - t)), 0.0], dtype=torch.float64), True))
+    return out
+
+
+def measure(name: str, seeds, rtol: float, out: Path) -> None:
+    import torch
+
+    from fewstep.bench.peers import run_peer
+    from fewstep.diffusion.denoiser import CountingDenoiser
+    from fewstep.diffusion.sampling import plan, sample, seeded_noise
+    from fewstep.evaluation import reference_samples
+    from fewstep.metrics.paired import rmse
+    from fewstep.models import load_model
+
+    torch.set_num_threads(1)
+    model = CountingDenoiser(load_model(name))
+    family = model.process.family
+    refs: dict[float, torch.Tensor] = {}
+
+    def ref(top: float) -> torch.Tensor:
+        top = float(f"{top:.9g}")  # one reference for grids whose first sigma differs by round-off
+        if top not in refs:
+            t0 = time.perf_counter()
+            refs[top], tol = reference_samples(model.inner, seeds, sigma_max=top, rtol=rtol)
+            print(f"{name}: reference from sigma {top:g} in {time.perf_counter() - t0:.0f} s, check {tol:.2e}",
+                  flush=True)
+        return refs[top]
+
+    rows = []
+    for solver in SOLVERS:
+        for schedule, options in SCHEDULES[family]:
+            for nfe in NFES:
+                row = {"model": name, "family": family, "source": "fewstep", "solver": solver,
+                       "schedule": schedule, "options": options, "nfe_budget": nfe}
+                try:
+                    top = float(plan(model, solver=solver, nfe=nfe, schedule=schedule,
+                                     schedule_options=options).sigmas[0])
+                    model.reset()
+                    x = sample(model, solver=solver, nfe=nfe, schedule=schedule, schedule_options=options,
+                               seeds=seeds)
+                except ValueError as exc:
+                    rows.append({**row, "error": str(exc)})
+                    continue
+                rows.append({**row, "nfe": model.calls,
+                             "top": top, "rmse_ref": rmse(x.double(), ref(top))})
+    noise = seeded_noise(seeds, model.shape, dtype=torch.float64)
+    for peer, sampler in PEER_SAMPLERS:
+        for nfe in NFES:
+            for grid_name, sigmas, default_grid in peer_grids(model, nfe):
+                row = {"model": name, "family": family, "source": peer, "solver": f"{peer}:{sampler}",
+                       "schedule": grid_name, "options": {}, "nfe_budget": nfe,
+                       "default": (peer, sampler) in PEER_DEFAULTS and (default_grid or peer == "kdiffusion")}
+                top = float(sigmas[0])
+                try:
+                    model.reset()
+                    with torch.no_grad():
+                        x = run_peer(peer, sampler, model, top * noise, sigmas)
+                except Exception as exc:  # a peer that cannot run this configuration is reported, not hidden
+                    rows.append({**row, "error": f"{type(exc).__name__}: {exc}"})
+                    continue
+                rows.append({**row, "nfe": model.calls, "top": top, "rmse_ref": rmse(x.double(), ref(top))})
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(rows, indent=1))
+    print(f"{name}: {len(rows)} rows", flush=True)
+
+
+def _gmean(values) -> float:
+    """The geometric mean: the choice's typical ratio, so that one model with tiny ratios does not decide."""
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def _key(row) -> tuple:
+    return row["solver"], row["schedule"], json.dumps(row["options"], sort_keys=True)
+
+
+def _label(key) -> str:
+    opts = json.loads(key[2])
+    return f"{key[0]} / {key[1]}" + (f" {', '.join(f'{k}={v:g}' for k, v in opts.items())}" if opts else "")
+
+
+def report(out: Path, seeds: int, write: bool) -> None:
+    rows = [r for p in sorted(out.glob("*.json")) for r in json.loads(p.read_text()) if "rmse_ref" in r]
+    models = [m for m in MODELS if any(r["model"] == m for r in rows)]
+    score: dict[tuple, float] = {}  # (model, nfe, key) -> rmse_ref
+    peer_best: dict[tuple, tuple] = {}  # (model, nfe) -> (rmse_ref, label) over the peers' defaults
+    any_best: dict[tuple, tuple] = {}  # (model, nfe) -> (rmse_ref, label) over every configuration measured
+    family = {r["model"]: r["family"] for r in rows}
+    for r in rows:
+        mn, e = (r["model"], r["nfe_budget"]), r["rmse_ref"]
+        if r["nfe"] > r["nfe_budget"]:
+            continue
+        label = _label(_key(r))
+        if r["source"] == "fewstep":
+            score[(*mn, _key(r))] = e
+        elif r.get("default"):
+            peer_best[mn] = min(peer_best.get(mn, (math.inf, "")), (e, label))
+        any_best[mn] = min(any_best.get(mn, (math.inf, "")), (e, label))
+    table, chosen_on = {}, {}
+    for fam in sorted(set(family.values())):
+        members = [m for m in models if family[m] == fam]
+        pick = [m for m in members if m != HELD_OUT.get(fam)] or members
+        chosen_on[fam] = pick
+        for nfe in NFES:
+            keys = {k for (m, n, k) in score if n == nfe and m in pick}
+            full = [k for k in keys if all((m, nfe, k) in score and (m, nfe) in peer_best for m in pick)]
+            if not full:
+                continue
+            best = min(full, key=lambda k: _gmean([score[(m, nfe, k)] / peer_best[(m, nfe)][0] for m in pick]))
+            table[(fam, nfe)] = best
+    lines = ["DEFAULTS: dict[tuple[str, int], tuple[str, str, dict[str, Any]]] = {"]
+    for (fam, nfe), k in sorted(table.items()):
+        lines.append(f"    ({json.dumps(fam)}, {nfe}): ({json.dumps(k[0])}, {json.dumps(k[1])}, {k[2]}),")
+    lines.append("}")
+    print("\n".join(lines))
+    md = [f"Made by `python benchmarks/defaults.py measure MODEL` for each model, then "
+          f"`python benchmarks/defaults.py report --write`; {seeds} seeds, rmse_ref against the adaptive float64 "
+          "reference ODE solution from the same noise and the same starting sigma (a flow model's grids from "
+          "t = 1 are scored against the reference from t = 1, its sigma-space grids against the one from sigma "
+          f"{CAP:g}). fewstep's default is the table in `src/fewstep/diffusion/defaults.py`, chosen per family and "
+          "NFE by the best geometric-mean ratio to the best peer default over the models in *chosen on*. The peers' "
+          "defaults are k-diffusion's `sample_dpmpp_2m` on its Karras grid and diffusers' DPM-Solver++(2M) on its "
+          "own grid for the model (Karras; the `linspace` timesteps for digits-vp-eps; "
+          "`use_flow_sigmas` for digits-flow), both run by their own code. *Best untuned* is the best of every "
+          f"configuration measured: fewstep's {', '.join(SOLVERS)} on the candidate grids, and "
+          f"{', '.join(f'{p}:{s}' for p, s in PEER_SAMPLERS)} on Karras and the peer's own grid.", "",
+          "| model | family | chosen on | NFE | fewstep default | rmse_ref | best peer default | rmse_ref | "
+          "ratio | best untuned | rmse_ref | ratio | target |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    misses = []
+    for m in models:
+        fam = family[m]
+        for nfe in NFES:
+            k = table.get((fam, nfe))
+            if k is None or (m, nfe, k) not in score or (m, nfe) not in peer_best:
+                continue
+            e, (pe, pl), (ae, al) = score[(m, nfe, k)], peer_best[(m, nfe)], any_best[(m, nfe)]
+            ok = e <= pe and e <= 1.05 * ae
+            if not ok:
+                misses.append(f"{m} NFE {nfe}: {e:.4g} against peer {pe:.4g} ({e / pe:.2f}x), "
+                              f"best untuned {ae:.4g} ({e / ae:.2f}x)")
+            held = "held out" if m == HELD_OUT.get(fam) else ("itself" if chosen_on[fam] == [m] else "yes")
+            md.append(f"| {m} | {fam} | {held} | {nfe} | {_label(k)} | {e:.4g} | {pl} | {pe:.4g} | {e / pe:.2f} | "
+                      f"{al} | {ae:.4g} | {e / ae:.2f} | {'holds' if ok else 'misses'} |")
+    md += ["", "The target (at every NFE in 3-10, fewstep's default at most the best peer default and within 1.05x "
+           "of the best untuned configuration on every model) "
+           + ("holds everywhere." if not misses else f"misses {len(misses)} of {len(md) - 3} cells:"), ""]
+    md += [f"- {line}" for line in misses]
+    body = "## Defaults against the peers' defaults\n" + "\n".join(md)
+    print(body)
+    if write:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("solvers_bench", ROOT / "benchmarks" / "solvers.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        mod.write_section(DOC, "defaults", body)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["measure", "report"])
+    ap.add_argument("models", nargs="*", default=[])
+    ap.add_argument("--seeds", type=int, default=64, help="seeds 0..N-1")
+    ap.add_argument("--rtol", type=float, default=1e-4, help="tolerance of the reference ODE solutions")
+    ap.add_argument("--out", type=Path, default=Path("/tmp/fewstep-defaults"), help="where the rows go")
+    ap.add_argument("--write", action="store_true", help="write the section of docs/benchmarks.md")
+    args = ap.parse_args()
+    if args.what == "measure":
+        for name in args.models or MODELS:
+            measure(name, list(range(args.seeds)), args.rtol, args.out)
+    else:
+        report(args.out, args.seeds, args.write)
+
+
+if __name__ == "__main__":
+    main()
