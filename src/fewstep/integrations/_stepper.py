@@ -2,20 +2,32 @@
 
 A fewstep solver is a plain function that calls ``D(x, sigma)`` whenever it needs the model.
 diffusers inverts that control: the pipeline owns the loop and hands the scheduler one model output
-per ``step``. ``SolverRun`` bridges the two without touching any solver. The unchanged driver
-``fewstep.diffusion.sampling.solve`` runs in a worker thread on a stand-in model whose every
-evaluation *suspends* the worker: it posts the requested ``(x, sigma)`` and blocks until ``send``
-answers with ``D``. Exactly one of the two threads runs at any time, so this is a coroutine built
+per ``step``. ``SolverRun`` bridges the two without touching any solver. ``run_solver`` (the driver
+``fewstep.diffusion.sampling.solve`` with the noise passed in) runs in a worker thread on a stand-in model
+whose every evaluation *suspends* the worker: it posts the requested ``(x, sigma)`` and blocks until
+``send`` answers with ``D``. Exactly one of the two threads runs at any time, so this is a coroutine built
 from a thread; the solver's multistep history stays a local variable of the solver function.
 
 ``plan_evaluations`` runs the same driver once on a dummy state to list, in order, the sigma of
-every evaluation and whether it starts a step (where a run may be restarted from a new state).
+every evaluation and whether it starts a step (where a run may start, e.g. for img2img).
+
+A pipeline may change the state between two evaluations (inpainting blends its latents). ``SolverRun.set_state``
+then writes the new state into the tensor the solver passed to ``D``, before ``D`` is answered. Every
+registered solver computes what follows an evaluation from the tensor it evaluated at (``d = D(x, s)``, then
+``x' = f(x, d, history)``), so the solver continues from the new state and keeps its history of model
+outputs: the semantics of diffusers' schedulers, whose ``step`` reads the ``sample`` it is given. Where the
+evaluated tensor is not the state a solver carries on with (the second evaluation of a Heun step, a UniPC
+corrector, a singlestep solver's inner point), the change reaches the solver only through ``D``, as in
+diffusers' ``HeunDiscreteScheduler`` (``state_in_first_order``) and ``UniPCMultistepScheduler`` (whose
+corrector starts from ``last_sample``).
 """
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,9 +35,33 @@ import torch
 
 from fewstep.diffusion.denoiser import Denoiser
 from fewstep.diffusion.processes import VE
-from fewstep.diffusion.sampling import solve
+from fewstep.diffusion.sampling import Evaluator
+from fewstep.diffusion.solvers import get_solver
 
 Tensor = torch.Tensor
+Noise = Callable[[float, float], Tensor]
+
+
+def run_solver(model: Denoiser, x: Tensor, grid: list[float], solver: str, options: dict[str, Any], *,
+               noise: Noise | None = None, denoise_to_zero: bool = False, callback: Callable | None = None) -> Tensor:
+    """``fewstep.diffusion.sampling.solve(model, x, grid, solver, **options)`` with a stochastic solver's
+    noise given as ``noise(sigma, sigma_next)``: ``solve`` draws it from per-sample seeds, while a pipeline
+    brings its own generator. The same control flow: the x0-form first step from ``sigma = inf``, then the
+    solver, then ``denoise_to_zero``."""
+    info = get_solver(solver)
+    ev = Evaluator(model, grid, None, False)
+    if math.isinf(grid[0]):  # zero terminal SNR: take the first step in the x0 form
+        d = ev(x, grid[0])
+        if callback is not None:
+            callback({"x": x, "i": 0, "sigma": grid[0], "sigma_hat": grid[0], "denoised": d})
+        x = d if grid[1] == 0 else grid[1] * x + d
+        grid = grid[1:]
+    if len(grid) > 1:
+        extra = {"noise": noise} if info.stochastic else {}
+        x = info.fn(ev, x, grid, callback=callback, **options, **extra)
+    if denoise_to_zero and grid[-1] > 0:
+        x = ev(x, grid[-1])
+    return x
 
 
 @dataclass(frozen=True)
@@ -63,14 +99,16 @@ class _Recorder(Denoiser):
 
 def plan_evaluations(solver: str, grid: list[float], options: dict[str, Any], *,
                      denoise_to_zero: bool = False) -> list[Evaluation]:
-    """The evaluations ``solve(model, x, grid, solver, **options)`` makes, in order.
+    """The evaluations ``run_solver(model, x, grid, solver, options)`` makes, in order (a stochastic
+    solver's sigmas do not depend on its noise).
 
     An evaluation starts step ``i`` when the next event is the solver's callback for ``grid[i]``
     (the callback follows the evaluation whose ``D`` the step uses).
     """
     events: list = []
-    solve(_Recorder(events), torch.zeros(1, 1, dtype=torch.float64), grid, solver,
-          denoise_to_zero=denoise_to_zero, callback=lambda p: events.append(("step", float(p["sigma"]))), **options)
+    x = torch.zeros(1, 1, dtype=torch.float64)
+    run_solver(_Recorder(events), x, grid, solver, options, noise=lambda s, s_next: torch.zeros_like(x),
+               denoise_to_zero=denoise_to_zero, callback=lambda p: events.append(("step", float(p["sigma"]))))
     index = {s: i for i, s in enumerate(grid)}
     plan = []
     for k, (kind, sigma) in enumerate(events):
@@ -100,19 +138,22 @@ _CANCEL = object()
 
 
 class SolverRun:
-    """``solve(model, x, grid, solver, **options)`` as a coroutine over model evaluations.
+    """``run_solver(model, x, grid, solver, options, noise=noise)`` as a coroutine over model evaluations.
 
     ``start()`` returns the first ``Request``; ``send(D)`` answers it and returns the next
-    ``Request`` or ``Finished``. ``close()`` abandons the run. The worker thread inherits the
-    caller's grad / inference mode (both are thread-local in torch).
+    ``Request`` or ``Finished``; ``set_state(x)`` replaces the state of the pending request (see the
+    module docstring). ``close()`` abandons the run. The worker thread inherits the caller's grad /
+    inference mode (both are thread-local in torch). ``noise`` is called from the worker while the
+    caller waits in ``start`` or ``send``.
     """
 
     def __init__(self, solver: str, x: Tensor, grid: list[float], options: dict[str, Any], *,
-                 denoise_to_zero: bool = False):
-        self._args = (solver, x, list(grid), dict(options), denoise_to_zero)
+                 noise: Noise | None = None, denoise_to_zero: bool = False):
+        self._args = (solver, x, list(grid), dict(options), noise, denoise_to_zero)
         self._to_worker: queue.Queue = queue.Queue(maxsize=1)
         self._from_worker: queue.Queue = queue.Queue(maxsize=1)
         self._thread: threading.Thread | None = None
+        self._pending: Request | None = None
         self.finished = False
 
     def start(self) -> Request | Finished:
@@ -130,6 +171,14 @@ class SolverRun:
         self._to_worker.put(denoised)
         return self._receive()
 
+    def set_state(self, x: Tensor) -> None:
+        """Overwrite, in place, the state the solver is waiting to have evaluated."""
+        if self._pending is None:
+            raise RuntimeError("set_state() needs a pending request")
+        target = self._pending.x
+        with torch.inference_mode(target.is_inference()), torch.no_grad():
+            target.copy_(x)
+
     def close(self) -> None:
         """Unwind the worker if it is waiting for an evaluation."""
         if self._thread is not None and self._thread.is_alive() and not self.finished:
@@ -139,10 +188,10 @@ class SolverRun:
 
     # -- worker side ----------------------------------------------------------------------------
     def _work(self, grad: bool, inference: bool) -> None:
-        solver, x, grid, options, dtz = self._args
+        solver, x, grid, options, noise, dtz = self._args
         try:
             with torch.inference_mode(inference), torch.set_grad_enabled(grad):
-                out = solve(_Suspending(self), x, grid, solver, denoise_to_zero=dtz, **options)
+                out = run_solver(_Suspending(self), x, grid, solver, options, noise=noise, denoise_to_zero=dtz)
             self._from_worker.put(("done", out))
         except _Cancelled:
             pass
@@ -160,7 +209,9 @@ class SolverRun:
     def _receive(self) -> Request | Finished:
         kind, payload = self._from_worker.get()
         if kind == "eval":
+            self._pending = payload
             return payload
+        self._pending = None
         self.finished = True
         self._thread.join()
         if kind == "error":

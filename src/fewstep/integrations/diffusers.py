@@ -1,36 +1,55 @@
-"""``FewstepScheduler``: any deterministic fewstep solver and schedule behind diffusers' scheduler protocol.
+"""``FewstepScheduler``: any fewstep solver and schedule behind diffusers' scheduler protocol.
 
-    pipe.scheduler = FewstepScheduler.from_config(pipe.scheduler.config, solver="unipc", schedule="karras")
+    pipe.scheduler = FewstepScheduler.from_config(pipe.scheduler.config, solver="unipc")
 
-The pipeline's state is the model-space ``x_t`` (so ``scale_model_input`` is the identity and
-``init_noise_sigma = b(sigma_0)``); the solver's state is fewstep's ``x = x_t / a``. Each ``step`` takes
-one model output, converts it to ``D`` with the same ``DiffusersSpec`` as ``from_diffusers``, and lets
-the solver run to its next evaluation (see ``_stepper`` and docs/design.md). ``timesteps`` lists one
-entry per model evaluation, so a Heun or singlestep solver is called ``order`` times per step, as
-diffusers' ``HeunDiscreteScheduler`` is. For the same noise the pipeline gives what
-``fewstep.sample(from_diffusers(model, config), noise=...)`` gives.
+``from_config`` reads the pipeline's scheduler config completely (its class's defaults included): the model
+keys, the grid (by default the one the source scheduler's own ``set_timesteps`` builds) and, without a
+``solver`` argument, the fewstep solver of the source's algorithm; every key it cannot honour is named in an
+``IgnoredConfigWarning`` (docs/compat.md). The pipeline's state is the model-space ``x_t`` (so
+``scale_model_input`` is the identity); the solver's state is fewstep's ``x = x_t / a``. Each ``step`` takes
+one model output, converts it to ``D`` with the same ``DiffusersSpec`` as ``from_diffusers``, and lets the
+solver run to its next evaluation (``_stepper``). ``timesteps`` lists one entry per model evaluation, so a
+Heun or singlestep solver is called ``order`` times per step, as diffusers' ``HeunDiscreteScheduler`` is. A
+stochastic solver draws its noise from the generator the pipeline passes to ``step``.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+import warnings
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import diffusers
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
 from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
 
 from fewstep.diffusion.denoiser import Denoiser
-from fewstep.diffusion.from_diffusers import DiffusersSpec, is_flow_config, spec_from_config
+from fewstep.diffusion.from_diffusers import (
+    DiffusersSpec,
+    IgnoredConfigWarning,
+    read_scheduler_config,
+    spec_from_config,
+)
 from fewstep.diffusion.sampling import _check_solver_options
 from fewstep.diffusion.schedules import check_sigmas, get_sigmas, list_schedules
 from fewstep.diffusion.solvers import get_solver
+from fewstep.diffusion.solvers.stochastic import ancestral_split
 from fewstep.integrations._stepper import Evaluation, Finished, Request, SolverRun, plan_evaluations
 
 Tensor = torch.Tensor
+DEFAULT_SOLVER = "dpmpp_2m"
+_DDIM_FAMILY = ("ddim", "euler", "euler_ancestral")  # first-order steps, x' = r x + (1 - r) D (+ noise)
+_FLOAT32_NOISE = ("dpmpp_2m_sde", "dpmpp_3m_sde")  # DPMSolverMultistepScheduler draws its SDE noise in float32
+_MORE_SOURCES = ["DDIMParallelScheduler", "DDPMParallelScheduler", "LCMScheduler", "TCDScheduler", "SASolverScheduler"]
+_SAME_SAMPLER = {"DDIMParallelScheduler": "DDIMScheduler", "DDPMParallelScheduler": "DDPMScheduler"}
+_FINAL_ALPHA = ("DDIMScheduler", "DDIMParallelScheduler", "PNDMScheduler")  # last step to final_alpha_cumprod
 
 
 @dataclass
@@ -43,72 +62,105 @@ class FewstepSchedulerOutput(BaseOutput):
 
 
 class FewstepScheduler(SchedulerMixin, ConfigMixin):
-    """A diffusers scheduler that runs a registered deterministic fewstep solver.
+    """A diffusers scheduler that runs a registered fewstep solver.
 
     Args:
-        solver: a deterministic solver from ``fewstep.list_solvers()``; ``solver_options`` its options.
-        schedule: a name from ``fewstep.list_schedules()``; by default ``discrete`` with the config's
-            ``timestep_spacing`` for VP models and ``time_uniform`` (diffusers' shifted grid) for flow models.
+        solver: a solver from ``fewstep.list_solvers()``; ``solver_options`` its options. A stochastic solver
+            draws its noise from the ``generator`` given to ``step``.
+        schedule: a name from ``fewstep.list_schedules()``; by default the ``source`` scheduler's own grid, else
+            ``discrete`` with ``timestep_spacing`` (VP) or ``time_uniform`` (flow, diffusers' shifted grid).
         schedule_options: options of the schedule (e.g. ``{"rho": 7}``).
-        final: ``"zero"`` ends the grid at sigma = 0, ``"min"`` at the model's sigma_min
+        final: with a ``schedule``, ``"zero"`` ends the grid at sigma = 0, ``"min"`` at the model's sigma_min
             (then ``denoise_to_zero`` adds one evaluation that returns ``D``).
         float64: keep the solver state in float64 (the model still runs in its own dtype).
         sigma_min, sigma_max: override the model's sigma range for the schedule.
+        source: the complete config (with ``_class_name``) of the diffusers scheduler this one replaces; set
+            by ``from_config``. Its ``set_timesteps`` gives the default grid and ``init_noise_sigma``.
         The remaining arguments are the usual diffusers config keys (betas, ``prediction_type``,
         ``rescale_betas_zero_snr``, ``clip_sample``, ``thresholding``, flow ``shift``, ...), read by
         ``fewstep.diffusion.from_diffusers.spec_from_config``.
     """
 
-    _compatibles: list = []
+    _compatibles = [e.name for e in KarrasDiffusionSchedulers] + ["FlowMatchEulerDiscreteScheduler",
+                                                                    "FlowMatchHeunDiscreteScheduler"]
+    order = 1
 
     @register_to_config
-    def __init__(self, solver: str = "dpmpp_2m", solver_options: dict | None = None, schedule: str | None = None,
+    def __init__(self, solver: str = DEFAULT_SOLVER, solver_options: dict | None = None, schedule: str | None = None,
                  schedule_options: dict | None = None, final: str = "zero", denoise_to_zero: bool = False,
                  float64: bool = False, sigma_min: float | None = None, sigma_max: float | None = None,
-                 num_train_timesteps: int = 1000, beta_start: float = 0.0001, beta_end: float = 0.02,
-                 beta_schedule: str = "linear", trained_betas: list | None = None, prediction_type: str = "epsilon",
-                 rescale_betas_zero_snr: bool = False, clip_sample: bool = False, clip_sample_range: float = 1.0,
-                 thresholding: bool = False, dynamic_thresholding_ratio: float = 0.995, sample_max_value: float = 1.0,
-                 timestep_spacing: str = "leading", steps_offset: int = 0, shift: float = 1.0,
-                 use_dynamic_shifting: bool = False, time_shift_type: str = "exponential", base_shift: float = 0.5,
-                 max_shift: float = 1.15, base_image_seq_len: int = 256, max_image_seq_len: int = 4096):
+                 source: dict | None = None, num_train_timesteps: int = 1000, beta_start: float = 0.0001,
+                 beta_end: float = 0.02, beta_schedule: str = "linear", trained_betas: list | None = None,
+                 prediction_type: str = "epsilon", rescale_betas_zero_snr: bool = False, clip_sample: bool = False,
+                 clip_sample_range: float = 1.0, thresholding: bool = False, dynamic_thresholding_ratio: float = 0.995,
+                 sample_max_value: float = 1.0, timestep_spacing: str = "leading", steps_offset: int = 0,
+                 shift: float = 1.0, use_dynamic_shifting: bool = False, time_shift_type: str = "exponential",
+                 base_shift: float = 0.5, max_shift: float = 1.15, base_image_seq_len: int = 256,
+                 max_image_seq_len: int = 4096):
         info = get_solver(solver)
-        if info.stochastic:
-            raise ValueError(f"FewstepScheduler runs deterministic solvers; {solver!r} is stochastic")
         _check_solver_options(info, dict(solver_options or {}))
         if schedule is not None and schedule not in list_schedules():
             raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(list_schedules())}")
         if final not in ("zero", "min"):
             raise ValueError(f"final must be 'zero' or 'min'; got {final!r}")
+        if source is not None and _scheduler_class(source.get("_class_name")) is None:
+            raise ValueError(f"source must be the config of a diffusers scheduler (with its _class_name); got "
+                             f"_class_name={source.get('_class_name')!r}")
         self.order = info.evals_per_step
         self._spec = None if use_dynamic_shifting else spec_from_config(self.config)
+        if self._spec is not None and self._spec.kind == "vp":
+            self.alphas_cumprod = torch.from_numpy(self._spec.process.alphas_cumprod).float()
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1, dtype=torch.float32)
         self.sigmas: Tensor | None = None
         self.num_inference_steps: int | None = None
         self._plan: list[Evaluation] | None = None
         self._grid: list[float] = []
+        self._sigma_at: dict[float, float] = {}
+        self._first_input = (_first_input(_scheduler_class(source["_class_name"]).from_config(source))
+                             if source is not None and schedule is None else 1.0)
         self._step_index: int | None = None
         self._begin_index: int | None = None
         self._reset_run()
 
     @classmethod
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
-        """As diffusers' ``from_config``; a flow config (``FlowMatch*``, ``use_flow_sigmas``) becomes
-        ``prediction_type="flow_prediction"`` and its ``flow_shift`` becomes ``shift``."""
+        """Replace the scheduler that has ``config`` (``pipe.scheduler.config``); ``kwargs`` are this class's
+        arguments. Without ``solver`` the source's algorithm runs where fewstep has it (DPM-Solver++ 2M/3M and
+        their SDE forms, UniPC, DDIM, DDPM, Euler, Euler ancestral, Heun, ...); the grid is the source's own
+        unless ``schedule`` is given. A key that cannot be honoured is named in an ``IgnoredConfigWarning``."""
         cfg = dict(config or {})
-        if is_flow_config(cfg):
-            cfg["prediction_type"] = "flow_prediction"
-            if "flow_shift" in cfg and "shift" not in cfg:
-                cfg["shift"] = cfg["flow_shift"]
-        return super().from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
+        if kwargs.get("solver", "") is None:  # solver=None: the source's own algorithm
+            del kwargs["solver"]
+        name = cfg.get("_class_name")
+        if name == cls.__name__ or (name is None and "solver" in cfg):  # a FewstepScheduler's own config
+            return super().from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
+        source_cls, sampler_known = _source_class(cfg)
+        if source_cls is not None:
+            cfg["_class_name"] = source_cls.__name__
+        read = read_scheduler_config(cfg, _init_defaults(source_cls) if source_cls else None,
+                                     solver=kwargs.get("solver"), schedule=kwargs.get("schedule"),
+                                     fallback=DEFAULT_SOLVER, sampler_known=sampler_known)
+        for message in read.notes.values():
+            warnings.warn(f"FewstepScheduler.from_config does not honour {message}", IgnoredConfigWarning,
+                          stacklevel=2)
+        own = set(inspect.signature(cls.__init__).parameters)
+        init = {k: v for k, v in read.model.items() if k in own}
+        if read.source is not None:
+            init["source"] = read.source
+        if read.solver is not None:
+            init["solver"] = read.solver
+            if read.options:
+                kwargs["solver_options"] = {**read.options, **(kwargs.get("solver_options") or {})}
+        return super().from_config({**init, "_class_name": cls.__name__}, return_unused_kwargs=return_unused_kwargs,
+                                   **kwargs)
 
     # -- diffusers protocol -------------------------------------------------------------------
     @property
     def init_noise_sigma(self) -> float:
-        """``b(sigma_0)``: the pipeline draws ``x_t = b eps``, i.e. fewstep's ``x = sigma_0 eps`` (1 at sigma = inf)."""
-        spec = self._spec or spec_from_config(self.config, mu=0.0)
-        s0 = self._grid[0] if self._grid else spec.process.sigma_max
-        return 1.0 if math.isinf(s0) else float(spec.process.coeffs(torch.tensor(s0, dtype=torch.float64))[1])
+        """The pipeline draws ``latents = noise * init_noise_sigma`` as its first model input: 1 (diffusers'
+        VP and flow schedulers start from ``x_t = noise``), or, on the grid of a source that keeps the state
+        in sigma space (Euler, Heun, ...), that source's first model input per unit noise."""
+        return self._first_input
 
     @property
     def step_index(self) -> int | None:
@@ -132,7 +184,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
     def set_timesteps(self, num_inference_steps: int | None = None, device: str | torch.device | None = None,
                       timesteps: list[float] | None = None, sigmas: list[float] | None = None,
                       mu: float | None = None) -> None:
-        """Build the grid and list one timestep per model evaluation.
+        """Build the grid and list one timestep per model evaluation (float32, on ``device``).
 
         Exactly one of ``num_inference_steps`` (the number of solver steps), ``timesteps`` (model
         timesteps, one per step; the grid ends at 0) or ``sigmas`` is given. ``sigmas`` follow
@@ -147,30 +199,47 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
                              f"sigmas={sigmas is not None}")
         cfg = self.config
         spec = spec_from_config(cfg, mu=mu) if cfg.use_dynamic_shifting else self._spec
+        times: dict[float, float] = {}
         if sigmas is not None:
             grid = self._grid_from_sigmas(spec, sigmas, num_inference_steps)
         elif timesteps is not None:
-            s = spec.sigma_of_time(torch.as_tensor(list(timesteps), dtype=torch.float64))
-            grid = check_sigmas(torch.cat([s, s.new_zeros(1)]))
+            t = torch.as_tensor(list(timesteps), dtype=torch.float64)
+            grid = check_sigmas(torch.cat([spec.sigma_of_time(t), t.new_zeros(1)]))
+            times = dict(zip(grid.tolist(), t.tolist()))
+        elif cfg.schedule is None and cfg.source is not None:
+            grid, times, self._first_input = source_grid(cfg.source, int(num_inference_steps), spec, mu)
         else:
             grid = self._default_grid(spec, num_inference_steps)
         self._spec, self._grid = spec, [float(v) for v in grid]
-        options = dict(cfg.solver_options or {})
-        self._plan = plan_evaluations(cfg.solver, self._grid, options, denoise_to_zero=cfg.denoise_to_zero)
+        self._plan = plan_evaluations(cfg.solver, self._grid, dict(cfg.solver_options or {}),
+                                      denoise_to_zero=cfg.denoise_to_zero)
         self.num_inference_steps = len(self._grid) - 1
-        eval_sigmas = torch.tensor([e.sigma for e in self._plan], dtype=torch.float64)
-        self.timesteps = spec.model_time(eval_sigmas).to(device=device, dtype=torch.float32)
-        self.sigmas = torch.tensor(self._grid, dtype=torch.float64)
+        model_times = spec.model_time(torch.tensor([e.sigma for e in self._plan], dtype=torch.float64)).tolist()
+        ts = torch.tensor([times.get(e.sigma, m) for e, m in zip(self._plan, model_times)], dtype=torch.float32)
+        self._sigma_at = {}
+        for t, e in zip(ts.tolist(), self._plan):
+            self._sigma_at.setdefault(t, e.sigma)
+        self.timesteps = ts.to(device)
+        self.sigmas = torch.tensor(self._grid, dtype=torch.float32, device=device)
         self._step_index = self._begin_index = None
         self._reset_run()
 
-    def step(self, model_output: Tensor, timestep: Any, sample: Tensor, generator: torch.Generator | None = None,
-             return_dict: bool = True) -> FewstepSchedulerOutput | tuple:
+    def step(self, model_output: Tensor, timestep: Any, sample: Tensor, generator: Any = None,
+             return_dict: bool = True, *, eta: float = 0.0,
+             use_clipped_model_output: bool | None = None) -> FewstepSchedulerOutput | tuple:
         """Feed one model output to the solver and return the state of its next evaluation.
 
-        ``generator`` is accepted for pipelines that pass one and is unused (the solvers are deterministic).
-        If ``sample`` is not the state this scheduler returned last (a pipeline that blends latents,
-        such as inpainting), the solver restarts from ``sample`` at this grid point with its warm-up orders.
+        Args:
+            generator: a ``torch.Generator`` (or one per sample) for a stochastic solver's noise, drawn as
+                diffusers' schedulers draw theirs (``randn_tensor`` shaped like the model output).
+            eta: DDIM's stochasticity (``DDIMPipeline``): ``eta > 0`` turns ``ddim`` / ``euler`` into
+                ``euler_ancestral(eta=eta)``, DDIM's eta-step; other solvers refuse it. 0 changes nothing.
+            use_clipped_model_output: as ``DDIMScheduler`` when ``clip_sample`` or thresholding is on: ``False``
+                steps with the model's own eps (the default of ``ddim``; first-order solvers only), ``True``
+                with the eps of the clipped x0 (every other solver's default: they step with ``D``).
+
+        If ``sample`` is not the state this scheduler returned last (a pipeline that blends latents, such as
+        inpainting), the solver continues from ``sample`` and keeps its history (``_stepper``).
         """
         if self._plan is None:
             raise ValueError("call set_timesteps(...) before step(...)")
@@ -181,25 +250,34 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"all {len(self._plan)} evaluations of this schedule are done; call set_timesteps again")
         ev = self._plan[k]
         dtype = torch.float64 if self.config.float64 else torch.promote_types(sample.dtype, torch.float32)
+        out = _mean_prediction(model_output, sample)
         sigma = torch.full((sample.shape[0],), ev.sigma, dtype=torch.float64, device=sample.device)
-        if self._request is None or not self._is_handed_out(sample):
+        self._generator, self._noise_like = generator, out
+        if self._run is None:
             xt = sample.to(dtype)
-            self._start(ev, self._spec.state(xt, sigma))
+            self._start(ev, self._spec.state(xt, sigma), eta, use_clipped_model_output)
         else:
-            xt = self._xt
+            if (eta, use_clipped_model_output) != self._step_args:
+                raise ValueError(f"eta and use_clipped_model_output must stay as they were at the first step "
+                                 f"{self._step_args}; got {(eta, use_clipped_model_output)}")
+            if self._is_handed_out(sample):
+                xt = self._xt
+            else:
+                xt = sample.to(dtype)
+                self._run.set_state(self._spec.state(xt, sigma))
         if self._request.sigma != ev.sigma:
             raise RuntimeError(f"the solver asked for sigma = {self._request.sigma}, the plan for {ev.sigma}")
         try:
-            denoised = self._spec.to_x0(model_output.to(dtype), xt, sigma)
-            result = self._run.send(denoised)
+            x0 = self._spec.raw_x0(out.to(dtype), xt, sigma)
+            denoised = self._spec.postprocess(x0)
+            result = self._run.send(self._ddim_target(ev, denoised, x0) if self._unclipped else denoised)
         except BaseException:
             self._reset_run()  # a NaN model output (ModelOutputError) or a bad value ends this run
             raise
         self._step_index += 1
         if isinstance(result, Request):
             self._request = result
-            nxt = torch.full_like(sigma, result.sigma)
-            self._xt = self._spec.model_input(result.x, nxt)
+            self._xt = self._spec.model_input(result.x, torch.full_like(sigma, result.sigma))
             prev = self._handed = self._xt.to(sample.dtype)
         else:
             prev = self._final_sample(result).to(sample.dtype)
@@ -208,12 +286,15 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         return FewstepSchedulerOutput(*out) if return_dict else out
 
     def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
-        """``x_t = a x0 + b eps`` at the sigma of each model timestep (img2img, inpainting)."""
+        """``x_t = a x0 + b eps`` at the sigma of each model timestep (img2img, inpainting): the grid's sigma
+        for one of ``self.timesteps`` (as diffusers' schedulers look it up), else the training timestep's."""
         spec = self._spec or spec_from_config(self.config, mu=0.0)
         t = torch.as_tensor(timesteps).flatten().to(original_samples.device)
         if t.numel() == 1:
             t = t.expand(original_samples.shape[0])
-        a, b = spec.coeffs(spec.sigma_of_time(t), original_samples)
+        by_time = spec.sigma_of_time(t.cpu()).tolist()
+        s = [self._sigma_at.get(v, by_time[i]) for i, v in enumerate(t.float().tolist())]
+        a, b = spec.coeffs(torch.tensor(s, dtype=torch.float64, device=t.device), original_samples)
         return a * original_samples + b * noise
 
     def scale_noise(self, sample: Tensor, timestep: Tensor, noise: Tensor) -> Tensor:
@@ -260,19 +341,61 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         h = self._handed
         return sample is h or (h is not None and sample.shape == h.shape and torch.equal(sample, h))
 
-    def _start(self, ev: Evaluation, x: Tensor) -> None:
+    def _start(self, ev: Evaluation, x: Tensor, eta: float, use_clipped_model_output: bool | None) -> None:
         if ev.grid_index is None:
-            raise ValueError(f"the sample was changed at evaluation {self._step_index}, inside a {self.config.solver} "
-                             "step; a solver can only (re)start from a new sample where a step begins")
-        self._reset_run()
+            raise ValueError(f"a run cannot start at evaluation {self._step_index}, inside a {self.config.solver} "
+                             "step; begin where a step begins")
         cfg = self.config
-        self._run = SolverRun(cfg.solver, x, self._grid[ev.grid_index:], dict(cfg.solver_options or {}),
+        solver, options = self._run_solver(eta)
+        unclipped = use_clipped_model_output is False or (use_clipped_model_output is None and cfg.solver == "ddim")
+        if unclipped and self._spec.postprocessed and solver not in _DDIM_FAMILY:
+            raise ValueError(f"use_clipped_model_output=False (step with the unclipped eps) is DDIM's first-order "
+                             f"step; solver {solver!r} steps with the clipped x0 (pass True or None)")
+        self._reset_run()
+        self._step_args, self._eta = (eta, use_clipped_model_output), float(eta or 0.0)
+        self._unclipped = unclipped and self._spec.postprocessed
+        self._noise_dtype = torch.float32 if solver in _FLOAT32_NOISE else None
+        self._state_dtype = x.dtype
+        self._run = SolverRun(solver, x, self._grid[ev.grid_index:], options, noise=self._draw,
                               denoise_to_zero=cfg.denoise_to_zero)
         self._finalizer = weakref.finalize(self, self._run.close)
         first = self._run.start()
         if not isinstance(first, Request):
             raise RuntimeError("the solver finished without evaluating the model")
         self._request = first
+
+    def _run_solver(self, eta: float) -> tuple[str, dict[str, Any]]:
+        """The solver and options of a run with DDIM's ``eta`` from the pipeline."""
+        solver, options = self.config.solver, dict(self.config.solver_options or {})
+        if not (isinstance(eta, (int, float)) and math.isfinite(eta) and eta >= 0):
+            raise ValueError(f"eta must be a finite number >= 0; got {eta!r}")
+        if eta == 0:
+            return solver, options
+        if solver in ("ddim", "euler"):
+            return "euler_ancestral", {"eta": float(eta)}
+        if solver == "euler_ancestral" and options.get("eta", eta) == eta:
+            return solver, {**options, "eta": float(eta)}
+        raise ValueError(f"eta={eta} is DDIM's stochastic step, which solver {solver!r} "
+                         f"{'with eta=' + repr(options['eta']) if 'eta' in options else ''} cannot take; use "
+                         "solver='ddim' (its eta > 0 is euler_ancestral) or a stochastic solver's own options")
+
+    def _ddim_target(self, ev: Evaluation, denoised: Tensor, x0: Tensor) -> Tensor:
+        """The ``D`` that makes a first-order step ``x' = r x + (1 - r) D`` equal DDIM's
+        ``x' = x0_clipped + s_down eps`` with the model's unclipped ``eps = (x - x0) / s``."""
+        if ev.grid_index is None:  # denoise_to_zero's last evaluation returns D itself
+            return denoised
+        s, s_next = self._grid[ev.grid_index], self._grid[ev.grid_index + 1]
+        if math.isinf(s) or s_next == 0:
+            return denoised
+        r = ancestral_split(s, s_next, self._eta)[0] / s
+        return (denoised - r * x0) / (1 - r)
+
+    def _draw(self, sigma: float, sigma_next: float) -> Tensor:
+        """Standard-normal noise for the solver, drawn from the step's generator as diffusers draws it."""
+        like = self._noise_like
+        z = randn_tensor(like.shape, generator=self._generator, device=like.device,
+                         dtype=self._noise_dtype or like.dtype)
+        return z.to(self._state_dtype)
 
     def _final_sample(self, result: Finished) -> Tensor:
         last = self._grid[-1]
@@ -290,3 +413,82 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         self._request: Request | None = None
         self._xt: Tensor | None = None
         self._handed: Tensor | None = None
+        self._step_args: tuple = (0.0, None)
+        self._unclipped, self._eta = False, 0.0
+
+
+def _mean_prediction(model_output: Tensor, sample: Tensor) -> Tensor:
+    """A learned-variance output (twice the sample's channels) keeps its first half, as diffusers does."""
+    if model_output.ndim >= 2 and model_output.shape[1] == 2 * sample.shape[1] \
+            and model_output.shape[2:] == sample.shape[2:]:
+        return model_output[:, : sample.shape[1]]
+    return model_output
+
+
+def _scheduler_class(name: Any) -> type | None:
+    cls = getattr(diffusers, name, None) if isinstance(name, str) else None
+    return cls if isinstance(cls, type) and issubclass(cls, SchedulerMixin) and cls is not FewstepScheduler else None
+
+
+def _source_class(cfg: Mapping[str, Any]) -> tuple[type | None, bool]:
+    """The diffusers scheduler class of ``cfg`` and whether its sampler is known: its ``_class_name`` (a loaded
+    or ``from_config`` scheduler), or the classes whose ``__init__`` parameters are exactly the config's keys
+    (a directly constructed one records every parameter and no class name). Classes with the same keys
+    (LMS, KDPM2 and its ancestral form) build the same grid but differ in their samplers."""
+    if "_class_name" in cfg:
+        return _scheduler_class(cfg["_class_name"]), True
+    keys = {k for k in cfg if not k.startswith("_")}
+    found = [c for c in map(_scheduler_class, FewstepScheduler._compatibles + _MORE_SOURCES)
+             if c is not None and set(_init_defaults(c)) == keys]
+    samplers = {_SAME_SAMPLER.get(c.__name__, c.__name__) for c in found}
+    return (found[0] if found else None), len(samplers) == 1
+
+
+def _init_defaults(cls: type) -> dict[str, Any]:
+    params = inspect.signature(cls.__init__).parameters.values()
+    return {p.name: p.default for p in params if p.name != "self" and p.kind == p.POSITIONAL_OR_KEYWORD
+            and p.default is not p.empty}
+
+
+def _first_input(sch: Any) -> float:
+    """The first model input per unit noise of a diffusers scheduler: ``scale_model_input(init_noise_sigma)``."""
+    scale = getattr(sch, "scale_model_input", None)
+    init = torch.tensor([float(getattr(sch, "init_noise_sigma", 1.0))], dtype=torch.float64)  # flow: none, 1
+    ts = getattr(sch, "timesteps", None)
+    return float(scale(init, ts[0]) if scale is not None and ts is not None else init)
+
+
+def source_grid(source: Mapping[str, Any], n: int, spec: DiffusersSpec,
+                mu: float | None = None) -> tuple[Tensor, dict[float, float], float]:
+    """The grid diffusers' own scheduler ``source`` builds with ``set_timesteps(n)``: the sigmas (fewstep's
+    sigma space, float64 of diffusers' values), the model timestep of each grid point, and the first model
+    input per unit noise (``init_noise_sigma`` through ``scale_model_input``).
+
+    Schedulers with ``sigmas`` give them directly (Heun's repeated ones once; a flow time ``t`` becomes
+    ``t / (1 - t)``); DDIM, DDPM and PNDM give timesteps, whose sigmas come from their ``alphas_cumprod``, and
+    DDIM and PNDM end at ``final_alpha_cumprod`` (``set_alpha_to_one``). PNDM's Runge-Kutta warm-up points
+    are not grid points (its grid is built with ``skip_prk_steps=True``).
+    """
+    cls = _scheduler_class(source.get("_class_name"))
+    if cls is None:
+        raise ValueError(f"unknown diffusers scheduler class {source.get('_class_name')!r}")
+    cfg = {**source, "skip_prk_steps": True} if cls is diffusers.PNDMScheduler else dict(source)
+    sch = cls.from_config(cfg)
+    sch.set_timesteps(n, **({"mu": mu} if mu is not None else {}))
+    ts = [float(t) for t in sch.timesteps]
+    if torch.is_tensor(getattr(sch, "sigmas", None)):
+        sig = [float(s) for s in sch.sigmas.double()]
+        if spec.kind == "flow":
+            sig = [math.inf if s >= 1 else s / (1 - s) for s in sig]
+    else:
+        ac = sch.alphas_cumprod.double()
+        sig = [float(((1 - ac[int(t)]) / ac[int(t)]).sqrt()) for t in ts]
+        fac = float(sch.final_alpha_cumprod) if source["_class_name"] in _FINAL_ALPHA else 1.0
+        sig.append(math.sqrt((1 - fac) / fac))
+    grid = [s for i, s in enumerate(sig) if i == 0 or s != sig[i - 1]]
+    times: dict[float, float] = {}
+    for s, t in zip(sig, ts):
+        if times.setdefault(s, t) != t:  # several timesteps at one sigma (KDPM2's interleaved midpoints)
+            times = {}
+            break
+    return check_sigmas(grid), times, _first_input(sch)
