@@ -21,8 +21,9 @@ def test_help_and_list(capsys):
     assert "dpmpp_2m" in out and "unipc" in out and "2/1" in out  # heun's evaluations per step
     assert main(["list", "schedules"]) == 0 and "karras" in capsys.readouterr().out
     assert main(["list", "models"]) == 0 and "digits-gmm" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        main(["list", "samplers"])
+    assert main(["list", "samplers"]) == 2
+    err = capsys.readouterr().err
+    assert "invalid choice: 'samplers'" in err and err.count("\n") == 1
 
 
 def test_import_is_light():
@@ -65,7 +66,8 @@ def test_cli_samples_classes_with_guidance_and_rejects_bad_flags(tmp_path, capsy
                           (["--model", "digits-cond", "--class", "1", "--guidance-interval", "1,2"], "needs --cfg"),
                           (["--model", "digits-cond", "--class", "1", "--cfg", "2", "--guidance-interval", "3"],
                            "bad --guidance-interval"),
-                          (["--model", "digits-cond", "--class", "1", "--cfg", "-1"], "finite number >= 0")]:
+                          (["--model", "digits-cond", "--class", "1", "--cfg", "-1"],
+                           "argument --cfg: must be a number in 0..1000")]:
         assert main(["sample", *argv, "--seeds", "0-1", "--out", str(tmp_path / "bad")]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, (argv, err)
@@ -74,7 +76,7 @@ def test_cli_samples_classes_with_guidance_and_rejects_bad_flags(tmp_path, capsy
 @pytest.mark.parametrize("argv,message", [
     (["sample", "--model", "nope"], "unknown model 'nope'"),
     (["sample", "--solver", "nope", "--model", "gmm2d"], "unknown solver 'nope'"),
-    (["sample", "--model", "gmm2d", "--nfe", "0"], "nfe must be a positive integer"),
+    (["sample", "--model", "gmm2d", "--nfe", "0"], "argument --nfe: must be an integer in 1..100,000; got '0'"),
     (["sample", "--model", "gmm2d", "--schedule", "nope"], "unknown schedule 'nope'"),
     (["sample", "--model", "gmm2d", "--seeds", "9-3"], "is empty"),
     (["sample", "--model", "gmm2d", "--seeds", "a-b"], "bad seeds"),
@@ -83,7 +85,7 @@ def test_cli_samples_classes_with_guidance_and_rejects_bad_flags(tmp_path, capsy
     (["bench", "--models", "nope"], "unknown model 'nope'"),
     (["bench", "--models", "gmm2d", "--solvers", "ddim,nope"], "unknown solver 'nope'"),
     (["bench", "--models", "gmm2d", "--nfe", "3,x"], "bad NFE budgets"),
-    (["bench", "--models", "gmm2d", "--nfe", "0"], "NFE budgets must be integers >= 1"),
+    (["bench", "--models", "gmm2d", "--nfe", "0"], "NFE budgets must be integers in 1..100,000"),
     (["bench", "--models", "gmm2d", "--metrics", "fid"], "unknown metric 'fid'"),
     (["bench", "--models", "gmm2d", "--peers", "comfy"], "unknown peer 'comfy'"),
 ])

@@ -40,9 +40,9 @@ def test_generate_text_batch_and_fr_spec(capsys):
 
 @pytest.mark.parametrize("args, message", [
     (["--sampler", "top_p=2"], r"top_p must be in (0, 1], got 2.0"),
-    (["--draft-vocab", "64"], "--draft-vocab and --num-drafts need --draft"),
-    (["--draft", "bundled", "--gamma", "0"], "gamma must be an integer >= 1, got 0"),
-    (["--selection", "priority"], "--selection needs --draft"),
+    (["--draft-vocab", "64"], "--draft-vocab, --num-drafts and --selection need --draft"),
+    (["--draft", "bundled", "--gamma", "0"], "argument --gamma: must be an integer in 1..64; got '0'"),
+    (["--selection", "priority"], "--draft-vocab, --num-drafts and --selection need --draft"),
     (["--draft", "bundled", "--num-drafts", "2", "--selection", "best"],
      "selection must be one of 'priority', 'first_accept', got 'best'"),
 ])

@@ -51,7 +51,7 @@ def test_tune_prints_its_progress_and_result(tmp_path, capsys):
     (["--method", "magic"], "unknown tuning method 'magic'; choose one of ays, gits, s3"),
     (["--option", "fine_step=3"], "unknown option 'fine_step' for this method; allowed: fine_steps, teacher, coeff"),
     (["--option", "fine_steps"], "bad --option 'fine_steps': write KEY=VALUE"),
-    (["--nfe", "0"], "nfe must be a positive integer"),
+    (["--nfe", "0"], "argument --nfe: must be an integer in 1..100,000; got '0'"),
     (["--solver", "nope"], "unknown solver 'nope'"),
     (["--model", "nope"], "unknown model 'nope'"),
     (["--seeds", "5-1"], "is empty"),
@@ -81,12 +81,15 @@ def test_sample_with_a_recipe(recipe_path, tmp_path, capsys):
     assert "gmm2d with dpmpp_2m in 4 model evaluations (budget 4)" in text
     z = np.load(out.with_suffix(".npz"))
     assert z["samples"].shape == (8, 2) and int(z["nfe"]) == 4 and str(z["solver"]) == "dpmpp_2m"
-    # refused for another NFE, then forced with a warning
-    assert main(["sample", "--recipe", str(recipe_path), "--nfe", "6", "--out", str(tmp_path / "t")]) == 2
-    assert "made for NFE 4, not 6" in capsys.readouterr().err
-    with pytest.warns(UserWarning, match="made for NFE 4, not 6"):
-        assert main(["sample", "--recipe", str(recipe_path), "--nfe", "6", "--seeds", "0-7", "--out",
-                     str(tmp_path / "t"), "--force"]) == 0
+    # refused for another NFE (--force only overwrites outputs), then allowed with a one-line warning
+    for force in ([], ["--force"]):
+        assert main(["sample", "--recipe", str(recipe_path), "--nfe", "6", "--out", str(tmp_path / "t"), *force]) == 2
+        assert "made for NFE 4, not 6" in capsys.readouterr().err and not (tmp_path / "t.npz").exists()
+    assert main(["sample", "--recipe", str(recipe_path), "--nfe", "6", "--seeds", "0-7", "--out",
+                 str(tmp_path / "t"), "--allow-mismatch"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("fewstep sample: warning: recipe mismatch: it was made for NFE 4, not 6")
+    assert err.count("\n") == 1 and "warn" not in err.split("warning:", 1)[1]  # one line, no Python source
     assert np.array_equal(np.load(tmp_path / "t.npz")["samples"], z["samples"])  # the recipe, used as it is
     # another model's recipe is refused
     assert main(["sample", "--recipe", str(recipe_path), "--model", "gauss", "--out", str(tmp_path / "u")]) == 2
@@ -123,7 +126,7 @@ def test_bench_adds_a_row_per_recipe(recipe_path, tmp_path, capsys):
     assert base["rmse_ref"] == pytest.approx(r.quality["untuned"]["rmse_ref"], rel=1e-9)
     assert "gits" in capsys.readouterr().out
     assert main(["bench", "--models", "gmm2d", "--nfe", "4", "--recipes", str(tmp_path / "none.json")]) == 2
-    assert "no recipe file" in capsys.readouterr().err
+    assert "--recipes: " in capsys.readouterr().err
 
 
 def test_tune_ld3_from_the_best_solver(tmp_path, capsys):

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fewstep.cache import atomic_write_bytes
+
 
 def _png_bytes(rgb: np.ndarray) -> bytes:
     """Encode an ``[H, W, 3]`` uint8 array as PNG (8-bit RGB, no filter)."""
@@ -47,8 +49,11 @@ def grid_array(images: torch.Tensor, nrow: int | None = None, scale: int = 4, pa
     return out
 
 
+def grid_png(images: torch.Tensor, **kw) -> bytes:
+    """A grid PNG of ``images`` (``grid_array``'s keywords), as the bytes of the file."""
+    return _png_bytes(grid_array(images, **kw))
+
+
 def save_grid(images: torch.Tensor, path: str | Path, **kw) -> Path:
-    """Write a grid PNG of ``images`` to ``path``."""
-    path = Path(path)
-    path.write_bytes(_png_bytes(grid_array(images, **kw)))
-    return path
+    """Write a grid PNG of ``images`` to ``path`` (through a temporary file and a rename)."""
+    return atomic_write_bytes(Path(path), grid_png(images, **kw))

@@ -2,20 +2,39 @@
 
 from __future__ import annotations
 
+import importlib.util
+import io
 import math
 from collections import defaultdict
 from pathlib import Path
 
+from fewstep.cache import atomic_write_bytes
+
+PLOT_FORMATS = (".png", ".pdf", ".svg")  # file suffixes plot_quality writes
+
+
+def check_plot_path(path: str | Path) -> None:
+    """Refuse, before any work, a plot that ``plot_quality`` could not write: another suffix, or no matplotlib."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in PLOT_FORMATS:
+        raise ValueError(f"cannot plot to {str(path)!r}: the file name must end in {', '.join(PLOT_FORMATS)}")
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ValueError("--plot needs matplotlib: pip install 'fewstep[plot]'")
+
 
 def plot_quality(rows, metric: str, path: str | Path) -> None:
-    """Quality against NFE, one line per (model, solver, schedule) with a log y axis; one panel per model."""
-    try:
-        import matplotlib
+    """Quality against NFE, one line per (model, solver, schedule) with a log y axis; one panel per model;
+    written to ``path`` (a suffix of ``PLOT_FORMATS``) through a temporary file and a rename."""
+    atomic_write_bytes(Path(path), quality_plot(rows, metric, Path(path).suffix))
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise ValueError("--plot needs matplotlib: pip install 'fewstep[plot]'") from exc
+
+def quality_plot(rows, metric: str, suffix: str = ".png") -> bytes:
+    """``plot_quality``'s picture as the bytes of a file with ``suffix`` (one of ``PLOT_FORMATS``)."""
+    check_plot_path(f"plot{suffix}")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     models = sorted({r["model"] for r in rows})
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
     for ax, model in zip(axes[0], models):
@@ -29,8 +48,10 @@ def plot_quality(rows, metric: str, path: str | Path) -> None:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{label} ({schedule})")
         style_axis(ax, metric, model)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=suffix.lower().lstrip("."), dpi=110)
     plt.close(fig)
+    return buffer.getvalue()
 
 
 def style_axis(ax, metric: str, title: str) -> None:

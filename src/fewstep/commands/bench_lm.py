@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from fewstep.commands.args import MAX_GAMMA, MAX_NEW_TOKENS, MAX_REPEATS, MAX_THREADS, int_in, output_path, subcommand
+
 PROMPTS = ("The for statement", "A class definition defines", "The import statement", "Exceptions can be raised",
            "The while statement is used", "Function definitions", "Augmented assignment", "The del statement",
            "Comparisons", "Boolean operations", "The with statement", "Lambda expressions")
@@ -25,18 +27,23 @@ BEGIN, END = "<!-- lm:begin -->", "<!-- lm:end -->"
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("bench-lm", help="benchmark speculative sampling against transformers",
-                              description=__doc__.splitlines()[0])
+    p = subcommand(subparsers, "bench-lm", "benchmark speculative sampling against transformers",
+                   description="fewstep's decoding against transformers' on the bundled pair, side by side: the same "
+                               "prompts and per-prompt seeds, calls counted by forward hooks on both models.")
     p.add_argument("--sampler", default="temperature=1", help="processor chain, in transformers' order")
-    p.add_argument("--gamma", type=int, default=4)
-    p.add_argument("--batch", type=int, default=4, help="batch size of the batched configurations")
-    p.add_argument("--prompts", type=int, default=8, help=f"how many of the {len(PROMPTS)} built-in prompts")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--gamma", type=int_in(1, MAX_GAMMA), default=4, help=f"draft tokens per round, 1..{MAX_GAMMA}")
+    p.add_argument("--batch", type=int_in(1, len(PROMPTS)), default=4,
+                   help=f"batch size of the batched configurations, 1..{len(PROMPTS)}, dividing --prompts")
+    p.add_argument("--prompts", type=int_in(1, len(PROMPTS)), default=8,
+                   help=f"how many of the {len(PROMPTS)} built-in prompts")
+    p.add_argument("--max-new-tokens", type=int_in(1, MAX_NEW_TOKENS), default=64,
+                   help=f"tokens to generate per prompt, 1..{MAX_NEW_TOKENS:,}")
+    p.add_argument("--repeats", type=int_in(1, MAX_REPEATS), default=3,
+                   help=f"timed repeats after a warm-up, 1..{MAX_REPEATS}; the rate is their median")
+    p.add_argument("--threads", type=int_in(1, MAX_THREADS), default=1, help=f"torch CPU threads, 1..{MAX_THREADS}")
     p.add_argument("--json", action="store_true", help="print one JSON object per configuration")
-    p.add_argument("--update-docs", type=Path, default=None, metavar="PATH",
-                   help="rewrite the lm section of this markdown file (docs/benchmarks.md)")
+    p.add_argument("--update-docs", default=None, metavar="PATH",
+                   help="rewrite the lm section of this markdown file, e.g. docs/benchmarks.md (default: none)")
 
 
 class Counter:
@@ -117,22 +124,52 @@ def _run_config(runner, encoded, batch, max_new_tokens):
 
 
 def run(args: argparse.Namespace) -> int:
+    from fewstep.commands.outputs import Outputs
+
+    if args.prompts % args.batch:
+        raise ValueError(f"--prompts must be a multiple of --batch, got {args.prompts} and {args.batch}")
+    doc = None if args.update_docs is None else output_path(args.update_docs, "--update-docs")
+    outputs = Outputs({} if doc is None else {"--update-docs": [doc]}, force=True)  # it updates the file in place
+    old_text = None if doc is None else _read_doc(doc)
+
+    from fewstep.commands.generate import quiet_transformers
+    from fewstep.lm import Sampler
+
+    quiet_transformers()
+    sampler = Sampler.parse(args.sampler)
+    sampler.to_hf()  # raises unless transformers can apply the same chain
+    with outputs:
+        rows, env = _measure(args, sampler)
+        if doc is not None:
+            outputs.write(doc, _updated_docs(old_text, rows, env, args).encode())
+        outputs.commit()
+    if args.json:
+        for row in rows:
+            print(json.dumps({**row, **env}))
+    else:
+        print(_table(rows))
+        if doc is not None:
+            print(f"wrote {doc}")
+    return 0
+
+
+def _read_doc(path: Path) -> str | None:
+    """The markdown file ``--update-docs`` rewrites (None when it does not exist yet), read before any work."""
+    try:
+        if not path.exists():
+            return None
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"--update-docs {path}: cannot read it as UTF-8 text ({exc})") from None
+
+
+def _measure(args, sampler):
+    """Every configuration's row, and the environment they ran in."""
     import torch
     import transformers
 
-    from fewstep.commands.generate import quiet_transformers
-    from fewstep.lm import Sampler, load_bundled, load_tokenizer
+    from fewstep.lm import load_bundled, load_tokenizer
 
-    quiet_transformers()
-
-    for name in ("gamma", "batch", "prompts", "max_new_tokens", "repeats", "threads"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.prompts > len(PROMPTS) or args.prompts % args.batch:
-        raise ValueError(f"--prompts must be at most {len(PROMPTS)} and a multiple of --batch, "
-                         f"got {args.prompts} and {args.batch}")
-    sampler = Sampler.parse(args.sampler)
-    sampler.to_hf()  # raises unless transformers can apply the same chain
     torch.set_num_threads(args.threads)
     load_start = os.getloadavg()[0]
     tok = load_tokenizer()
@@ -166,14 +203,7 @@ def run(args: argparse.Namespace) -> int:
     env = dict(load=f"{load_start:.1f} -> {os.getloadavg()[0]:.1f}", torch=torch.__version__,
                transformers=transformers.__version__, python=platform.python_version(),
                machine=platform.machine(), threads=args.threads, command="fewstep " + " ".join(sys.argv[1:]))
-    if args.json:
-        for row in rows:
-            print(json.dumps({**row, **env}))
-    else:
-        print(_table(rows))
-    if args.update_docs is not None:
-        _update_docs(args.update_docs, rows, env, args)
-    return 0
+    return rows, env
 
 
 def _row(config, result, refused, args) -> dict:
@@ -214,7 +244,8 @@ def _table(rows) -> str:
     return "\n".join(lines)
 
 
-def _update_docs(path: Path, rows, env, args) -> None:
+def _updated_docs(text: str | None, rows, env, args) -> str:
+    """``text`` (the markdown file, or None for a new one) with its lm section replaced or appended."""
     per_position = next((r["acceptance_per_position"] for r in rows if r.get("acceptance_per_position")), None)
     section = "\n".join([
         BEGIN, "## Language-model decoding (`fewstep.lm`)", "",
@@ -229,10 +260,8 @@ def _update_docs(path: Path, rows, env, args) -> None:
         f"Acceptance per draft position (fewstep, batch 1, gamma={args.gamma}): {per_position}.",
         "transformers' acceptance rate is derived from call counts: (tokens - target calls) / draft calls.",
         END])
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text and END in text:
+    text = "# Benchmarks\n" if text is None else text
+    if BEGIN in text and END in text.split(BEGIN, 1)[1]:
         head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
+        return head + section + rest.split(END, 1)[1]
+    return text.rstrip("\n") + "\n\n" + section + "\n"

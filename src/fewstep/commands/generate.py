@@ -4,31 +4,53 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
+
+from fewstep.commands.args import (
+    MAX_DRAFTS,
+    MAX_GAMMA,
+    MAX_NEW_TOKENS,
+    MAX_PROMPT_TOKENS,
+    MAX_SAMPLES,
+    MAX_SEED,
+    int_in,
+    name,
+    subcommand,
+)
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "generate", help="sample text from a language model (the bundled pair by default)",
+    p = subcommand(
+        subparsers, "generate", "sample text from a language model (the bundled pair by default)",
         description="Sample a continuation of --prompt. With --draft, speculative sampling proposes tokens "
                     "with the draft and verifies them with the model; the output distribution is unchanged.")
-    p.add_argument("--prompt", required=True, help="text to continue")
-    p.add_argument("--model", default="bundled", help="'bundled' or a local transformers model directory")
+    p.add_argument("--prompt", required=True, help=f"text to continue, at most {MAX_PROMPT_TOKENS:,} tokens")
+    p.add_argument("--model", type=name, default="bundled",
+                   help="'bundled' or a local folder holding a transformers causal LM")
     p.add_argument("--sampler", default="temperature=1",
                    help="processor chain applied in the order written, e.g. 'temperature=0.8,min_p=0.05', "
                         "or 'greedy'; names: temperature, top_k, top_p, typical, min_p, epsilon, eta")
     p.add_argument("--order", choices=("given", "hf", "llama.cpp"), default="given",
                    help="'hf' puts temperature first (transformers, vLLM), 'llama.cpp' puts it last")
-    p.add_argument("--draft", default=None, help="'bundled' or a local directory: enables speculative sampling")
-    p.add_argument("--gamma", type=int, default=4, help="draft tokens per verification round")
-    p.add_argument("--num-drafts", type=int, default=1, help="independent draft sequences per round")
-    p.add_argument("--selection", default=None,
+    p.add_argument("--draft", type=name, default=None,
+                   help="'bundled' or a local folder holding a transformers causal LM: enables speculative "
+                        "sampling (default: none)")
+    p.add_argument("--gamma", type=int_in(1, MAX_GAMMA), default=4,
+                   help=f"draft tokens per verification round, 1..{MAX_GAMMA}")
+    p.add_argument("--num-drafts", type=int_in(1, MAX_DRAFTS), default=1,
+                   help=f"independent draft sequences per round, 1..{MAX_DRAFTS}")
+    p.add_argument("--selection", type=name, default=None,
                    help="how one of several drafts is picked at each position: 'priority' (default) or "
                         "'first_accept'; both keep the output exact (see docs/lm.md)")
-    p.add_argument("--draft-vocab", type=int, default=None,
-                   help="FR-Spec: restrict the bundled draft's LM head to the N most frequent tokens")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--samples", type=int, default=1, help="continuations to sample as one batch")
-    p.add_argument("--seed", type=int, default=0, help="sample i uses seed + i")
+    p.add_argument("--draft-vocab", type=int_in(1, 2**31 - 1), default=None, metavar="N",
+                   help="FR-Spec: restrict the bundled draft's LM head to the N most frequent tokens, N from 1 to "
+                        "its vocabulary size (1024) (default: the whole vocabulary)")
+    p.add_argument("--max-new-tokens", type=int_in(1, MAX_NEW_TOKENS), default=64,
+                   help=f"tokens to generate per sample, 1..{MAX_NEW_TOKENS:,}")
+    p.add_argument("--samples", type=int_in(1, MAX_SAMPLES), default=1,
+                   help=f"continuations to sample as one batch, 1..{MAX_SAMPLES}")
+    p.add_argument("--seed", type=int_in(0, MAX_SEED), default=0,
+                   help=f"sample i uses seed + i; 0..{MAX_SEED:,} (2^63 - 1)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -40,10 +62,22 @@ def load(name: str, vocab_size: int | None = None):
         return models.load_bundled(name, vocab_size), models.load_tokenizer()
     if vocab_size is not None:
         raise ValueError(f"--draft-vocab needs the bundled draft (its token counts ship with it), got {name!r}")
+    folder = Path(name)
+    try:
+        is_dir = folder.is_dir()
+    except OSError:
+        is_dir = False
+    if not is_dir:
+        raise ValueError(f"{name!r} is neither 'bundled' nor a folder holding a transformers causal LM")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(name, local_files_only=True)
-    return models.TransformersLM(model), AutoTokenizer.from_pretrained(name, local_files_only=True)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # transformers' ways of saying "not a model here"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"cannot load a transformers causal LM from {name}: {first}") from None
+    return models.TransformersLM(model), tokenizer
 
 
 def quiet_transformers() -> None:
@@ -73,19 +107,19 @@ def run(args: argparse.Namespace) -> int:
     quiet_transformers()
 
     sampler = Sampler.parse(args.sampler, order=args.order)
-    if args.samples < 1:
-        raise ValueError(f"--samples must be >= 1, got {args.samples}")
+    if args.seed + args.samples - 1 > MAX_SEED:
+        raise ValueError(f"--seed + --samples - 1 must be at most {MAX_SEED}; got {args.seed + args.samples - 1}")
+    if args.draft is None and (args.draft_vocab is not None or args.num_drafts != 1 or args.selection is not None):
+        raise ValueError("--draft-vocab, --num-drafts and --selection need --draft")
     target, tokenizer = load("target" if args.model == "bundled" else args.model)
     prompt = encode(tokenizer, args.prompt)
     if not prompt:
         raise ValueError("--prompt must not be empty")
+    if len(prompt) > MAX_PROMPT_TOKENS:
+        raise ValueError(f"--prompt must be at most {MAX_PROMPT_TOKENS:,} tokens; it has {len(prompt):,}")
     gens = [torch.Generator().manual_seed(args.seed + i) for i in range(args.samples)]
     common = dict(max_new_tokens=args.max_new_tokens, generator=gens, eos_token_id=eos_id(tokenizer))
     if args.draft is None:
-        if args.draft_vocab is not None or args.num_drafts != 1:
-            raise ValueError("--draft-vocab and --num-drafts need --draft")
-        if args.selection is not None:
-            raise ValueError("--selection needs --draft")
         result = generate(target, [prompt] * args.samples, sampler, **common)
     else:
         draft, _ = load("draft" if args.draft == "bundled" else args.draft, args.draft_vocab)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from fewstep.commands.args import subcommand
+
 WHAT = ("solvers", "schedules", "models")
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("list", help="list the registered solvers, schedules or models")
+    p = subcommand(sub, "list", "list the registered solvers, schedules or models")
     p.add_argument("what", choices=WHAT, help="which registry to list")
 
 

@@ -1,130 +1,173 @@
-"""``fewstep sample``: draw samples from a bundled model and write a PNG grid and an ``.npz``."""
+"""``fewstep sample``: draw samples from a bundled model and write a PNG grid and an ``.npz``.
+
+Every input is checked before the first model evaluation: the paths, the names, the recipe against the model, and
+whether the outputs can be written. Seeds run in chunks of ``--batch`` (each sample has its own generator, so a
+seed's sample does not depend on the chunk it runs in) and the samples are gathered into one array, so the memory
+beyond the samples themselves does not grow with the number of seeds.
+"""
 
 from __future__ import annotations
 
-import argparse
-import functools
+import sys
 import time
-from pathlib import Path
+import warnings
+
+from fewstep.commands.args import (
+    MAX_BATCH,
+    MAX_CFG,
+    MAX_GRID,
+    MAX_NFE,
+    chunks,
+    float_in,
+    input_file,
+    int_in,
+    name,
+    output_path,
+    parse_seeds,
+    subcommand,
+)
 
 DEFAULT_MODEL = "digits-edm"
 DEFAULT_SOLVER = "unipc"
 DEFAULT_NFE = 8
+DEFAULT_BATCH = 256
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("sample", help="sample a model and write a PNG grid and an .npz",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default=None, help=f"a name from `fewstep list models` (default: {DEFAULT_MODEL}, "
-                   "or the recipe's)")
-    p.add_argument("--solver", default=None, help=f"a name from `fewstep list solvers` (default: {DEFAULT_SOLVER})")
-    p.add_argument("--nfe", type=int, default=None,
-                   help=f"model evaluations per sample, at most (default: {DEFAULT_NFE}, or the recipe's)")
-    p.add_argument("--schedule", default=None, help="a name from `fewstep list schedules` (default: the model's)")
+    p = subcommand(sub, "sample", "sample a model and write a PNG grid and an .npz")
+    p.add_argument("--model", type=name, default=None,
+                   help=f"a name from 'fewstep list models' (default: {DEFAULT_MODEL}, or the recipe's)")
+    p.add_argument("--solver", type=name, default=None,
+                   help=f"a name from 'fewstep list solvers' (default: {DEFAULT_SOLVER}, or the recipe's)")
+    p.add_argument("--nfe", type=int_in(1, MAX_NFE), default=None,
+                   help=f"model evaluations per sample, at most; 1..{MAX_NFE:,} (default: {DEFAULT_NFE}, "
+                        "or the recipe's)")
+    p.add_argument("--schedule", type=name, default=None,
+                   help="a name from 'fewstep list schedules' (default: the model's)")
     p.add_argument("--seeds", default="0-63", help="seeds, e.g. 0-63 or 1,5,9; one sample per seed")
-    p.add_argument("--out", default="fewstep-out/samples", help="output path without extension (.png and .npz)")
-    p.add_argument("--recipe", default=None, metavar="PATH", help="a tuned recipe from `fewstep tune` (fixes the "
-                   "solver and sigmas)")
-    p.add_argument("--force", action="store_true", help="overwrite existing output files; use a recipe made for "
-                   "another model or NFE (with a warning)")
+    p.add_argument("--batch", type=int_in(1, MAX_BATCH), default=DEFAULT_BATCH,
+                   help=f"seeds evaluated together, 1..{MAX_BATCH:,}; the samples do not depend on it")
+    p.add_argument("--out", default="fewstep-out/samples",
+                   help=f"output path without extension: writes .png (the first {MAX_GRID} samples) and .npz (all)")
+    p.add_argument("--recipe", default=None, metavar="PATH",
+                   help="a tuned recipe from 'fewstep tune' (it fixes the solver and the sigmas)")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.add_argument("--allow-mismatch", action="store_true",
+                   help="use a recipe made for another model or NFE as it is (with a warning)")
     p.add_argument("--class", dest="class_labels", default=None, metavar="Y",
                    help="classes of a conditional model: 3, 0-9 or 1,4,7 (one per seed, cycling)")
-    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (1 = conditional)")
+    p.add_argument("--cfg", type=float_in(0, MAX_CFG), default=None,
+                   help=f"classifier-free guidance scale, 0..{MAX_CFG:g} (1 = conditional)")
     p.add_argument("--cads", action="store_true", help="condition-annealed sampling (CADS) for diversity")
     p.add_argument("--guidance-interval", default=None, metavar="LO,HI", help="guide only for sigma in (LO, HI]")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
 def run(args) -> int:
-    from fewstep.commands.args import claim_outputs, parse_seeds
+    from fewstep.commands.outputs import Outputs
 
-    recipe = _resolve_recipe(args)
     seeds = parse_seeds(args.seeds)
-    out = Path(args.out)
+    out = output_path(args.out, "--out")
     if out.suffix in (".png", ".npz"):
         out = out.with_suffix("")
-    png, npz = out.with_suffix(".png"), out.with_suffix(".npz")
-    from fewstep.bench.distributed import is_main
-
-    if is_main():
-        claim_outputs([png, npz], args.force)
+    png, npz = out.with_name(out.name + ".png"), out.with_name(out.name + ".npz")
+    recipe_file = None if args.recipe is None else input_file(args.recipe, "--recipe")
+    outputs = Outputs({"--out": [png, npz]}, args.force)  # checked now; made after every other input is checked
 
     import numpy as np
+    from tqdm import tqdm
 
-    from fewstep.bench.distributed import sharded
-    from fewstep.bench.image import save_grid
+    from fewstep.bench.distributed import is_main, sharded
     from fewstep.diffusion.denoiser import CountingDenoiser
     from fewstep.diffusion.guidance import cli_conditioning
-    from fewstep.diffusion.sampling import sample
-    from fewstep.diffusion.solvers import get_solver
+    from fewstep.diffusion.sampling import plan, sample
     from fewstep.models import load_model
 
-    if recipe is not None:  # the library resolves the recipe and refuses --schedule or another --solver beside it
-        sample = functools.partial(sample, recipe=recipe, force=args.force)
-    get_solver(args.solver)
+    recipe = _resolve_recipe(args, recipe_file)
     model = CountingDenoiser(load_model(args.model))
     denoiser, cond_for = cli_conditioning(model, seeds, args.class_labels, args.cfg, args.cads,
                                           args.guidance_interval)
-    t0 = time.perf_counter()
-    calls_per_batch = []
+    kw = dict(solver=None if recipe else args.solver, nfe=args.nfe, schedule=args.schedule, recipe=recipe,
+              force=args.allow_mismatch)
+    with warnings.catch_warnings(record=True) as caught:  # resolves every name and the recipe, evaluates nothing
+        warnings.simplefilter("always")
+        try:
+            plan(denoiser, **kw)
+        except ValueError as exc:  # the library's hint names its keyword; this command's flag is --allow-mismatch
+            raise ValueError(str(exc).replace("force=True / --force", "--allow-mismatch")) from None
+    for w in caught:
+        print(f"fewstep sample: warning: {w.message}", file=sys.stderr)
 
-    def run_seeds(ids):
-        before = model.calls
-        x = sample(denoiser, solver=None if recipe else args.solver, nfe=args.nfe, schedule=args.schedule, seeds=ids,
-                   cond=cond_for(ids))
-        calls_per_batch.append(model.calls - before)
-        return x
-
-    x = sharded(run_seeds, seeds)
-    seconds = time.perf_counter() - t0
-    if x is None:  # not rank 0
-        return 0
-    images = x.reshape(len(seeds), *(model.shape or x.shape[1:]))
-    labels = {} if args.class_labels is None else {"class_labels": cond_for(seeds)["class_labels"]}
-    np.savez_compressed(npz, samples=images.numpy(), seeds=np.asarray(seeds), model=args.model, solver=args.solver,
-                        nfe=calls_per_batch[0], **labels)
-    if images.ndim == 4:
-        save_grid(images, png)
-    else:
-        _scatter_png(images, png)
-    print(f"sampled {len(seeds)} x {args.model} with {args.solver} in {calls_per_batch[0]} model evaluations "
+    main = is_main()
+    outputs.enabled = main
+    with outputs, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="recipe mismatch")  # said once above
+        t0 = time.perf_counter()
+        calls, samples = [], None
+        bar = tqdm(total=len(seeds), desc="sample", unit="sample",
+                   disable=args.no_progress or not main or len(seeds) <= args.batch)
+        for start, ids in zip(range(0, len(seeds), args.batch), chunks(seeds, args.batch)):
+            before = model.calls
+            x = sharded(lambda mine: sample(denoiser, seeds=mine, cond=cond_for(mine), **kw), ids)
+            calls.append(model.calls - before)
+            if x is not None:  # rank 0: the chunk's rows, in seed order
+                if samples is None:
+                    samples = np.empty((len(seeds), *(model.shape or x.shape[1:])), dtype=x.numpy().dtype)
+                samples[start:start + len(ids)] = x.reshape(len(ids), *samples.shape[1:]).numpy()
+            bar.update(len(ids))
+        bar.close()
+        seconds = time.perf_counter() - t0
+        if not main:
+            return 0
+        labels = {} if args.class_labels is None else {"class_labels": cond_for(seeds)["class_labels"].numpy()}
+        with outputs.open(npz) as fh:
+            np.savez_compressed(fh, samples=samples, seeds=np.asarray(seeds), model=args.model, solver=args.solver,
+                                nfe=calls[0], **labels)
+        outputs.write(png, _picture(samples))
+        outputs.commit()
+    print(f"sampled {len(seeds)} x {args.model} with {args.solver} in {calls[0]} model evaluations "
           f"(budget {args.nfe}) in {seconds:.2f} s")
     print(f"wrote {png}")
     print(f"wrote {npz}")
     return 0
 
 
-def _resolve_recipe(args):
+def _resolve_recipe(args, path):
     """Load ``--recipe`` (its model, solver and NFE become the defaults) and fill in the other defaults."""
     recipe = None
-    if args.recipe:
+    if path is not None:
         from fewstep.diffusion.recipe import Recipe
 
-        recipe = Recipe.load(args.recipe)
-        if args.solver not in (None, recipe.solver):  # refused before any output file is claimed
+        recipe = Recipe.load(path)
+        if args.solver not in (None, recipe.solver):  # refused before any output file is made
             raise ValueError(f"--solver {args.solver} conflicts with the recipe's solver {recipe.solver}; leave it out")
         if args.schedule is not None:
             raise ValueError("--schedule cannot be combined with --recipe: the recipe fixes the sigmas")
-        args.model = args.model or recipe.model
+        args.model = recipe.model if args.model is None else args.model
         args.solver = recipe.solver
         args.nfe = recipe.nfe if args.nfe is None else args.nfe
-    args.model = args.model or DEFAULT_MODEL
-    args.solver = args.solver or DEFAULT_SOLVER
+    args.model = DEFAULT_MODEL if args.model is None else args.model
+    args.solver = DEFAULT_SOLVER if args.solver is None else args.solver
     args.nfe = DEFAULT_NFE if args.nfe is None else args.nfe
     return recipe
 
 
-def _scatter_png(points, path) -> None:
-    """Low-dimensional samples: a 2-D scatter of the first two coordinates, drawn into a grid image."""
+def _picture(samples) -> bytes:
+    """The PNG: a grid of the first ``MAX_GRID`` images, or for low-dimensional samples a 2-D scatter of all."""
     import torch
 
-    from fewstep.bench.image import save_grid
+    from fewstep.bench.image import grid_png
 
-    p = points.reshape(points.shape[0], -1)[:, :2].double()
+    x = torch.from_numpy(samples)
+    if x.ndim == 4:
+        return grid_png(x[:MAX_GRID])
+    p = x.reshape(x.shape[0], -1)[:, :2].double()
     if p.shape[1] < 2:
         p = torch.cat([p, torch.zeros_like(p)], 1)
-    lim = float(p.abs().max()) * 1.05 + 1e-9
+    p = p[torch.isfinite(p).all(1)]
+    lim = float(p.abs().max()) * 1.05 + 1e-9 if len(p) else 1.0
     size = 128
     img = torch.ones(1, 1, size, size)
     ij = ((p / lim + 1) / 2 * (size - 1)).round().long().clamp(0, size - 1)
     img[0, 0, size - 1 - ij[:, 1], ij[:, 0]] = 0.0
-    save_grid(img * 2 - 1, path, scale=2)
+    return grid_png(img * 2 - 1, scale=2)
