@@ -136,6 +136,49 @@ def test_custom_sigmas_timesteps_add_noise_and_config_round_trip(tmp_path):
     assert saved["solver"] == "heun" and saved["source"]["_class_name"] == "DDPMScheduler"
 
 
+STOCHASTIC = sorted(n for n, i in SOLVERS.items() if i.stochastic)
+
+
+@pytest.mark.parametrize("solver", STOCHASTIC)
+def test_stochastic_solvers_draw_from_the_steps_generator(solver):
+    """Each draw is randn_tensor(model_output.shape, generator) in call order (before the first evaluation too:
+    ddpm_accelerated, heun_churn; Restart's spawned streams): the run equals the solver fed those draws."""
+    cfg = dict(SD, prediction_type="epsilon")
+    model = stand_in(cfg)
+    sch = FewstepScheduler.from_config(cfg, solver=solver, schedule="karras", float64=True)
+    runs = []
+    for seed in (11, 11, 12):
+        sch.set_timesteps(6)
+        g = torch.Generator().manual_seed(seed)
+        x = NOISE
+        for t in sch.timesteps:
+            x = sch.step(model(x, t), t, x, generator=g).prev_sample
+        runs.append(x)
+    g = torch.Generator().manual_seed(11)
+    noise = type("Draws", (), {"__call__": lambda self, s, s_next: torch.randn(3, 4, generator=g, dtype=torch.float64),
+                               "spawn": lambda self, i: self})()
+    wrapped = from_diffusers(model, cfg, shape=(4,))
+    if solver in ("heun_churn", "ddpm_accelerated"):  # they move the state before their first evaluation, and the
+        wrapped = _FirstInput(wrapped, NOISE)  # pipeline has evaluated the model at its own sample there
+    start = sch._spec.state(NOISE, torch.full((3,), sch._grid[0], dtype=torch.float64))
+    ref = run_solver(wrapped, start, sch._grid, solver, {}, noise=noise)
+    torch.testing.assert_close(runs[0], ref, rtol=1e-6, atol=1e-6)  # float32 timesteps: 4e-7 (sa_solver)
+    assert torch.equal(runs[0], runs[1]) and (runs[2] - runs[0]).abs().max() > 1e-3
+
+
+class _FirstInput:
+    """A denoiser whose first input is replaced, in place, by the state of the model input ``xt``."""
+
+    def __init__(self, inner, xt):
+        self.inner, self.xt, self.first = inner, xt, True
+
+    def __call__(self, x, sigma, cond=None):
+        if self.first:
+            self.first = False
+            x.copy_(self.inner.spec.state(self.xt, torch.full((x.shape[0],), sigma, dtype=torch.float64)))
+        return self.inner(x, sigma, cond)
+
+
 class _Blending:
     """A denoiser that changes its input in place at given calls, as a pipeline changes its latents between
     two steps: fewstep's own reading of a changed sample (the solver goes on from it, history kept)."""

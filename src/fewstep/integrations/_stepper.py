@@ -93,7 +93,7 @@ class _Recorder(Denoiser):
         self.events = events
 
     def __call__(self, x, sigma, cond=None):
-        self.events.append(("eval", float(sigma)))
+        self.events.append(("eval", float(sigma), None))
         return torch.zeros_like(x)
 
 
@@ -102,22 +102,33 @@ def plan_evaluations(solver: str, grid: list[float], options: dict[str, Any], *,
     """The evaluations ``run_solver(model, x, grid, solver, options)`` makes, in order (a stochastic
     solver's sigmas do not depend on its noise).
 
-    An evaluation starts step ``i`` when the next event is the solver's callback for ``grid[i]``
-    (the callback follows the evaluation whose ``D`` the step uses).
+    An evaluation starts step ``i`` when the next event is the solver's callback for ``grid[i]``, made at
+    that evaluation's sigma (``sigma_hat``: EDM's churn evaluates above the grid point); the callback follows
+    the evaluation whose ``D`` the step uses.
     """
     events: list = []
     x = torch.zeros(1, 1, dtype=torch.float64)
-    run_solver(_Recorder(events), x, grid, solver, options, noise=lambda s, s_next: torch.zeros_like(x),
-               denoise_to_zero=denoise_to_zero, callback=lambda p: events.append(("step", float(p["sigma"]))))
+    run_solver(_Recorder(events), x, grid, solver, options, noise=_ZeroNoise(), denoise_to_zero=denoise_to_zero,
+               callback=lambda p: events.append(("step", float(p["sigma"]), float(p["sigma_hat"]))))
     index = {s: i for i, s in enumerate(grid)}
     plan = []
-    for k, (kind, sigma) in enumerate(events):
+    for k, (kind, sigma, *_) in enumerate(events):
         if kind != "eval":
             continue
         nxt = events[k + 1] if k + 1 < len(events) else None
-        starts = nxt is not None and nxt[0] == "step" and nxt[1] == sigma
-        plan.append(Evaluation(sigma, index[sigma] if starts else None))
+        starts = nxt is not None and nxt[0] == "step" and nxt[2] == sigma
+        plan.append(Evaluation(sigma, index[nxt[1]] if starts else None))
     return plan
+
+
+class _ZeroNoise:
+    """The noise of a planning run: zeros (a solver's sigmas do not depend on its noise)."""
+
+    def __call__(self, sigma: float, sigma_next: float) -> Tensor:
+        return torch.zeros(1, 1, dtype=torch.float64)
+
+    def spawn(self, index: int) -> _ZeroNoise:
+        return self
 
 
 class _Cancelled(BaseException):

@@ -256,6 +256,9 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         if self._run is None:
             xt = sample.to(dtype)
             self._start(ev, self._spec.state(xt, sigma), eta, use_clipped_model_output)
+            # a solver that moves the state before its first evaluation (EDM's churn, ddpm_accelerated) gets the
+            # pipeline's sample there, where the model was evaluated
+            self._run.set_state(self._spec.state(xt, sigma))
         else:
             if (eta, use_clipped_model_output) != self._step_args:
                 raise ValueError(f"eta and use_clipped_model_output must stay as they were at the first step "
@@ -356,7 +359,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         self._unclipped = unclipped and self._spec.postprocessed
         self._noise_dtype = torch.float32 if solver in _FLOAT32_NOISE else None
         self._state_dtype = x.dtype
-        self._run = SolverRun(solver, x, self._grid[ev.grid_index:], options, noise=self._draw,
+        self._run = SolverRun(solver, x, self._grid[ev.grid_index:], options, noise=_StepNoise(self),
                               denoise_to_zero=cfg.denoise_to_zero)
         self._finalizer = weakref.finalize(self, self._run.close)
         first = self._run.start()
@@ -390,7 +393,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         r = ancestral_split(s, s_next, self._eta)[0] / s
         return (denoised - r * x0) / (1 - r)
 
-    def _draw(self, sigma: float, sigma_next: float) -> Tensor:
+    def _draw(self) -> Tensor:
         """Standard-normal noise for the solver, drawn from the step's generator as diffusers draws it."""
         like = self._noise_like
         z = randn_tensor(like.shape, generator=self._generator, device=like.device,
@@ -415,6 +418,21 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         self._handed: Tensor | None = None
         self._step_args: tuple = (0.0, None)
         self._unclipped, self._eta = False, 0.0
+
+
+class _StepNoise:
+    """A solver's ``noise(sigma, sigma_next)``: draws from the generator of the scheduler's current ``step``.
+    ``spawn`` (Restart's independent streams) draws from the same generator, whose successive draws are
+    independent. The scheduler is held weakly, so that an abandoned scheduler still closes its run."""
+
+    def __init__(self, scheduler: FewstepScheduler):
+        self._scheduler = weakref.ref(scheduler)
+
+    def __call__(self, sigma: float, sigma_next: float) -> Tensor:
+        return self._scheduler()._draw()
+
+    def spawn(self, index: int) -> _StepNoise:
+        return self
 
 
 def _mean_prediction(model_output: Tensor, sample: Tensor) -> Tensor:
