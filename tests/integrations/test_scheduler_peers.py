@@ -185,6 +185,18 @@ def test_ddim_clipping_and_use_clipped_model_output(use_clipped_model_output, et
         assert (c - a).abs().max() > 1e-3  # the clipping is active, so the two readings differ
 
 
+def test_euler_ancestral_is_ddim_with_eta_one_also_unclipped():
+    """solver='euler_ancestral' (its own eta = 1) with the pipeline's eta = 0 is DDIMScheduler with eta = 1, also
+    when the step uses the model's unclipped eps (use_clipped_model_output=False)."""
+    config = dict(SD, clip_sample=True, clip_sample_range=0.8)
+    ref = diffusers.DDIMScheduler(**config)
+    few = FewstepScheduler.from_config(ref.config, solver="euler_ancestral", float64=True)
+    model = stand_in(dict(ref.config))
+    a = drive(ref, model, 10, seed=8, eta=1.0, use_clipped_model_output=False)
+    b = drive(few, model, 10, seed=8, eta=0.0, use_clipped_model_output=False)
+    torch.testing.assert_close(b, a, **TOL)
+
+
 def _largest(name, config, steps=10, **kw):
     ref = getattr(diffusers, name)(**config)
     with warnings.catch_warnings():

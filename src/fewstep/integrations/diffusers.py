@@ -355,7 +355,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"use_clipped_model_output=False (step with the unclipped eps) is DDIM's first-order "
                              f"step; solver {solver!r} steps with the clipped x0 (pass True or None)")
         self._reset_run()
-        self._step_args, self._eta = (eta, use_clipped_model_output), float(eta or 0.0)
+        self._step_args = (eta, use_clipped_model_output)
+        self._eta = float(options.get("eta", 1.0)) if solver == "euler_ancestral" else 0.0  # the step's s_down
         self._unclipped = unclipped and self._spec.postprocessed
         self._noise_dtype = torch.float32 if solver in _FLOAT32_NOISE else None
         self._state_dtype = x.dtype
