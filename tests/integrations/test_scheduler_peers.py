@@ -218,6 +218,14 @@ if __name__ == "__main__":  # the numbers of docs/compat.md: python tests/integr
     print("differences:")
     print("zero-length last step, DPM 2M Karras to sigma_min", _largest(
         "DPMSolverMultistepScheduler", dict(SD, use_karras_sigmas=True, final_sigmas_type="sigma_min")))
+    for solver_type, order in (("heun", 2), ("midpoint", 3)):
+        ref = diffusers.DPMSolverMultistepScheduler(**SD, use_karras_sigmas=True, final_sigmas_type="sigma_min",
+                                                    lower_order_final=False, solver_type=solver_type,
+                                                    solver_order=order)
+        few = FewstepScheduler.from_config(ref.config, float64=True)
+        model = stand_in(dict(ref.config))
+        print("zero-length last step without lower_order_final,", solver_type, order, "NaN: diffusers",
+              bool(drive(ref, model, 10).isnan().any()), "fewstep", bool(drive(few, model, 10).isnan().any()))
     for spacing, steps in (("linspace", 10), ("trailing", 7), ("trailing", 10)):
         print("DDIM", spacing, steps, _largest("DDIMScheduler", dict(SD, timestep_spacing=spacing, clip_sample=False),
                                                steps))
