@@ -208,6 +208,10 @@ def report(out: Path, seeds: int, write: bool) -> None:
            "of the best untuned configuration on every model) "
            + ("holds everywhere." if not misses else f"misses {len(misses)} of {len(md) - 3} cells:"), ""]
     md += [f"- {line}" for line in misses]
+    missing = [m for m in MODELS if m not in models]
+    if missing:
+        md += ["", f"Not measured in this run: {', '.join(missing)}; their families keep the usual default "
+               "(dpmpp_2m on karras, discrete trailing, or time_uniform when sigma_max is infinite)."]
     body = "## Defaults against the peers' defaults\n" + "\n".join(md)
     print(body)
     if write:
