@@ -210,8 +210,9 @@ def report(out: Path, seeds: int, write: bool) -> None:
     md += [f"- {line}" for line in misses]
     missing = [m for m in MODELS if m not in models]
     if missing:
-        md += ["", f"Not measured in this run: {', '.join(missing)}; their families keep the usual default "
-               "(dpmpp_2m on karras, discrete trailing, or time_uniform when sigma_max is infinite)."]
+        md += ["", f"Not measured in this run: {', '.join(missing)}. A family without table entries keeps the usual "
+               "default (dpmpp_2m on karras, discrete trailing, or time_uniform when sigma_max is infinite); an "
+               "unmeasured model of a family with entries gets them, unchecked."]
     body = "## Defaults against the peers' defaults\n" + "\n".join(md)
     print(body)
     if write:
