@@ -175,8 +175,8 @@ def report(out: Path, seeds: int, write: bool) -> None:
         lines.append(f"    ({json.dumps(fam)}, {nfe}): ({json.dumps(k[0])}, {json.dumps(k[1])}, {k[2]}),")
     lines.append("}")
     print("\n".join(lines))
-    md = [f"Made by `python benchmarks/defaults.py measure MODEL` for each model, then "
-          f"`python benchmarks/defaults.py report --write`; {seeds} seeds, rmse_ref against the adaptive float64 "
+    md = [f"Made by benchmarks/defaults.py (its measure command on each model, then report --write; see its "
+          f"docstring); {seeds} seeds, rmse_ref against the adaptive float64 "
           "reference ODE solution from the same noise and the same starting sigma (a flow model's grids from "
           "t = 1 are scored against the reference from t = 1, its sigma-space grids against the one from sigma "
           f"{CAP:g}). fewstep's default is the table in `src/fewstep/diffusion/defaults.py`, chosen per family and "
