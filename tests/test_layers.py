@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
      (BASE,)),
     ("solvers", ("fewstep.diffusion.solvers",), (BASE, "diffusion core")),
     ("driver", ("fewstep.diffusion.sampling", "fewstep.diffusion.recipe", "fewstep.diffusion.corrections",
-                "fewstep.diffusion.guidance"), (BASE, "diffusion core", "solvers")),
+                "fewstep.diffusion.guidance", "fewstep.diffusion.defaults"), (BASE, "diffusion core", "solvers")),
     ("models and integrations", ("fewstep.models", "fewstep.integrations"),
      (BASE, "metrics", "diffusion core", "solvers", "driver")),
     ("evaluation", ("fewstep.evaluation",), (BASE, "metrics", "diffusion core", "solvers", "driver",

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from fewstep.diffusion.defaults import default_choice
 from fewstep.diffusion.denoiser import Denoiser
 from fewstep.diffusion.noise import NOISE_TYPES, make_noise, seeded_noise
 from fewstep.diffusion.recipe import as_recipe
@@ -194,8 +195,13 @@ def plan(model: Denoiser, *, solver: str | None = None, nfe: int | None = None, 
         n_steps = plan_steps(recipe.solver, recipe.nfe, final_zero=recipe.sigmas[-1] == 0, afs=afs,
                              denoise_to_zero=denoise_to_zero, options=options)
         return SamplingPlan(recipe.solver, options, get_sigmas("explicit", n_steps, model, sigmas=list(recipe.sigmas)))
-    solver = DEFAULT_SOLVER if solver is None else solver
     nfe = DEFAULT_NFE if nfe is None else nfe
+    if schedule is None:  # the measured default for the model's family and NFE (fewstep.diffusion.defaults)
+        chosen = default_choice(getattr(model.process, "family", None), nfe, solver, schedule_options)
+        if chosen is not None:
+            solver, schedule, table_options = chosen
+            schedule_options = {**table_options, **schedule_options}
+    solver = DEFAULT_SOLVER if solver is None else solver
     if schedule is None:
         if getattr(model.process, "num_train_timesteps", None) is not None:
             schedule = "discrete"
@@ -222,10 +228,12 @@ def sample(model: Denoiser, *, solver: str | None = None, nfe: int | None = None
 
     Args:
         model: a ``Denoiser`` (from ``fewstep.load_model`` or an adapter).
-        solver: a name from ``fewstep.list_solvers()`` (default ``dpmpp_2m``, or the recipe's).
+        solver: a name from ``fewstep.list_solvers()`` (default: the measured choice for the model's family
+            and ``nfe`` in ``fewstep.diffusion.defaults``, else ``dpmpp_2m``; or the recipe's).
         nfe: the evaluation budget (default 10, or the recipe's); the number of steps is the largest that fits it.
-        schedule: a name from ``fewstep.list_schedules()``; by default ``karras``, or ``discrete``
-            (trailing) for discrete-time models and ``time_uniform`` when ``sigma_max`` is infinite.
+        schedule: a name from ``fewstep.list_schedules()``; by default the measured choice (with ``solver``
+            when that is the measured solver), else ``karras``, or ``discrete`` (trailing) for discrete-time
+            models and ``time_uniform`` when ``sigma_max`` is infinite.
         solver_options: options of the solver (``fewstep.list_solvers()[name]["options"]``).
         schedule_options: options of the schedule, and ``sigma_min``, ``sigma_max`` (override the model's
             range) and ``final`` (``"zero"``, the default, or ``"min"``: end the grid at ``sigma_min``).
