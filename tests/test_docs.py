@@ -679,7 +679,8 @@ def _slow_selected(config) -> bool:
 
 
 def _scratch_copy(dest: Path) -> Path:
-    """The working tree's files (what git tracks, as they are now), and the venv by a link for `make`."""
+    """The working tree's files (what git tracks, as they are now), and a `.venv` of links to the venv's entries
+    with a fresh `.installed`, so that `make` finds the set-up done and never installs into the shared venv."""
     listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True)
     names = [n for n in listed.stdout.decode().split("\0") if n] if listed.returncode == 0 else None
     if names is None:
@@ -689,8 +690,13 @@ def _scratch_copy(dest: Path) -> Path:
             if (REPO / name).is_file():
                 (dest / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(REPO / name, dest / name)  # keeps mtimes: make sees the venv as up to date
-    if (REPO / ".venv").exists():
-        (dest / ".venv").symlink_to(REPO / ".venv")
+    venv = REPO / ".venv"
+    if venv.is_dir():
+        (dest / ".venv").mkdir()
+        for entry in venv.iterdir():
+            if entry.name != ".installed":
+                (dest / ".venv" / entry.name).symlink_to(entry)
+        (dest / ".venv" / ".installed").touch()
     return dest
 
 
