@@ -83,7 +83,6 @@ SLOW: dict[str, str] = {
     "python benchmarks/solvers.py": "10 minutes",
     ".venv/bin/python benchmarks/corrections.py --part corrections --write docs/benchmarks.md": "23 minutes",
     ".venv/bin/python benchmarks/corrections.py --write docs/benchmarks.md": "25 minutes",
-    "python benchmarks/defaults.py report --write": "reads the rows of `defaults.py measure` for every model",
     # docs/design.md, docs/guidance.md, docs/lm.md, docs/models.md, docs/solvers.md, docs/tuning.md
     ".venv/bin/python benchmarks/multidraft.py": "36 s of exact acceptance computations",
     ".venv/bin/python scripts/train_lm.py": "trains the bundled LM pair (10 minutes)",
@@ -101,8 +100,6 @@ SLOW: dict[str, str] = {
 NOT_RUN: dict[str, str] = {
     ". .venv/bin/activate": "puts the venv's programs on PATH; this test already runs them with its own interpreter",
     "make test": "runs the whole suite, this test included",
-    "python benchmarks/defaults.py measure MODEL":
-        "a template that benchmarks/defaults.py writes into docs/benchmarks.md (MODEL: each model of its table)",
 }
 
 # Extra arguments for a slow run, so that it writes its output into scratch space instead of the source tree.
