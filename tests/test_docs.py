@@ -648,7 +648,7 @@ def fast_runs(request, tmp_path_factory):
     futures = {path: pool.submit(_run_page, ALL[path], base / re.sub(r"\W", "_", path), slow=False)
                for path in sorted(selected, key=_cost, reverse=True)}
     yield futures
-    pool.shutdown(wait=True)
+    pool.shutdown(wait=True, cancel_futures=True)  # after -x, pages not started yet are dropped
 
 
 @pytest.fixture(autouse=True)
