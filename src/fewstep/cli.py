@@ -4,8 +4,8 @@ Each subcommand lives in its own module with two functions, ``add_parser(subpars
 ``run(args) -> int``; this file only wires them, so ``fewstep --help`` imports nothing heavy.
 
 Exit codes: 0 done; 2 bad input (one line on stderr: the option, what was given and what is allowed);
-1 a system error such as a full disk (one line); 130 interrupted by Ctrl-C and 143 by SIGTERM (one line,
-no partial output file left).
+1 a failure while working, such as a full disk, no memory or a model that returned NaN (one line);
+130 interrupted by Ctrl-C and 143 by SIGTERM (one line, no partial output file left).
 """
 
 from __future__ import annotations
@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 is printed escaped, not an error
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -79,14 +82,16 @@ def main(argv: list[str] | None = None) -> int:
         with _one_line_warnings(prog), _sigterm_raises():
             return int(module.run(args) or 0)
     except (ValueError, ChecksumError) as exc:  # bad input or a damaged bundled file: one clear line, no traceback
+        _close_progress_bars()
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         _close_progress_bars()
         print(f"{prog}: {'terminated' if isinstance(exc, Terminated) else 'interrupted'}", file=sys.stderr)
         return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
-    except OSError as exc:  # the system refused something (a full disk, a vanished folder): one line too
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+    except (OSError, MemoryError, ArithmeticError) as exc:  # a full disk, no memory, NaN from the model: one line
+        _close_progress_bars()
+        print(f"{prog}: error: {exc or type(exc).__name__}", file=sys.stderr)
         return 1
 
 
@@ -119,7 +124,7 @@ def _sigterm_raises() -> Iterator[None]:
 
 
 def _close_progress_bars() -> None:
-    """Close the bars an interrupt left open, so that the last line starts at the left edge."""
+    """Close the bars an error or an interrupt left open, so that its message starts a line of its own."""
     tqdm = sys.modules.get("tqdm")
     for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
         with contextlib.suppress(Exception):

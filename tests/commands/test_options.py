@@ -132,3 +132,19 @@ def test_bench_says_it_computes_references_once_before_its_bar(capsys, tmp_path,
     assert len(list((tmp_path / "cache" / "reference").iterdir())) == 2  # the bench found them: none computed twice
     assert main(argv) == 0
     assert "computing reference" not in capsys.readouterr().out  # cached
+
+
+def test_found_by_the_fuzzer(capsys, tmp_path, monkeypatch):
+    """A class range is bounded before the library expands it (it ran out of memory), and a file name that is not
+    UTF-8 is printed escaped when stdout is strict (PYTHONIOENCODING=utf-8)."""
+    import io
+
+    monkeypatch.chdir(tmp_path)
+    _refused(["sample", "--model", "digits-cond", "--class", "0-999999999", "--seeds", "0-1"],
+             "--class '0-999999999' must name classes in 0..9", capsys)
+    _refused(["sample", "--model", "digits-cond", "--class", "1" * 5000, "--seeds", "0-1"], "must name classes", capsys)
+    strict = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict")
+    monkeypatch.setattr("sys.stdout", strict)
+    assert main(["sample", "--model", "gauss", "--nfe", "2", "--seeds", "0-1", "--out", "\udcff"]) == 0
+    strict.flush()
+    assert b"wrote \\udcff.png" in strict.buffer.getvalue()

@@ -16,7 +16,7 @@ from pathlib import Path
 from fewstep.limits import MAX_NFE, MAX_SEEDS  # noqa: F401  (the subcommands read the library's limits through here)
 from fewstep.seeds import parse_seeds  # noqa: F401  (the subcommands read seeds through here)
 
-# Limits of the command line alone (README, "Limits"); each option's help names its limit.
+# Limits of the command line alone (the library's are in fewstep.limits); each option's help names its limit.
 MAX_BATCH = 65_536  # samples evaluated together (sample and bench --batch)
 MAX_GRID = 1024  # samples drawn in the PNG grid of `fewstep sample` (the .npz holds every sample)
 MAX_SAMPLES = 256  # generate --samples
