@@ -86,3 +86,25 @@ def test_memory_is_flat_in_the_number_of_seeds(tmp_path):
     large = _peak_rss_mb([*common, "--seeds", "0-49999", "--out", "large"], tmp_path)
     samples_mb = 48_000 * 64 * 4 / 2**20  # the extra samples, float32
     assert large < 2048 and large - small < 3 * samples_mb + 100, (small, large)
+
+
+def test_sharded_runs_chunks_of_at_most_batch_seeds():
+    import torch
+
+    from fewstep.bench.distributed import chunk_count, seed_batches, sharded
+
+    seen = []
+
+    def fn(ids):
+        seen.append(list(ids))
+        return torch.tensor(ids, dtype=torch.float64)[:, None]
+
+    assert sharded(fn, range(10), batch=4).flatten().tolist() == list(range(10))
+    assert seen == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    seen.clear()
+    with seed_batches(3):
+        assert sharded(fn, range(7)).shape == (7, 1) and chunk_count(7) == 3 and len(seen) == 3
+    assert chunk_count(7) == 1 and chunk_count(7, batch=2) == 4  # outside the block: all at once
+    with pytest.raises(ValueError, match="batch must be a positive integer"):
+        with seed_batches(0):
+            pass

@@ -1,5 +1,5 @@
 """Argument parsing shared by the subcommands: the command line's own limits, typed options, name and integer lists,
-file paths and seed chunks (seed ranges: ``fewstep.seeds.parse_seeds``; the library's limits: ``fewstep.limits``).
+and file paths (seed ranges: ``fewstep.seeds.parse_seeds``; the library's limits: ``fewstep.limits``).
 
 Nothing here imports torch, so a malformed command line is refused before any heavy import.
 """
@@ -10,7 +10,7 @@ import argparse
 import math
 import os
 import textwrap
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 from fewstep.limits import MAX_NFE, MAX_SEEDS  # noqa: F401  (the subcommands read the library's limits through here)
@@ -135,10 +135,4 @@ def input_file(text: str, flag: str) -> Path:
     except OSError as exc:
         raise ValueError(f"{flag} {text!r}: {exc.strerror or exc}") from None
     return path
-
-
-def chunks(seeds: Sequence[int], size: int) -> Iterator[list[int]]:
-    """``seeds`` in consecutive chunks of at most ``size``."""
-    for start in range(0, len(seeds), size):
-        yield list(seeds[start:start + size])
 

@@ -18,7 +18,6 @@ from fewstep.commands.args import (
     MAX_CFG,
     MAX_GRID,
     MAX_NFE,
-    chunks,
     float_in,
     input_file,
     int_in,
@@ -108,14 +107,15 @@ def run(args) -> int:
         calls, samples = [], None
         bar = tqdm(total=len(seeds), desc="sample", unit="sample",
                    disable=args.no_progress or not main or len(seeds) <= args.batch)
-        for start, ids in zip(range(0, len(seeds), args.batch), chunks(seeds, args.batch)):
-            before = model.calls
+        for start in range(0, len(seeds), args.batch):
+            ids, before = seeds[start:start + args.batch], model.calls
             x = sharded(lambda mine: sample(denoiser, seeds=mine, cond=cond_for(mine), **kw), ids)
             calls.append(model.calls - before)
             if x is not None:  # rank 0: the chunk's rows, in seed order
+                x = x.detach().cpu().numpy()
                 if samples is None:
-                    samples = np.empty((len(seeds), *(model.shape or x.shape[1:])), dtype=x.numpy().dtype)
-                samples[start:start + len(ids)] = x.reshape(len(ids), *samples.shape[1:]).numpy()
+                    samples = np.empty((len(seeds), *(model.shape or x.shape[1:])), dtype=x.dtype)
+                samples[start:start + len(ids)] = x.reshape(len(ids), *samples.shape[1:])
             bar.update(len(ids))
         bar.close()
         seconds = time.perf_counter() - t0
