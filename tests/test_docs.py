@@ -595,13 +595,14 @@ def _run(what: str, argv: list[str], cwd: Path, env: dict[str, str], timeout: fl
 
 
 def _run_page(page: Page, root: Path, *, slow: bool, cwd: Path | None = None) -> list[Run]:
-    """A page's Python snippets (one process, in order), then its commands in order, in one directory."""
+    """A page's Python snippets (one process, in order), then its commands in order, in one directory; the slow
+    run (all commands) leaves the snippets to the fast one."""
     root.mkdir(parents=True, exist_ok=True)
     cwd = cwd or root / "cwd"
     cwd.mkdir(parents=True, exist_ok=True)
     env = _env(root / "cache")
     runs = []
-    snippets = [it for it in page.items if it.kind == "python"]
+    snippets = [it for it in page.items if it.kind == "python" and not slow]
     if snippets:
         listing = root / "snippets.json"
         listing.write_text(json.dumps([[str(REPO / it.page), it.line, it.text] for it in snippets]))
