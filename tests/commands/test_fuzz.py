@@ -281,8 +281,11 @@ def test_fuzz_the_command_line(base_recipe, cache):
 
 
 @pytest.mark.slow
-def test_fuzz_the_command_line_at_length(base_recipe, cache):
-    """The long run: random argument lists (generate and bench-lm run for real too) and recipe files."""
+def test_fuzz_the_command_line_at_length(base_recipe, cache, request):
+    """The long run: random argument lists (generate and bench-lm run for real too) and recipe files. It runs
+    only when asked for (``-m slow``): it takes far longer than the default suite may."""
+    if "slow" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("the long fuzz run: pytest -m slow tests/commands/test_fuzz.py")
     budget = _Budget(None)
     _fuzz_arguments(base_recipe, cache, bounded=False, examples=int(os.environ.get("FEWSTEP_FUZZ_EXAMPLES", 300)),
                     budget=budget, timeout=240)
