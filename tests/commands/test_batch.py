@@ -79,8 +79,11 @@ def _peak_rss_mb(argv, cwd) -> float:
 
 
 @pytest.mark.slow
-def test_memory_is_flat_in_the_number_of_seeds(tmp_path):
-    """50,000 samples of digits-edm fit in 2 GB, and need little more than 2,000 do beyond the samples themselves."""
+def test_memory_is_flat_in_the_number_of_seeds(tmp_path, request):
+    """50,000 samples of digits-edm fit in 2 GB, and need little more than 2,000 do beyond the samples themselves.
+    It runs only when asked for (``-m slow``): about ten minutes on two cores."""
+    if "slow" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("the 50,000-sample memory test: pytest -m slow tests/commands/test_batch.py")
     common = ["sample", "--model", "digits-edm", "--nfe", "4", "--no-progress"]
     small = _peak_rss_mb([*common, "--seeds", "0-1999", "--out", "small"], tmp_path)
     large = _peak_rss_mb([*common, "--seeds", "0-49999", "--out", "large"], tmp_path)
