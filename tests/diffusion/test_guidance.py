@@ -9,7 +9,7 @@ import torch
 
 import fewstep
 from fewstep.diffusion.denoiser import CountingDenoiser
-from fewstep.diffusion.guidance import CADS, CFG, unit_time
+from fewstep.diffusion.guidance import CADS, CFG, _parse_classes, unit_time
 from fewstep.diffusion.sampling import sample, seeded_noise
 from fewstep.diffusion.schedules import get_sigmas
 from fewstep.metrics import digits_features, digits_predict, precision_recall
@@ -159,3 +159,14 @@ def test_cads_raises_diversity_at_a_high_scale_with_little_loss_in_agreement(mod
 def test_bad_input_is_rejected(model, make, message):
     with pytest.raises(ValueError, match=message):
         make(model)
+
+
+def test_class_ranges_are_bounded_by_the_model_before_they_are_expanded():
+    """Issue 18: ``0-100000000000`` filled memory in the library (only the CLI guarded it)."""
+    assert _parse_classes("0-3,7, 9", 10) == [0, 1, 2, 3, 7, 9]
+    for text in ("0-100000000000", "10", "5-3", "0-9,0-10"):
+        with pytest.raises(ValueError, match=r"must name classes in 0\.\.9 \(a range as low-high\)"):
+            _parse_classes(text, 10)
+    for text in ("a", "-3", "", "1" * 5000, "²"):
+        with pytest.raises(ValueError, match=r"^bad --class .{,45}: write one class like 3.*in 0\.\.9$"):
+            _parse_classes(text, 10)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -227,17 +228,25 @@ class CFG(Wrapper):
         return x - f * (x - d_g)
 
 
+_CLASS_PART = re.compile(r"\s*(\d{1,18})(?:-(\d{1,18}))?\s*", re.ASCII)
+
+
 def _parse_classes(text: str, num_classes: int) -> list[int]:
+    """The class list of ``--class`` text (``3``, ``0-9``, ``1,4,7``); each range's ends are checked against
+    ``0..num_classes-1`` before it is expanded, so a huge range fails at once instead of filling memory."""
+    text = str(text)
+    shown = repr(text) if len(text) <= 40 else repr(text[:37] + "...")
+    allowed = f"must name classes in 0..{num_classes - 1}"
     classes: list[int] = []
-    for part in str(text).split(","):
-        try:
-            a, _, b = part.strip().partition("-")
-            classes.extend(range(int(a), int(b or a) + 1))
-        except ValueError:
-            raise ValueError(f"bad --class {text!r}: write one class like 3, a range like 0-9, "
-                             "or a list like 1,4,7") from None
-    if not classes or min(classes) < 0 or max(classes) >= num_classes:
-        raise ValueError(f"--class {text!r} must name classes in 0..{num_classes - 1}")
+    for part in text.split(","):
+        m = _CLASS_PART.fullmatch(part)
+        if m is None:
+            raise ValueError(f"bad --class {shown}: write one class like 3, a range like 0-9 or a list like 1,4,7; "
+                             f"it {allowed}")
+        lo, hi = int(m[1]), int(m[2] or m[1])
+        if not lo <= hi < num_classes:
+            raise ValueError(f"--class {shown} {allowed} (a range as low-high); {part.strip()[:40]!r} does not")
+        classes.extend(range(lo, hi + 1))
     return classes
 
 
