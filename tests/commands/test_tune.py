@@ -55,6 +55,7 @@ def test_tune_prints_its_progress_and_result(tmp_path, capsys):
     (["--solver", "nope"], "unknown solver 'nope'"),
     (["--model", "nope"], "unknown model 'nope'"),
     (["--seeds", "5-1"], "is empty"),
+    (["--option", "fine_steps=1000000000"], "fine_steps must be an integer in 4..500; got 1000000000"),  # it hung
 ])
 def test_tune_bad_input(tmp_path, capsys, extra, message):
     args = list(TUNE_ARGS)

@@ -23,6 +23,7 @@ from fewstep.diffusion.sampling import plan_steps, sample, solve
 from fewstep.diffusion.schedules import check_sigmas, get_sigmas, karras, start_sigma
 from fewstep.diffusion.solvers import get_solver
 from fewstep.evaluation import DataReference, compute_metrics, reference_samples
+from fewstep.limits import check_count
 from fewstep.seeds import EVAL_SEEDS, seed_text
 
 REF_BLOCK = 128  # tuning seeds per cached block of reference solutions
@@ -32,6 +33,11 @@ REF_BLOCK = 128  # tuning seeds per cached block of reference solutions
 # tolerance for the check (``benchmarks/tuning_references.py`` measures both).
 TUNE_RTOL = 1e-4
 TUNE_CHECK = 16
+# Upper bounds of the methods' integer options (docs/tuning.md, "Limits"): past them a fit would run for days or
+# exhaust memory, so a typo fails at once. gits and iia bound their fine grids themselves.
+MAX_SEARCH = 1_000  # sweeps, candidates, generations, population sizes, grid steps searched over
+MAX_DRAWS = 65_536  # Monte Carlo draws and data samples held at once
+MAX_ITERATIONS = 100_000  # optimiser iterations (ld3)
 
 
 def tuning_references(model: Denoiser, seeds: Sequence[int], sigma0: float | None = None,
@@ -68,6 +74,12 @@ def check_args(model: Any, solver: str, nfe: Any) -> int:
     if info.stochastic:
         raise ValueError(f"solver {solver!r} is stochastic; tuning fits deterministic solvers only")
     return plan_steps(solver, nfe)
+
+
+def check_sizes(**sizes: tuple[Any, int, int]) -> None:
+    """Each ``name=(value, low, high)`` must be an int in ``[low, high]`` (``fewstep.limits.check_count``)."""
+    for name, (value, low, high) in sizes.items():
+        check_count(name, value, low, high)
 
 
 def seed_list(seeds: Sequence[int], what: str, minimum: int = 2) -> list[int]:

@@ -142,12 +142,10 @@ def tune(model, *, solver: str = "dpmpp_2m", nfe: int = 10, seeds: Sequence[int]
     t_start = time.perf_counter()
     n_steps = T.check_args(model, solver, nfe)
     seeds = T.seed_list(seeds, "seeds", minimum=1)
-    if not isinstance(mc_samples, int) or mc_samples < 8:
-        raise ValueError(f"mc_samples must be an integer >= 8; got {mc_samples!r}")
-    if not isinstance(candidates, int) or candidates < 2 or not isinstance(max_sweeps, int) or max_sweeps < 1:
-        raise ValueError(f"need candidates >= 2 and max_sweeps >= 1; got {candidates!r}, {max_sweeps!r}")
-    if not isinstance(ref_steps, int) or ref_steps < 2:
-        raise ValueError(f"ref_steps must be an integer >= 2; got {ref_steps!r}")
+    T.check_sizes(mc_samples=(mc_samples, 8, T.MAX_DRAWS), candidates=(candidates, 2, T.MAX_SEARCH),
+                  max_sweeps=(max_sweeps, 1, T.MAX_SEARCH), ref_steps=(ref_steps, 2, T.MAX_SEARCH))
+    if n_steps > T.MAX_SEARCH:
+        raise ValueError(f"ays optimises at most {T.MAX_SEARCH} steps; nfe={nfe} with {solver!r} takes {n_steps}")
     grid = T.untuned_grid(model, max(n_steps, ref_steps))
     t0 = [float(v) for v in grid[:-1]]
     x0 = model_samples(model, seeds, mc_samples, progress=progress)

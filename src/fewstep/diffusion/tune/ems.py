@@ -46,6 +46,7 @@ from fewstep.diffusion.sampling import sample
 from fewstep.diffusion.solvers.dpm_v3 import EMS
 from fewstep.diffusion.tune import _measure as M
 from fewstep.diffusion.tune import _tuning as T
+from fewstep.limits import MAX_SEEDS
 from fewstep.models.digits_data import digits_data
 from fewstep.seeds import EVAL_SEEDS, TUNE_SEEDS
 
@@ -80,9 +81,7 @@ def compute_ems(model, *, data: str | torch.Tensor = "auto", n_samples: int = 51
     """
     if derivative not in DERIVATIVES:
         raise ValueError(f"derivative must be one of {DERIVATIVES}; got {derivative!r}")
-    for name, v, lo in (("n_samples", n_samples, 2), ("n_grid", n_grid, 2), ("batch", batch, 1)):
-        if not isinstance(v, int) or v < lo:
-            raise ValueError(f"{name} must be an integer >= {lo}; got {v!r}")
+    T.check_sizes(n_samples=(n_samples, 2, T.MAX_DRAWS), n_grid=(n_grid, 2, T.MAX_SEARCH), batch=(batch, 1, MAX_SEEDS))
     if not 0 < fd_step < 0.5:
         raise ValueError(f"fd_step must lie in (0, 0.5); got {fd_step!r}")
     lo = float(model.sigma_min if sigma_min is None else sigma_min)
@@ -229,6 +228,7 @@ def tune(model, *, solver: str = "dpm_solver_v3", nfe: int, seeds=TUNE_SEEDS, ev
     seeds = T.seed_list(seeds, "seeds")
     tune_seeds = M.trajectories(seeds, trajectories)
     M.disjoint(tune_seeds, eval_seeds)
+    T.check_sizes(n_samples=(n_samples, 2, T.MAX_DRAWS), n_grid=(n_grid, 2, T.MAX_SEARCH))  # before any reference
     if isinstance(statistics, str) or not statistics or set(statistics) - set(STATISTICS):
         raise ValueError(f"statistics must be a non-empty list drawn from {list(STATISTICS)}; got {statistics!r}")
     if sigmas is not None:

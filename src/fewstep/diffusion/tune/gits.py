@@ -26,6 +26,7 @@ from fewstep.diffusion.tune import _tuning as T
 from fewstep.seeds import EVAL_SEEDS, TUNE_SEEDS
 
 Tensor = torch.Tensor
+MAX_FINE_STEPS = 500  # the cost matrix takes fine_steps^2 / 2 solver steps (docs/tuning.md, "Limits")
 
 
 class _RowCache(Denoiser):
@@ -109,7 +110,8 @@ def tune(model, *, solver: str = "ipndm", nfe: int = 10, seeds: Sequence[int] = 
     Args:
         seeds: tuning seeds (the teacher trajectories; GITS uses a few hundred).
         eval_seeds: held-out seeds for the recipe's quality (``None``: do not measure).
-        fine_steps: steps of the fine Karras teacher grid (``fine_steps + 1`` points, the last 0).
+        fine_steps: steps of the fine Karras teacher grid (``fine_steps + 1`` points, the last 0), at least the
+            steps to choose and at most ``MAX_FINE_STEPS`` (500).
         teacher: the deterministic solver that integrates the fine grid.
         coeff: the DP's weight of the remaining cost (the paper's 1.15).
     """
@@ -117,9 +119,10 @@ def tune(model, *, solver: str = "ipndm", nfe: int = 10, seeds: Sequence[int] = 
     n_steps = T.check_args(model, solver, nfe)
     T.check_args(model, teacher, 1)
     seeds = T.seed_list(seeds, "seeds", minimum=1)
-    if not isinstance(fine_steps, int) or fine_steps < max(n_steps, 2):
-        raise ValueError(f"fine_steps must be an integer >= max(2, the {n_steps} steps to choose); "
-                         f"got {fine_steps!r}")
+    if n_steps > MAX_FINE_STEPS:
+        raise ValueError(f"gits chooses at most {MAX_FINE_STEPS} steps of its fine grid; nfe={nfe} with {solver!r} "
+                         f"takes {n_steps}")
+    T.check_sizes(fine_steps=(fine_steps, max(n_steps, 2), MAX_FINE_STEPS))  # at least the steps to choose
     if not coeff > 0:
         raise ValueError(f"coeff must be > 0; got {coeff!r}")
     fine = T.untuned_grid(model, fine_steps)

@@ -21,6 +21,7 @@ from fewstep.seeds import EVAL_SEEDS, TUNE_SEEDS
 __all__ = ["fit_coefficients", "tune"]
 
 TARGETS = ("fine", "reference")
+MAX_SUBSTEPS = 1_000  # fine_steps: sub-steps of the base solver per grid step (docs/tuning.md, "Limits")
 
 
 def _fine_target(model, x, s: float, s_next: float, base: str, fine_steps: int, target: str, rtol: float):
@@ -42,8 +43,7 @@ def fit_coefficients(model, x, sigmas: list[float], solver: str = "iia_dpmpp_2m"
         raise ValueError(f"IIA is available for {sorted(BASES)}; got {solver!r}")
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}; got {target!r}")
-    if not isinstance(fine_steps, int) or fine_steps < 2:
-        raise ValueError(f"fine_steps must be an integer >= 2; got {fine_steps!r}")
+    T.check_sizes(fine_steps=(fine_steps, 2, MAX_SUBSTEPS))
     base, rows, per_step = BASES[solver], [], []
     bar = tqdm(total=len(sigmas) - 1, disable=not progress, desc="IIA", unit="step")
 

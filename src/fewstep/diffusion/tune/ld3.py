@@ -42,6 +42,7 @@ from fewstep.diffusion.schedules import get_sigmas
 from fewstep.diffusion.solvers import SOLVERS
 from fewstep.diffusion.solvers.learned import linear_form, run_form
 from fewstep.diffusion.tune import _tuning as T
+from fewstep.limits import MAX_SEEDS
 from fewstep.seeds import EVAL_SEEDS, TUNE_SEEDS
 
 Tensor = torch.Tensor
@@ -250,13 +251,10 @@ def tune(model, *, solver: str = "best", nfe: int = 10, seeds: Sequence[int] = T
     seeds = T.seed_list(seeds, "seeds", minimum=4)
     if precondition == "auto":
         precondition = 32 if optimizer == "lbfgs" else None
-    sizes = {"steps": steps, "check_every": check_every, **({} if batch is None else {"batch": batch}),
-             **({} if patience is None else {"patience": patience}),
-             **({} if precondition is None else {"precondition": precondition})}
-    bad = {k: v for k, v in sizes.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1}
-    if bad:
-        raise ValueError(f"steps, check_every, batch, patience and precondition must be positive integers "
-                         f"(patience, batch and precondition may be None, precondition 'auto'); got {bad}")
+    T.check_sizes(steps=(steps, 1, T.MAX_ITERATIONS), check_every=(check_every, 1, T.MAX_ITERATIONS),
+                  **({} if batch is None else {"batch": (batch, 1, MAX_SEEDS)}),
+                  **({} if patience is None else {"patience": (patience, 1, T.MAX_ITERATIONS)}),
+                  **({} if precondition is None else {"precondition": (precondition, 1, MAX_SEEDS)}))
     if not (lr > 0 and 0 < holdout < 1 and slack >= 0 and ridge >= 0):
         raise ValueError(f"need lr > 0, 0 < holdout < 1, slack >= 0 and ridge >= 0; got lr={lr}, holdout={holdout}, "
                          f"slack={slack}, ridge={ridge}")

@@ -29,6 +29,7 @@ import numpy as np
 from fewstep.diffusion.solvers.usf import MAX_ORDER, PREDICTIONS
 from fewstep.diffusion.tune import _tuning as T
 from fewstep.diffusion.tune.ays import loglinear_interp
+from fewstep.limits import MAX_SEEDS
 from fewstep.seeds import EVAL_SEEDS, TUNE_SEEDS
 
 
@@ -196,12 +197,10 @@ def tune(model, *, solver: str = "unipc", nfe: int = 10, seeds: Sequence[int] = 
     T.check_args(model, solver, nfe)
     n_steps = T.check_args(model, "usf", nfe)  # without the data-mean start; with it, one more
     seeds = T.seed_list(seeds, "seeds")
-    ints = {"batch": batch, "population": population, "generations": generations, "children": children,
-            "elite": elite, "refine_sweeps": refine_sweeps, "finalists": finalists}
-    least = {"generations": 0, "refine_sweeps": 0}
-    bad = {k: v for k, v in ints.items() if isinstance(v, bool) or not isinstance(v, int) or v < least.get(k, 1)}
-    if bad:
-        raise ValueError(f"S3 search sizes must be positive integers (generations, refine_sweeps may be 0); got {bad}")
+    T.check_sizes(batch=(batch, 1, MAX_SEEDS), population=(population, 1, T.MAX_SEARCH),
+                  generations=(generations, 0, T.MAX_SEARCH), children=(children, 1, T.MAX_SEARCH),
+                  elite=(elite, 1, T.MAX_SEARCH), refine_sweeps=(refine_sweeps, 0, T.MAX_SEARCH),
+                  finalists=(finalists, 1, T.MAX_SEARCH))
     s_max, s_min = T.start_sigma(model), float(model.sigma_min)
     full = T.Predictor(model, seeds, progress)
     search = Search(full.head(batch), nfe, s_max, s_min, random.Random(seed))
