@@ -183,7 +183,20 @@ def test_time_shift_ddim_reduces_to_ddim_without_shifts_and_shifts_per_sample(ga
     counter = CountingDenoiser(model)
     sample(counter, solver="ddim_ts", nfe=8, batch=2)
     assert counter.calls == 8
-    assert fewstep.list_solvers()["ddim_ts"]["options"] == {"window": 30, "cutoff": 300}
+    assert fewstep.list_solvers()["ddim_ts"]["options"] == {"window": 30, "cutoff": 300, "alphas_cumprod": None}
+
+
+def test_time_shift_measures_time_in_the_alphas_cumprod_it_is_given(gauss):
+    """gauss is a VE model, so ddim_ts counts timesteps in DDPM's linear schedule unless it is given one
+    (FewstepScheduler gives its config's: tests/integrations/test_scheduler.py)."""
+    shift = {"window": 40, "cutoff": 200}
+    ddpm = VPDiscrete.from_betas("linear").alphas_cumprod.tolist()
+    sd = VPDiscrete.from_betas("scaled_linear", beta_start=0.00085, beta_end=0.012).alphas_cumprod
+    default = sample(gauss, solver="ddim_ts", nfe=8, batch=6, solver_options=shift)
+    assert torch.equal(sample(gauss, solver="ddim_ts", nfe=8, batch=6,
+                              solver_options={**shift, "alphas_cumprod": ddpm}), default)
+    other = sample(gauss, solver="ddim_ts", nfe=8, batch=6, solver_options={**shift, "alphas_cumprod": sd})
+    assert (other - default).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("make, message", [
@@ -198,6 +211,8 @@ def test_time_shift_ddim_reduces_to_ddim_without_shifts_and_shifts_per_sample(ga
     (lambda m: calibrate(m, torch.zeros(3, 6), [0.0, 1.0]), "positive and finite"),
     (lambda m: sample(m, solver="ddim_ts", nfe=4, batch=1, solver_options={"window": -2}), "window must be"),
     (lambda m: sample(m, solver="ddim_ts", nfe=4, batch=1, solver_options={"span": 3}), "valid options: window=30"),
+    (lambda m: sample(m, solver="ddim_ts", nfe=4, batch=1, solver_options={"alphas_cumprod": [0.5, 0.9]}),
+     r"alphas_cumprod must be .* strictly decreasing .*; got \[0.5, 0.9\]"),
 ])
 def test_bad_input_is_rejected_with_the_allowed_values(gauss, make, message):
     with pytest.raises(ValueError, match=message):

@@ -4,6 +4,7 @@ keys and conventions: test_scheduler_config.py; real pipelines: test_scheduler_p
 
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -21,10 +22,7 @@ from fewstep.integrations.diffusers import FewstepScheduler  # noqa: E402
 
 TRUE = Gauss(dim=4, mean=torch.tensor([0.5, -1.0, 0.0, 2.0]), std=torch.tensor([0.5, 1.0, 2.0, 0.7]))
 SD = dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, num_train_timesteps=1000)
-# ddim_ts finds its variance reference in D.model.process, which behind the scheduler is not the config's process
-# (it falls back to DDPM's linear betas); taking the schedule as an input needs a change in solvers/time_shift.py
-DETERMINISTIC = [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason="ddim_ts reads D.model.process"))
-                 if n == "ddim_ts" else n for n in sorted(n for n, i in SOLVERS.items() if not i.stochastic)]
+DETERMINISTIC = sorted(n for n, i in SOLVERS.items() if not i.stochastic)
 NOISE = torch.randn(3, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
 
@@ -75,6 +73,25 @@ def test_every_solver_matches_fewstep_sample(solver):
                              dtype=torch.float64)
         assert counted.calls == len(sch.timesteps) and sch.order == SOLVERS[solver].evals_per_step
         torch.testing.assert_close(out, ref, rtol=1e-7, atol=1e-7)
+
+
+def test_ddim_ts_counts_time_in_the_configs_schedule_and_plans_without_warnings():
+    """ddim_ts behind the scheduler sees the model only through D; the scheduler gives it the config's
+    alphas_cumprod (scaled_linear here, not DDPM's linear fallback), and planning a run warns about nothing."""
+    cfg = dict(SD, prediction_type="epsilon", _class_name="DDIMScheduler")
+    options = {"window": 40, "cutoff": 200}
+    sch = FewstepScheduler.from_config(cfg, solver="ddim_ts", solver_options=options, float64=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch's var() of the planning run's one-value sample warned, per step
+        out = run_loop(sch, stand_in(cfg), NOISE, num_inference_steps=8)
+    runs = {}
+    for name, schedule in (("config", SD), ("ddpm", {})):
+        ac = spec_from_config(schedule).process.alphas_cumprod
+        ref = FewstepScheduler.from_config(cfg, solver="ddim_ts", float64=True,
+                                           solver_options={**options, "alphas_cumprod": ac.tolist()})
+        runs[name] = run_loop(ref, stand_in(cfg), NOISE, num_inference_steps=8)
+    torch.testing.assert_close(out, runs["config"], rtol=0, atol=1e-12)
+    assert (runs["ddpm"] - out).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("schedule", sorted(list_schedules()))

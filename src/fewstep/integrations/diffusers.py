@@ -211,8 +211,8 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         else:
             grid = self._default_grid(spec, num_inference_steps)
         self._spec, self._grid = spec, [float(v) for v in grid]
-        self._plan = plan_evaluations(cfg.solver, self._grid, dict(cfg.solver_options or {}),
-                                      denoise_to_zero=cfg.denoise_to_zero)
+        options = self._with_schedule(cfg.solver, cfg.solver_options or {})
+        self._plan = plan_evaluations(cfg.solver, self._grid, options, denoise_to_zero=cfg.denoise_to_zero)
         self.num_inference_steps = len(self._grid) - 1
         model_times = spec.model_time(torch.tensor([e.sigma for e in self._plan], dtype=torch.float64)).tolist()
         ts = torch.tensor([times.get(e.sigma, m) for e, m in zip(self._plan, model_times)], dtype=torch.float32)
@@ -360,13 +360,23 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         self._unclipped = unclipped and self._spec.postprocessed
         self._noise_dtype = torch.float32 if solver in _FLOAT32_NOISE else None
         self._state_dtype = x.dtype
-        self._run = SolverRun(solver, x, self._grid[ev.grid_index:], options, noise=_StepNoise(self),
+        self._run = SolverRun(solver, x, self._grid[ev.grid_index:], self._with_schedule(solver, options),
+                              noise=_StepNoise(self),
                               denoise_to_zero=cfg.denoise_to_zero)
         self._finalizer = weakref.finalize(self, self._run.close)
         first = self._run.start()
         if not isinstance(first, Request):
             raise RuntimeError("the solver finished without evaluating the model")
         self._request = first
+
+    def _with_schedule(self, solver: str, options: Mapping[str, Any]) -> dict[str, Any]:
+        """``options`` with the config's ``alphas_cumprod`` for a solver that measures time in the training
+        schedule (``ddim_ts``): its run sees the model only through ``D``, so it cannot read the schedule there."""
+        options = dict(options)
+        if "alphas_cumprod" in get_solver(solver).options and "alphas_cumprod" not in options \
+                and self._spec.kind == "vp":
+            options["alphas_cumprod"] = self._spec.process.alphas_cumprod
+        return options
 
     def _run_solver(self, eta: float) -> tuple[str, dict[str, Any]]:
         """The solver and options of a run with DDIM's ``eta`` from the pipeline."""
