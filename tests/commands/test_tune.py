@@ -85,7 +85,9 @@ def test_sample_with_a_recipe(recipe_path, tmp_path, capsys):
     # refused for another NFE (--force only overwrites outputs), then allowed with a one-line warning
     for force in ([], ["--force"]):
         assert main(["sample", "--recipe", str(recipe_path), "--nfe", "6", "--out", str(tmp_path / "t"), *force]) == 2
-        assert "made for NFE 4, not 6" in capsys.readouterr().err and not (tmp_path / "t.npz").exists()
+        err = capsys.readouterr().err
+        assert "made for NFE 4, not 6 (pass --allow-mismatch to use it anyway)" in err
+        assert not (tmp_path / "t.npz").exists()
     assert main(["sample", "--recipe", str(recipe_path), "--nfe", "6", "--seeds", "0-7", "--out",
                  str(tmp_path / "t"), "--allow-mismatch"]) == 0
     err = capsys.readouterr().err

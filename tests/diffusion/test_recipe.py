@@ -107,3 +107,28 @@ def test_recipe_options_are_checked_by_the_solver(recipe, gmm2d):
     wrong_nfe = Recipe(**{**recipe.__dict__, "nfe": 3})  # 5 steps cannot run within 3 evaluations
     with pytest.raises(ValueError, match="explicit schedule has 5 steps but 3 were asked for"):
         fewstep.sample(gmm2d, recipe=wrong_nfe, seeds=range(2))
+
+
+def test_save_is_atomic_an_interrupted_save_keeps_the_old_file(recipe, tmp_path, monkeypatch):
+    """Issue 18: ``save`` wrote the final path in place, so an interrupted save left a partial recipe."""
+    path = recipe.save(tmp_path / "r.json")
+    before = path.read_bytes()
+
+    def interrupted(src, dst):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("fewstep.cache.os.replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        Recipe(**{**recipe.__dict__, "nfe": 6}).save(path)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
+def test_a_name_too_long_for_the_file_system_is_one_clear_line(recipe, tmp_path):
+    """Issue 18: ``Recipe.load`` of a 300-character name raised a raw OSError (ENAMETOOLONG)."""
+    path = tmp_path / ("r" * 300 + ".json")
+    for call in (lambda: Recipe.load(path), lambda: recipe.save(path)):
+        with pytest.raises(ValueError, match=r"the name r{24}\.\.\. has 305 bytes; this file system allows \d+ per "
+                                             r"name$") as info:
+            call()
+        assert "\n" not in str(info.value) and len(str(info.value)) < 200
+    assert list(tmp_path.iterdir()) == []

@@ -93,7 +93,7 @@ def run(args) -> int:
         try:
             plan(denoiser, **kw)
         except ValueError as exc:  # the library's hint names its keyword; this command's flag is --allow-mismatch
-            raise ValueError(str(exc).replace("force=True / --force", "--allow-mismatch")) from None
+            raise ValueError(str(exc).replace("force=True", "--allow-mismatch")) from None
     for w in caught:
         print(f"fewstep sample: warning: {w.message}", file=sys.stderr)
 

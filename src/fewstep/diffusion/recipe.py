@@ -8,14 +8,16 @@ forced, and then used with a warning.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fewstep.cache import is_blob_ref
+from fewstep.cache import atomic_write_bytes, is_blob_ref
 from fewstep.diffusion.denoiser import model_hash
 from fewstep.diffusion.solvers import get_solver
 from fewstep.limits import MAX_JSON_DEPTH, MAX_NFE, MAX_RECIPE_BYTES, check_count
@@ -85,22 +87,32 @@ class Recipe:
         return cls(**d)
 
     def save(self, path: str | Path) -> Path:
+        """Write the recipe to ``path`` through a temporary file in the same folder and a rename, so an interrupted
+        save leaves the old file (or none), never a partial one."""
         path = Path(path)
-        path.write_text(self.to_json() + "\n")
-        return path
+        try:
+            return atomic_write_bytes(path, (self.to_json() + "\n").encode())
+        except OSError as exc:
+            if exc.errno != errno.ENAMETOOLONG:
+                raise
+            raise ValueError(f"cannot save the recipe to {_shown(path)}: {_too_long(path)}") from None
 
     @classmethod
     def load(cls, path: str | Path) -> Recipe:
         p = Path(path)
-        if not p.is_file():
-            raise ValueError(f"no recipe file at {p}")
-        if p.stat().st_size > MAX_RECIPE_BYTES:
-            raise ValueError(f"{p} is not a recipe: it has {p.stat().st_size:,} bytes (the limit is "
-                             f"{MAX_RECIPE_BYTES:,})")
         try:
+            if not p.is_file():
+                raise ValueError(f"no recipe file at {_shown(p)}")
+            size = p.stat().st_size
+            if size > MAX_RECIPE_BYTES:
+                raise ValueError(f"{_shown(p)} is not a recipe: it has {size:,} bytes (the limit is "
+                                 f"{MAX_RECIPE_BYTES:,})")
             text = p.read_text()
-        except (UnicodeDecodeError, OSError) as exc:
-            raise ValueError(f"cannot read the recipe {p}: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"cannot read the recipe {_shown(p)}: it is not UTF-8 text ({exc.reason})") from None
+        except OSError as exc:  # a path the system refuses to look at: too long, a loop of links, no permission
+            why = _too_long(p) if exc.errno == errno.ENAMETOOLONG else exc.strerror or exc
+            raise ValueError(f"cannot read the recipe {_shown(p)}: {why}") from None
         return cls.from_json(text)
 
     @property
@@ -118,7 +130,7 @@ class Recipe:
         if problems:
             msg = "recipe mismatch: " + "; ".join(problems)
             if not force:
-                raise ValueError(msg + " (pass force=True / --force to use it anyway)")
+                raise ValueError(msg + " (pass force=True to use it anyway)")
             warnings.warn(msg, stacklevel=3)
 
 
@@ -170,3 +182,25 @@ def as_recipe(recipe: Recipe | str | Path | dict) -> Recipe:
     if isinstance(recipe, dict):
         return Recipe.from_json(json.dumps(recipe))
     return Recipe.load(recipe)
+
+
+def _shown(path: Path) -> str:
+    """A path for a one-line message: at most 80 characters."""
+    text = str(path)
+    return text if len(text) <= 80 else text[:60] + "..." + text[-17:]
+
+
+def _too_long(path: Path) -> str:
+    """What is wrong with a path the system calls too long, and what it allows."""
+    folder = path.parent
+    while not os.path.isdir(folder) and folder != folder.parent:
+        folder = folder.parent
+    try:
+        limit = int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError):
+        limit = 255
+    longest = max(path.parts, key=lambda part: len(os.fsencode(part)))
+    size = len(os.fsencode(longest))
+    if size > limit:
+        return f"the name {longest[:24]}... has {size} bytes; this file system allows {limit} per name"
+    return f"the path is too long for this system ({len(os.fsencode(str(path)))} bytes)"
