@@ -11,6 +11,9 @@ one model output, converts it to ``D`` with the same ``DiffusersSpec`` as ``from
 solver run to its next evaluation (``_stepper``). ``timesteps`` lists one entry per model evaluation, so a
 Heun or singlestep solver is called ``order`` times per step, as diffusers' ``HeunDiscreteScheduler`` is. A
 stochastic solver draws its noise from the generator the pipeline passes to ``step``.
+
+The config is read key by key in ``fewstep.diffusion.scheduler_config``; the source scheduler's class, defaults
+and grid are looked up in ``_diffusers_source``.
 """
 
 from __future__ import annotations
@@ -23,33 +26,33 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import diffusers
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from fewstep.diffusion.denoiser import Denoiser
-from fewstep.diffusion.from_diffusers import (
-    DiffusersSpec,
-    IgnoredConfigWarning,
-    read_scheduler_config,
-    spec_from_config,
-)
+from fewstep.diffusion.from_diffusers import DiffusersSpec, spec_from_config
 from fewstep.diffusion.sampling import _check_solver_options
+from fewstep.diffusion.scheduler_config import IgnoredConfigWarning, read_scheduler_config
 from fewstep.diffusion.schedules import check_sigmas, get_sigmas, list_schedules
 from fewstep.diffusion.solvers import get_solver
 from fewstep.diffusion.solvers.stochastic import ancestral_split
+from fewstep.integrations._diffusers_source import (
+    COMPATIBLES,
+    first_input,
+    init_defaults,
+    scheduler_class,
+    source_class,
+    source_grid,
+)
 from fewstep.integrations._stepper import Evaluation, Finished, Request, SolverRun, plan_evaluations
 
 Tensor = torch.Tensor
 DEFAULT_SOLVER = "dpmpp_2m"
 _DDIM_FAMILY = ("ddim", "euler", "euler_ancestral")  # first-order steps, x' = r x + (1 - r) D (+ noise)
 _FLOAT32_NOISE = ("dpmpp_2m_sde", "dpmpp_3m_sde")  # DPMSolverMultistepScheduler draws its SDE noise in float32
-_MORE_SOURCES = ["DDIMParallelScheduler", "DDPMParallelScheduler", "LCMScheduler", "TCDScheduler", "SASolverScheduler"]
-_SAME_SAMPLER = {"DDIMParallelScheduler": "DDIMScheduler", "DDPMParallelScheduler": "DDPMScheduler"}
-_FINAL_ALPHA = ("DDIMScheduler", "DDIMParallelScheduler", "PNDMScheduler")  # last step to final_alpha_cumprod
 
 
 @dataclass
@@ -81,8 +84,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         ``fewstep.diffusion.from_diffusers.spec_from_config``.
     """
 
-    _compatibles = [e.name for e in KarrasDiffusionSchedulers] + ["FlowMatchEulerDiscreteScheduler",
-                                                                    "FlowMatchHeunDiscreteScheduler"]
+    _compatibles = list(COMPATIBLES)
     order = 1
 
     @register_to_config
@@ -103,7 +105,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(list_schedules())}")
         if final not in ("zero", "min"):
             raise ValueError(f"final must be 'zero' or 'min'; got {final!r}")
-        if source is not None and _scheduler_class(source.get("_class_name")) is None:
+        if source is not None and scheduler_class(source.get("_class_name")) is None:
             raise ValueError(f"source must be the config of a diffusers scheduler (with its _class_name); got "
                              f"_class_name={source.get('_class_name')!r}")
         self.order = info.evals_per_step
@@ -116,7 +118,7 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         self._plan: list[Evaluation] | None = None
         self._grid: list[float] = []
         self._sigma_at: dict[float, float] = {}
-        self._first_input = (_first_input(_scheduler_class(source["_class_name"]).from_config(source))
+        self._first_input = (first_input(scheduler_class(source["_class_name"]).from_config(source))
                              if source is not None and schedule is None else 1.0)
         self._step_index: int | None = None
         self._begin_index: int | None = None
@@ -134,10 +136,10 @@ class FewstepScheduler(SchedulerMixin, ConfigMixin):
         name = cfg.get("_class_name")
         if name == cls.__name__ or (name is None and "solver" in cfg):  # a FewstepScheduler's own config
             return super().from_config(cfg, return_unused_kwargs=return_unused_kwargs, **kwargs)
-        source_cls, sampler_known = _source_class(cfg)
+        source_cls, sampler_known = source_class(cfg)
         if source_cls is not None:
             cfg["_class_name"] = source_cls.__name__
-        read = read_scheduler_config(cfg, _init_defaults(source_cls) if source_cls else None,
+        read = read_scheduler_config(cfg, init_defaults(source_cls) if source_cls else None,
                                      solver=kwargs.get("solver"), schedule=kwargs.get("schedule"),
                                      fallback=DEFAULT_SOLVER, sampler_known=sampler_known)
         for message in read.notes.values():
@@ -452,72 +454,3 @@ def _mean_prediction(model_output: Tensor, sample: Tensor) -> Tensor:
             and model_output.shape[2:] == sample.shape[2:]:
         return model_output[:, : sample.shape[1]]
     return model_output
-
-
-def _scheduler_class(name: Any) -> type | None:
-    cls = getattr(diffusers, name, None) if isinstance(name, str) else None
-    return cls if isinstance(cls, type) and issubclass(cls, SchedulerMixin) and cls is not FewstepScheduler else None
-
-
-def _source_class(cfg: Mapping[str, Any]) -> tuple[type | None, bool]:
-    """The diffusers scheduler class of ``cfg`` and whether its sampler is known: its ``_class_name`` (a loaded
-    or ``from_config`` scheduler), or the classes whose ``__init__`` parameters are exactly the config's keys
-    (a directly constructed one records every parameter and no class name). Classes with the same keys
-    (LMS, KDPM2 and its ancestral form) build the same grid but differ in their samplers."""
-    if "_class_name" in cfg:
-        return _scheduler_class(cfg["_class_name"]), True
-    keys = {k for k in cfg if not k.startswith("_")}
-    found = [c for c in map(_scheduler_class, FewstepScheduler._compatibles + _MORE_SOURCES)
-             if c is not None and set(_init_defaults(c)) == keys]
-    samplers = {_SAME_SAMPLER.get(c.__name__, c.__name__) for c in found}
-    return (found[0] if found else None), len(samplers) == 1
-
-
-def _init_defaults(cls: type) -> dict[str, Any]:
-    params = inspect.signature(cls.__init__).parameters.values()
-    return {p.name: p.default for p in params if p.name != "self" and p.kind == p.POSITIONAL_OR_KEYWORD
-            and p.default is not p.empty}
-
-
-def _first_input(sch: Any) -> float:
-    """The first model input per unit noise of a diffusers scheduler: ``scale_model_input(init_noise_sigma)``."""
-    scale = getattr(sch, "scale_model_input", None)
-    init = torch.tensor([float(getattr(sch, "init_noise_sigma", 1.0))], dtype=torch.float64)  # flow: none, 1
-    ts = getattr(sch, "timesteps", None)
-    return float(scale(init, ts[0]) if scale is not None and ts is not None else init)
-
-
-def source_grid(source: Mapping[str, Any], n: int, spec: DiffusersSpec,
-                mu: float | None = None) -> tuple[Tensor, dict[float, float], float]:
-    """The grid diffusers' own scheduler ``source`` builds with ``set_timesteps(n)``: the sigmas (fewstep's
-    sigma space, float64 of diffusers' values), the model timestep of each grid point, and the first model
-    input per unit noise (``init_noise_sigma`` through ``scale_model_input``).
-
-    Schedulers with ``sigmas`` give them directly (Heun's repeated ones once; a flow time ``t`` becomes
-    ``t / (1 - t)``); DDIM, DDPM and PNDM give timesteps, whose sigmas come from their ``alphas_cumprod``, and
-    DDIM and PNDM end at ``final_alpha_cumprod`` (``set_alpha_to_one``). PNDM's Runge-Kutta warm-up points
-    are not grid points (its grid is built with ``skip_prk_steps=True``).
-    """
-    cls = _scheduler_class(source.get("_class_name"))
-    if cls is None:
-        raise ValueError(f"unknown diffusers scheduler class {source.get('_class_name')!r}")
-    cfg = {**source, "skip_prk_steps": True} if cls is diffusers.PNDMScheduler else dict(source)
-    sch = cls.from_config(cfg)
-    sch.set_timesteps(n, **({"mu": mu} if mu is not None else {}))
-    ts = [float(t) for t in sch.timesteps]
-    if torch.is_tensor(getattr(sch, "sigmas", None)):
-        sig = [float(s) for s in sch.sigmas.double()]
-        if spec.kind == "flow":
-            sig = [math.inf if s >= 1 else s / (1 - s) for s in sig]
-    else:
-        ac = sch.alphas_cumprod.double()
-        sig = [float(((1 - ac[int(t)]) / ac[int(t)]).sqrt()) for t in ts]
-        fac = float(sch.final_alpha_cumprod) if source["_class_name"] in _FINAL_ALPHA else 1.0
-        sig.append(math.sqrt((1 - fac) / fac))
-    grid = [s for i, s in enumerate(sig) if i == 0 or s != sig[i - 1]]
-    times: dict[float, float] = {}
-    for s, t in zip(sig, ts):
-        if times.setdefault(s, t) != t:  # several timesteps at one sigma (KDPM2's interleaved midpoints)
-            times = {}
-            break
-    return check_sigmas(grid), times, _first_input(sch)
