@@ -148,6 +148,7 @@ REFUSED = [  # (class, config, from_config arguments, the keys a warning names)
      {"predict_x0", "disable_corrector"}),
     ("DEISMultistepScheduler", dict(SD, solver_order=3), {}, {"solver_type"}),
     ("DDPMScheduler", dict(SD, variance_type="learned_range"), {}, {"variance_type"}),
+    ("DDPMScheduler", dict(SD, variance_type="fixed_large"), dict(solver="unipc"), {"variance_type"}),
     ("PNDMScheduler", dict(SD, skip_prk_steps=True), {}, {"_class_name"}),
     ("PNDMScheduler", dict(SD, skip_prk_steps=True, steps_offset=1), dict(solver="unipc", schedule="karras"),
      {"skip_prk_steps", "steps_offset"}),

@@ -197,6 +197,24 @@ def test_euler_ancestral_is_ddim_with_eta_one_also_unclipped():
     torch.testing.assert_close(b, a, **TOL)
 
 
+def kdpm2_midpoints(steps=10):
+    """KDPM2 as a loaded pipeline has it (its config names the class): the largest differences of the timesteps
+    and of the outputs. fewstep calls the model at its midpoints' fractional timesteps, diffusers at its own."""
+    ref = diffusers.KDPM2DiscreteScheduler(**SD)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", IgnoredConfigWarning)
+        few = FewstepScheduler.from_config({**ref.config, "_class_name": "KDPM2DiscreteScheduler"}, float64=True)
+    model = stand_in(dict(ref.config))
+    a, b = drive(ref, model, steps), drive(few, model, steps)
+    return (few.timesteps.double() - ref.timesteps.double()).abs().max().item(), (b - a).abs().max().item(), few
+
+
+def test_kdpm2_midpoints_at_fewsteps_timesteps_agree():
+    timesteps, outputs, few = kdpm2_midpoints()
+    assert few.config.solver == "dpm_solver_2" and 0 < timesteps < 1e-3
+    assert outputs < TOL["atol"]
+
+
 def _largest(name, config, steps=10, **kw):
     ref = getattr(diffusers, name)(**config)
     with warnings.catch_warnings():
@@ -234,6 +252,7 @@ if __name__ == "__main__":  # the numbers of docs/compat.md: python tests/integr
               _largest("DPMSolverMultistepScheduler", dict(SD, solver_order=order), 20, strength=0.5))
     for order in (2, 3):
         print("DEIS order", order, _largest("DEISMultistepScheduler", dict(SD, solver_order=order)))
+    print("KDPM2, 10 steps: timesteps {:.1e}, outputs {:.1e}".format(*kdpm2_midpoints()[:2]))
     print("FlowMatch Heun, 8 steps", _largest("FlowMatchHeunDiscreteScheduler", dict(shift=3.0), 8))
     flow = diffusers.FlowMatchHeunDiscreteScheduler(shift=3.0)
     model = stand_in(dict(flow.config))

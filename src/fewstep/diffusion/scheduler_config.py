@@ -184,7 +184,8 @@ def read_scheduler_config(cfg: Mapping[str, Any], defaults: Mapping[str, Any] | 
             note(key, reason)
         solver, options = mapped.solver, dict(mapped.options)
     else:
-        for key in sorted(SOLVER_KEYS & set(full)):
+        sampler_keys = SOLVER_KEYS | ({"variance_type"} if mapped.solver == "ddpm" else set())  # DDPM's own variance
+        for key in sorted(sampler_keys & set(full)):
             if chosen(key):
                 note(key, f"a setting of {name}'s own sampler, which solver={solver!r} replaces")
     source = {"_class_name": name, **{k: full[k] for k in base}} if defaults is not None else None
