@@ -26,25 +26,35 @@ def _module_dtype(model: Any) -> torch.dtype | None:
 
 
 def call_net(net: Callable[..., Tensor], x: Tensor, t: Tensor, cond: Mapping[str, Any] | None, dtype: torch.dtype,
-             min_batch: int = 1) -> Tensor:
-    """``net(x, t, **cond)`` in ``dtype``, on at least ``min_batch`` rows.
+             min_batch: int = 1, chunk: int | None = None) -> Tensor:
+    """``net(x, t, **cond)`` in ``dtype``, on at least ``min_batch`` rows, or on blocks of exactly ``chunk`` rows.
 
     CPU kernels (oneDNN, MKL) choose other algorithms for small batches, which round differently, so a sample
     would depend on how many others share its batch. Padding every call to ``min_batch`` rows (repeating the first
     row of ``x``, ``t`` and every per-sample tensor in ``cond``) makes each row's result independent of the batch
-    and of the process count; only the padded rows are dropped.
+    and of the process count; only the padded rows are dropped. Some matrix products round a row differently at
+    other row counts above that too; with ``chunk`` the rows are padded to a multiple of ``chunk`` and ``net`` sees
+    only blocks of that one shape.
     """
     n = x.shape[0]
-    if n < min_batch:
-        pad = min_batch - n
+    rows = max(min_batch, -(-n // chunk) * chunk if chunk else n)
+    cond = dict(cond or {})
+    per_sample = [k for k, v in cond.items() if torch.is_tensor(v) and v.ndim and v.shape[0] == n]
+    if n < rows:
+        pad = rows - n
 
         def grow(v):
-            return torch.cat([v, v[:1].expand(pad, *v.shape[1:])]) if torch.is_tensor(v) and v.ndim and \
-                v.shape[0] == n else v
+            return torch.cat([v, v[:1].expand(pad, *v.shape[1:])])
 
         x, t = grow(x), grow(t)
-        cond = {k: grow(v) for k, v in (cond or {}).items()}
-    return net(x.to(dtype), t.to(dtype), **(cond or {}))[:n]
+        cond.update({k: grow(cond[k]) for k in per_sample})
+    if not chunk or rows <= chunk:
+        return net(x.to(dtype), t.to(dtype), **cond)[:n]
+    blocks = []
+    for i in range(0, rows, chunk):
+        part = {**cond, **{k: cond[k][i:i + chunk] for k in per_sample}}
+        blocks.append(net(x[i:i + chunk].to(dtype), t[i:i + chunk].to(dtype), **part))
+    return torch.cat(blocks)[:n]
 
 
 class ModelDenoiser(Denoiser):

@@ -2,7 +2,9 @@
 
 They are the ground truth of fewstep's tests and benchmarks (docs/math.md, "Exact models"). All are
 vectorised and compute in the dtype of the state (float32 or float64); parameters are kept in
-float64 and cast on use.
+float64 and cast on use. They evaluate blocks of exactly ``chunk`` rows (``MIN_BATCH``, padded; see
+``fewstep.diffusion.adapters.call_net``), because a matrix product rounds a row differently at other row counts:
+so a seed's sample is the same, bitwise, at every batch size, as with the bundled networks.
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import math
 
 import torch
 
+from fewstep.diffusion.adapters import call_net
 from fewstep.diffusion.denoiser import Denoiser, bcast
 from fewstep.diffusion.processes import VE
 from fewstep.models._registry import register_model
+from fewstep.models.nets import MIN_BATCH
 
 Tensor = torch.Tensor
 
@@ -23,10 +27,12 @@ class ExactDenoiser(Denoiser):
 
     prediction = "exact"
 
-    def __init__(self, shape: tuple[int, ...], name: str, sigma_min: float = 0.002, sigma_max: float = 80.0):
+    def __init__(self, shape: tuple[int, ...], name: str, sigma_min: float = 0.002, sigma_max: float = 80.0,
+                 chunk: int = MIN_BATCH):
         super().__init__(VE(sigma_min, sigma_max))
         self.shape = tuple(shape)
         self.name = name
+        self.chunk = int(chunk)  # rows per evaluation (see the module docstring)
 
     @property
     def dim(self) -> int:
@@ -39,13 +45,13 @@ class ExactDenoiser(Denoiser):
     def denoise(self, x, sigma, cond):
         if cond:
             raise ValueError(f"the exact model {self.name!r} is unconditional; got cond keys {sorted(cond)}")
-        flat = x.reshape(x.shape[0], -1)
+        flat = x.reshape(x.shape[0], self.dim)
         inf = torch.isinf(sigma)
+        safe = torch.where(inf, torch.ones_like(sigma), sigma)
+        out = call_net(self._denoise_flat, flat, safe, None, x.dtype, chunk=self.chunk)
         if inf.any():  # x holds unit noise there; the posterior mean at zero SNR is the data mean
-            safe = torch.where(inf, torch.ones_like(sigma), sigma)
-            out = torch.where(inf[:, None], self.data_mean().to(x)[None], self._denoise_flat(flat, safe))
-            return out.reshape(x.shape)
-        return self._denoise_flat(flat, sigma).reshape(x.shape)
+            out = torch.where(inf[:, None], self.data_mean().to(x)[None], out)
+        return out.reshape(x.shape)
 
     def data_mean(self) -> Tensor:
         """The mean of the data distribution, flat ``[dim]`` (float64)."""
@@ -148,23 +154,16 @@ class Empirical(ExactDenoiser):
     Exact for the empirical distribution, so it memorises the set (Karras et al. 2022, Sec. 3).
     """
 
-    def __init__(self, data: Tensor, shape: tuple[int, ...] | None = None, name: str = "empirical",
-                 chunk: int = 4096, **kw):
+    def __init__(self, data: Tensor, shape: tuple[int, ...] | None = None, name: str = "empirical", **kw):
         data = torch.as_tensor(data, dtype=torch.float64)
         super().__init__(shape or tuple(data.shape[1:]), name, **kw)
         self.data = data.reshape(data.shape[0], -1)
-        self.chunk = chunk
 
     def _denoise_flat(self, x, sigma):
         y = self.data.to(x)
-        y2 = (y**2).sum(1)
-        out = []
-        for i in range(0, x.shape[0], self.chunk):
-            xb, sb = x[i:i + self.chunk], sigma[i:i + self.chunk]
-            d2 = (xb**2).sum(1, keepdim=True) - 2 * xb @ y.T + y2[None]
-            w = torch.softmax(-d2 / (2 * sb[:, None] ** 2), dim=1)
-            out.append(w @ y)
-        return torch.cat(out)
+        d2 = (x**2).sum(1, keepdim=True) - 2 * x @ y.T + (y**2).sum(1)[None]
+        w = torch.softmax(-d2 / (2 * sigma[:, None] ** 2), dim=1)
+        return w @ y
 
     def data_mean(self):
         return self.data.mean(0)
