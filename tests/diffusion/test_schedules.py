@@ -99,6 +99,26 @@ def test_flow_dynamic_is_diffusers_dynamic_shifting(n, mu):
     torch.testing.assert_close(t, _diffusers_flow_sigmas(n, config, mu=mu), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize("n", [1, 3, 7, 10])
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_flow_sigmas_is_diffusers_use_flow_sigmas_grid(n, shift):
+    """``flow_sigmas`` is the grid of diffusers' DPMSolverMultistepScheduler with ``use_flow_sigmas=True``: flow
+    times ``linspace(1 - 1/1000, 0, n + 1)``, shifted, the 0 dropped, then sigma = 0; it never starts at t = 1.
+    (diffusers' UniPC spaces ``linspace(1, 1/1000, n + 1)`` instead and starts at t = 1.)"""
+    diffusers = pytest.importorskip("diffusers")
+    sch = diffusers.DPMSolverMultistepScheduler(use_flow_sigmas=True, flow_shift=shift,
+                                                prediction_type="flow_prediction")
+    sch.set_timesteps(n)
+    theirs = sch.sigmas.double()  # flow times t, then the final 0
+    ours = get_sigmas("flow_sigmas", n, FLOW, shift=shift)
+    assert ours.numel() == n + 1 and math.isfinite(ours[0]) and ours[-1] == 0
+    torch.testing.assert_close(ours / (1 + ours), theirs, rtol=1e-6, atol=1e-7)
+    ve = get_sigmas("flow_sigmas", n, GAUSS)  # a finite sigma_max is where the grid starts, on any model
+    assert float(ve[0]) == pytest.approx(GAUSS.sigma_max)
+    with pytest.raises(ValueError, match="final='min' is not available"):
+        get_sigmas("flow_sigmas", n, FLOW, final="min")
+
+
 def test_flow_grids_plain_and_bad_options():
     plain = get_sigmas("flow_shift", 6, FLOW)
     torch.testing.assert_close(get_sigmas("flow_dynamic", 6, FLOW), plain)

@@ -70,6 +70,17 @@ def flow_shift(n: int, t_min: float, t_max: float = 1.0, shift: float = 1.0) -> 
     return s(torch.linspace(t_max, s(t_min), n, dtype=torch.float64))
 
 
+def flow_sigmas(n: int, t_max: float, shift: float = 1.0) -> Tensor:
+    """diffusers' ``use_flow_sigmas`` grid of ``DPMSolverMultistepScheduler`` (its UniPC spaces differently):
+    ``n + 1`` flow times ``linspace(t_max, 0, n + 1)`` mapped through the shift ``s`` of ``flow_shift``, the last
+    (``t = 0``) dropped. Unlike ``flow_shift`` the spacing runs to ``t = 0``, so the last step before sigma = 0
+    starts at ``s(t_max / n)`` rather than at ``t_min``. Returns ``n`` flow times, decreasing."""
+    if not shift > 0:
+        raise ValueError(f"shift must be > 0; got {shift!r}")
+    t = torch.linspace(t_max, 0, n + 1, dtype=torch.float64)[:-1]
+    return shift * t / (1 + (shift - 1) * t)
+
+
 def flow_dynamic(n: int, t_min: float, t_max: float = 1.0, mu: float = 0.0) -> Tensor:
     """diffusers' dynamic shifting (``use_dynamic_shifting``, ``time_shift_type="exponential"``):
     ``s(t) = e^mu / (e^mu + 1/t - 1)`` over ``linspace(t_max, t_min, n)`` (FLUX's resolution shift ``mu``).
@@ -104,6 +115,8 @@ _SCHEDULES = {
     "time_quadratic": "uniform in the square root of the model's native time",
     "discrete": "integer timesteps of a discrete model, spacing leading / trailing (default) / linspace",
     "flow_shift": "diffusers' flow-matching grid in flow time t = sigma / (1 + sigma), option shift (default 1.0)",
+    "flow_sigmas": "diffusers' use_flow_sigmas grid (DPM-Solver++): t = linspace(1 - 1/1000, 0, n + 1), "
+                   "shifted, the 0 dropped; option shift (default 1.0)",
     "flow_dynamic": "diffusers' flow-matching grid with dynamic (exponential) shifting, option mu (default 0.0)",
     "explicit": "an explicit list of sigmas (option sigmas=[...])",
 }
@@ -171,6 +184,14 @@ def get_sigmas(name: str, n_steps: int, model, *, final: str = "zero", sigma_min
         fn = flow_shift if name == "flow_shift" else flow_dynamic
         t = fn(n, lo / (1 + lo), 1.0 if math.isinf(hi) else hi / (1 + hi), **options)
         s = torch.where(t >= 1, torch.full_like(t, math.inf), t / (1 - t))
+    elif name == "flow_sigmas":
+        _check_opts(name, options, {"shift"})
+        if final != "zero":
+            raise ValueError("the flow_sigmas grid runs to sigma = 0 by construction; final='min' is not available "
+                             "with it (use flow_shift)")
+        # diffusers starts at t = 1 - 1/num_train_timesteps (1000 for every flow config it ships).
+        t = flow_sigmas(n, 1 - 1 / 1000 if math.isinf(hi) else hi / (1 + hi), **options)
+        s = t / (1 - t)
     elif name in ("karras", "logsnr", "exponential"):
         if math.isinf(hi):
             raise ValueError(f"the {name} schedule needs a finite sigma_max, and this model's is inf (zero "
