@@ -168,6 +168,26 @@ def test_metrics_without_rmse_ref_solve_no_reference(tmp_path, monkeypatch):
     assert log == [] and not (tmp_path / "reference").exists()
 
 
+def test_batch_streams_the_seeds_and_counts_nfe_per_sample(tmp_path, monkeypatch):
+    """Issue 18: the harness counted the model calls of every chunk together (the CLI divided them back); with
+    ``batch=`` it runs the chunks itself and a row's NFE is what one sample costs, as with one chunk."""
+    monkeypatch.setenv("FEWSTEP_CACHE", str(tmp_path))
+    seen: list[int] = []
+
+    def spy(model, **kw):
+        seen.append(len(kw["seeds"]))
+        return sample(model, **kw)
+
+    monkeypatch.setattr(harness, "sample", spy)
+    spec = BenchSpec(models=["gmm2d"], solvers=["heun", "dpmpp_2m"], nfes=[4], metrics=["sw"], seeds=range(11))
+    whole = run_bench(spec, progress=False, log=lambda line: None)
+    seen.clear()
+    chunked = run_bench(spec, progress=False, log=lambda line: None, batch=3)
+    assert seen == [2, 3, 3, 3, 2] * 2  # per configuration: the warm-up pass on two seeds, then chunks of 3
+    assert [r["nfe"] for r in chunked] == [r["nfe"] for r in whole] == [3, 4]  # heun at budget 4 uses 3
+    assert [r["sw"] for r in chunked] == [r["sw"] for r in whole]  # the same samples, bitwise
+
+
 def test_solver_overhead_is_finite_for_every_solver():
     out = solver_overhead(["ddim", "dpmpp_2m", "heun"], model_name="gmm2d", n_steps=3, batch=8, repeats=2)
     assert list(out) == ["ddim", "dpmpp_2m", "heun"]

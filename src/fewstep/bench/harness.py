@@ -1,8 +1,9 @@
 """The benchmark: every (model, solver, schedule, NFE) on the same noise, against exact answers.
 
-One row per configuration: every requested metric, the NFE actually used (counted), wall time
-(after a warm-up pass), device and versions. Peers' samplers run on the same wrapped model and
-noise when asked.
+One row per configuration: every requested metric, the NFE actually used (counted per sample), wall time
+(after a warm-up pass), device and versions. Seeds run in chunks of at most ``batch`` (sharded over ``torchrun``
+ranks), so memory is flat in the number of seeds. Peers' samplers run on the same wrapped model and noise when
+asked.
 """
 
 from __future__ import annotations
@@ -53,8 +54,31 @@ def device_name() -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def run_bench(spec: BenchSpec, progress: bool = True, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Run every configuration of ``spec``; returns one row per configuration (rank 0 only)."""
+def run_seeds(model: CountingDenoiser, fn: Callable[[list[int]], torch.Tensor], seeds: Sequence[int],
+              batch: int | None = None) -> tuple[torch.Tensor | None, int, float]:
+    """``fn(ids)`` (which samples ``ids`` with ``model``) over ``seeds``, at most ``batch`` per call (``sharded``).
+
+    Returns the samples (rank 0; None elsewhere), the model calls one sample costs, and the wall time. A model call
+    evaluates a whole chunk, so a sample's NFE is the calls of one chunk; every chunk makes the same calls (the
+    solver's plan does not depend on the batch), and the most any chunk made is reported.
+    """
+    per_chunk: list[int] = []
+
+    def counted(ids):
+        before = model.calls
+        out = fn(ids)
+        per_chunk.append(model.calls - before)
+        return out
+
+    t0 = time.perf_counter()
+    x = sharded(counted, seeds, batch=batch)
+    return x, max(per_chunk, default=0), time.perf_counter() - t0
+
+
+def run_bench(spec: BenchSpec, progress: bool = True, log: Callable[[str], None] = print,
+              batch: int | None = None) -> list[dict[str, Any]]:
+    """Run every configuration of ``spec``, ``batch`` seeds at a time (default: the enclosing ``seed_batches``
+    block's, else all at once); returns one row per configuration (rank 0 only)."""
     from tqdm import tqdm
 
     main = is_main()
@@ -81,11 +105,8 @@ def run_bench(spec: BenchSpec, progress: bool = True, log: Callable[[str], None]
                         rows.append(row) if main else None
                         bar.update()
                         continue
-                    model.reset()
-                    t0 = time.perf_counter()
-                    x = sharded(lambda ids: sample(model, seeds=ids, **kw), spec.seeds)
-                    row["wall_s"] = time.perf_counter() - t0
-                    row["nfe"] = model.calls  # this rank's calls: one per evaluation of its batch
+                    x, row["nfe"], row["wall_s"] = run_seeds(model, lambda ids: sample(model, seeds=ids, **kw),
+                                                             spec.seeds, batch)
                     if main:
                         top = kw.get("schedule_options", {}).get("sigma_max", model.sigma_max)
                         if "rmse_ref" in spec.metrics and top not in refs:

@@ -90,16 +90,16 @@ def run(args) -> int:
     with outputs:
         if main and "rmse_ref" in spec.metrics:
             _compute_references(spec, recipes, progress)
-        with seed_batches(args.batch):
-            rows = run_bench(spec, progress=progress)
-            if spec.recipes:
-                from fewstep.bench.recipes import recipe_rows
+        rows = run_bench(spec, progress=progress, batch=args.batch)
+        if spec.recipes:
+            from fewstep.bench.recipes import recipe_rows
 
-                rows += recipe_rows(spec.recipes, spec, progress=progress)
-            chunked = chunk_count(len(spec.seeds))
-        for row in rows:  # the harness counts the calls of every chunk; NFE is per sample
-            if "nfe" in row and chunked > 1:
+            with seed_batches(args.batch):
+                tuned = recipe_rows(spec.recipes, spec, progress=progress)
+                chunked = chunk_count(len(spec.seeds))
+            for row in tuned:  # recipe_rows counts the calls of every chunk; NFE is per sample
                 row["nfe"] = row["nfe"] // chunked if row["nfe"] % chunked == 0 else row["nfe"] / chunked
+            rows += tuned
         if spec.peers:
             from fewstep.bench.peers import peer_rows
 
