@@ -109,10 +109,7 @@ SLOW_EXTRA_ARGS: dict[str, list[str]] = {
 }
 
 # Pages whose snippets are known not to run, with the reason; strict, so the entry must go once they run.
-KNOWN_BROKEN: dict[str, str] = {
-    "docs/compat.md": "its snippets use `pipe`, `prompt`, `noise`, `emb`, `fewstep`, `model`, `x`, `sigmas`, `c` and "
-                      "`cb`, which no snippet defines or imports (the page is another engineer's, issue 18)",
-}
+KNOWN_BROKEN: dict[str, str] = {}
 
 LANGUAGES = {"python": "python", "bash": "shell", "sh": "shell", "shell": "shell", "text": "text"}
 PROGRAMS = {"fewstep", ".venv/bin/fewstep", "python", "python3", ".venv/bin/python", "torchrun", ".venv/bin/torchrun",
