@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
                         "fewstep.diffusion.schedules", "fewstep.diffusion.noise", "fewstep.diffusion.adapters",
                         "fewstep.diffusion.from_diffusers", "fewstep.diffusion.reference", "fewstep.diffusion"),
      (BASE,)),
+    ("mcmc", ("fewstep.mcmc",), (BASE, "metrics", "diffusion core")),
     ("solvers", ("fewstep.diffusion.solvers",), (BASE, "diffusion core")),
     ("driver", ("fewstep.diffusion.sampling", "fewstep.diffusion.recipe", "fewstep.diffusion.corrections",
                 "fewstep.diffusion.guidance", "fewstep.diffusion.defaults"), (BASE, "diffusion core", "solvers")),
@@ -41,8 +42,8 @@ LAYERS: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     ("bench", ("fewstep.bench",), (BASE, "metrics", "diffusion core", "solvers", "driver", "models and integrations",
                                    "evaluation", "tune")),
     ("cli", ("fewstep.commands", "fewstep.cli", "fewstep.__main__", "fewstep"),
-     (BASE, "metrics", "lm", "diffusion core", "solvers", "driver", "models and integrations", "evaluation", "tune",
-      "bench")),
+     (BASE, "metrics", "lm", "diffusion core", "mcmc", "solvers", "driver", "models and integrations", "evaluation",
+      "tune", "bench")),
 ]
 # Function-local imports of fewstep modules are allowed only here: the entry points defer the library so that
 # `import fewstep` and `fewstep --help` stay fast.
