@@ -293,11 +293,35 @@ def test_bad_options_raise_value_error(name, opts, match):
         solve(GAUSS, X_T, GRID, name, **opts)
 
 
+@pytest.mark.parametrize("name", sorted(n for n, info in SOLVERS.items() if info.stochastic))
+def test_solve_takes_the_noise_itself(name):
+    """A caller with its own generator (the diffusers scheduler) passes ``noise(sigma, sigma_next)``: the seeded
+    noise given that way is the same run as ``noise_seeds``, and a given sampler is what the solver draws from."""
+    seeds = list(range(100, 116))
+    drawn = make_noise("gaussian", seeds, X_T.shape[1:], X_T.dtype)
+    assert torch.equal(solve(GAUSS, X_T, GRID, name, noise=drawn), solve(GAUSS, X_T, GRID, name, noise_seeds=seeds))
+    asked = []
+
+    class Quiet:
+        def __call__(self, sigma, sigma_next):
+            asked.append((sigma, sigma_next))
+            return torch.zeros_like(X_T)
+
+        def spawn(self, index):  # Restart draws each restart from its own stream
+            return self
+
+    solve(GAUSS, X_T, GRID, name, noise=Quiet())
+    assert asked and all(GRID[0] >= a > b >= 0 for a, b in asked)
+
+
 def test_bad_noise_arguments_raise_value_error():
     with pytest.raises(ValueError, match="noise_type 'pink'; choose one of gaussian, brownian"):
         fewstep.sample(GAUSS, solver="ddpm", nfe=5, noise_type="pink")
-    with pytest.raises(ValueError, match="noise is injected by the driver"):
-        solve(GAUSS, X_T, GRID, "ddpm", noise=lambda s, t: 0)
+    with pytest.raises(ValueError, match="noise must be a callable noise\\(sigma, sigma_next\\), given without "
+                                         "noise_seeds or noise_type; got"):
+        solve(GAUSS, X_T, GRID, "ddpm", noise=lambda s, t: 0, noise_seeds=list(range(16)))
+    with pytest.raises(ValueError, match="noise must be a callable"):
+        solve(GAUSS, X_T, GRID, "ddpm", noise="brownian")
     with pytest.raises(ValueError, match="noise_seeds has 2 seeds for a batch of 16"):
         solve(GAUSS, X_T, GRID, "ddpm", noise_seeds=[1, 2])
     with pytest.raises(ValueError, match="too small for solver 'restart': its shortest run costs 11"):

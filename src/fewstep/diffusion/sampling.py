@@ -51,7 +51,7 @@ class Evaluator:
 def solve(model: Denoiser, x: Tensor, sigmas: Any, solver: str = "dpmpp_2m", *, cond: Mapping[str, Any] | None = None,
           afs: bool = False, denoise_to_zero: bool = False, float64: bool = False, callback: Callable | None = None,
           return_trajectory: bool = False, noise_type: str = "gaussian", noise_seeds: Sequence[int] | None = None,
-          **options: Any):
+          noise: Callable[[float, float], Tensor] | None = None, **options: Any):
     """Integrate the probability-flow ODE of ``model`` from ``x`` (at ``sigmas[0]``) along ``sigmas``
     (or, for a stochastic solver, its reverse SDE).
 
@@ -69,6 +69,8 @@ def solve(model: Denoiser, x: Tensor, sigmas: Any, solver: str = "dpmpp_2m", *, 
             ``"brownian"`` (increments of one Brownian motion in sigma per sample, consistent across grids).
         noise_seeds: one seed per sample for that noise (default ``0..B-1``); a seed's noise does not
             depend on the batch. Deterministic solvers draw no noise.
+        noise: the stochastic solver's noise itself, ``noise(sigma, sigma_next) -> [B, ...]`` unit normals, in
+            place of ``noise_type`` and ``noise_seeds`` (e.g. drawn from a pipeline's own generator).
 
     Returns:
         The final state, or ``(state, trajectory)``.
@@ -77,6 +79,9 @@ def solve(model: Denoiser, x: Tensor, sigmas: Any, solver: str = "dpmpp_2m", *, 
     _check_solver_options(info, options)
     if noise_type not in NOISE_TYPES:
         raise ValueError(f"unknown noise_type {noise_type!r}; choose one of {', '.join(NOISE_TYPES)}")
+    if noise is not None and (not callable(noise) or noise_seeds is not None or noise_type != "gaussian"):
+        raise ValueError("noise must be a callable noise(sigma, sigma_next), given without noise_seeds or "
+                         f"noise_type; got {type(noise).__name__}")
     grid = as_list(check_sigmas(sigmas))
     if float64:
         x = x.double()
@@ -98,11 +103,13 @@ def solve(model: Denoiser, x: Tensor, sigmas: Any, solver: str = "dpmpp_2m", *, 
                     traj.append(payload["x"])
                 if _user is not None:
                     _user(payload)
-        if info.stochastic:
+        if info.stochastic and noise is None:
             seeds = list(range(x.shape[0])) if noise_seeds is None else list(noise_seeds)
             if len(seeds) != x.shape[0]:
                 raise ValueError(f"noise_seeds has {len(seeds)} seeds for a batch of {x.shape[0]}")
-            options = {**options, "noise": make_noise(noise_type, seeds, x.shape[1:], x.dtype, x.device)}
+            noise = make_noise(noise_type, seeds, x.shape[1:], x.dtype, x.device)
+        if info.stochastic:
+            options = {**options, "noise": noise}
         x = info.fn(ev, x, grid, callback=cb, **options)
         if traj is not None:
             traj.append(x)
@@ -114,7 +121,7 @@ def solve(model: Denoiser, x: Tensor, sigmas: Any, solver: str = "dpmpp_2m", *, 
 def _check_solver_options(info, options: Mapping[str, Any]) -> None:
     allowed = info.options
     if "noise" in options:
-        raise ValueError("noise is injected by the driver; choose it with noise_type= and noise_seeds=")
+        raise ValueError("noise is not a solver option: give solve(..., noise=) or noise_type= and noise_seeds=")
     bad = set(options) - set(allowed)
     if bad:
         valid = ", ".join(f"{k}={v!r}" for k, v in allowed.items()) or "none"

@@ -24,7 +24,6 @@ corrector starts from ``last_sample``).
 
 from __future__ import annotations
 
-import math
 import queue
 import threading
 from collections.abc import Callable
@@ -35,8 +34,7 @@ import torch
 
 from fewstep.diffusion.denoiser import Denoiser
 from fewstep.diffusion.processes import VE
-from fewstep.diffusion.sampling import Evaluator
-from fewstep.diffusion.solvers import get_solver
+from fewstep.diffusion.sampling import solve
 
 Tensor = torch.Tensor
 Noise = Callable[[float, float], Tensor]
@@ -45,23 +43,8 @@ Noise = Callable[[float, float], Tensor]
 def run_solver(model: Denoiser, x: Tensor, grid: list[float], solver: str, options: dict[str, Any], *,
                noise: Noise | None = None, denoise_to_zero: bool = False, callback: Callable | None = None) -> Tensor:
     """``fewstep.diffusion.sampling.solve(model, x, grid, solver, **options)`` with a stochastic solver's
-    noise given as ``noise(sigma, sigma_next)``: ``solve`` draws it from per-sample seeds, while a pipeline
-    brings its own generator. The same control flow: the x0-form first step from ``sigma = inf``, then the
-    solver, then ``denoise_to_zero``."""
-    info = get_solver(solver)
-    ev = Evaluator(model, grid, None, False)
-    if math.isinf(grid[0]):  # zero terminal SNR: take the first step in the x0 form
-        d = ev(x, grid[0])
-        if callback is not None:
-            callback({"x": x, "i": 0, "sigma": grid[0], "sigma_hat": grid[0], "denoised": d})
-        x = d if grid[1] == 0 else grid[1] * x + d
-        grid = grid[1:]
-    if len(grid) > 1:
-        extra = {"noise": noise} if info.stochastic else {}
-        x = info.fn(ev, x, grid, callback=callback, **options, **extra)
-    if denoise_to_zero and grid[-1] > 0:
-        x = ev(x, grid[-1])
-    return x
+    noise given as ``noise(sigma, sigma_next)`` (a pipeline brings its own generator)."""
+    return solve(model, x, grid, solver, noise=noise, denoise_to_zero=denoise_to_zero, callback=callback, **options)
 
 
 @dataclass(frozen=True)
