@@ -16,9 +16,10 @@ MODEL_OF = {"ve": "gmm2d", "flow": "digits-flow", "vp_discrete": "digits-vp-eps"
 
 def test_the_table_covers_the_measured_range_with_registered_choices():
     assert {fam for fam, _ in DEFAULTS} <= set(MODEL_OF)
-    for (fam, nfe), (solver, schedule, options) in DEFAULTS.items():
-        assert 3 <= nfe <= 10 and solver in fewstep.list_solvers() and schedule in list_schedules()
-        assert not options or set(options) <= {"shift", "mu", "rho", "spacing", "sigma_max"}
+    for (fam, nfe), entry in DEFAULTS.items():
+        assert 3 <= nfe <= 10 and entry.solver in fewstep.list_solvers() and entry.schedule in list_schedules()
+        assert set(entry.schedule_options) <= {"shift", "mu", "rho", "spacing", "sigma_max"}
+        assert set(entry.solver_options) <= set(fewstep.list_solvers()[entry.solver]["options"])
     for fam in {fam for fam, _ in DEFAULTS}:
         assert {nfe for f, nfe in DEFAULTS if f == fam} == set(range(3, 11)), fam
 
@@ -29,16 +30,16 @@ def test_every_entry_plans_within_its_budget(key):
     model = fewstep.load_model(MODEL_OF[fam])
     assert model.process.family == fam
     chosen = plan(model, nfe=nfe)
-    solver, schedule, options = DEFAULTS[key]
-    assert chosen.solver == solver
-    top = options.get("sigma_max", model.sigma_max)
-    n = plan_steps(solver, nfe, infinite_start=top == float("inf"))
-    torch.testing.assert_close(chosen.sigmas, get_sigmas(schedule, n, model, **options))
+    entry = DEFAULTS[key]
+    assert (chosen.solver, chosen.solver_options, chosen.afs) == (entry.solver, entry.solver_options, entry.afs)
+    top = entry.schedule_options.get("sigma_max", model.sigma_max)
+    n = plan_steps(entry.solver, nfe, infinite_start=top == float("inf"), afs=entry.afs, options=entry.solver_options)
+    torch.testing.assert_close(chosen.sigmas, get_sigmas(entry.schedule, n, model, **entry.schedule_options))
 
 
 def test_plan_reads_the_table_only_when_the_choice_is_open():
     model = fewstep.load_model("gmm2d")
-    solver, schedule, _ = DEFAULTS[("ve", 6)]
+    solver = DEFAULTS[("ve", 6)].solver
     assert plan(model, nfe=6).solver == solver
     assert plan(model, nfe=6, solver=solver).sigmas.tolist() == plan(model, nfe=6).sigmas.tolist()
     other = next(s for s in ("dpmpp_2m", "unipc") if s != solver)
@@ -50,6 +51,22 @@ def test_plan_reads_the_table_only_when_the_choice_is_open():
     assert plan(model, nfe=40).solver == DEFAULT_SOLVER  # outside the measured range
     assert default_choice("ve", 6, other) is None and default_choice("ve", 6, None, {"rho": 3}) is None
     assert default_choice("custom", 6) is None
+    assert plan(model, nfe=6, solver_options={"lower_order_final": False}).solver == DEFAULT_SOLVER  # meant for it
+
+
+def test_the_users_options_win_over_the_entrys():
+    model = fewstep.load_model("gmm2d")
+    key = next(k for k, e in sorted(DEFAULTS.items()) if k[0] == "ve" and e.afs)
+    entry = DEFAULTS[key]
+    assert plan(model, nfe=key[1]).afs and not plan(model, nfe=key[1], afs=False).afs
+    mine = plan(model, nfe=key[1], afs=False)
+    assert mine.solver == entry.solver and mine.sigmas.numel() < plan(model, nfe=key[1]).sigmas.numel()
+    ranged = plan(model, nfe=key[1], schedule_options={"sigma_max": 40.0})
+    assert ranged.solver == entry.solver and float(ranged.sigmas[0]) == pytest.approx(40.0)
+    option = next(iter(fewstep.list_solvers()[entry.solver]["options"]))
+    value = fewstep.list_solvers()[entry.solver]["options"][option]
+    chosen = default_choice("ve", key[1], entry.solver, solver_options={option: value})
+    assert chosen.solver_options[option] == value and chosen.schedule == entry.schedule
 
 
 @pytest.mark.parametrize("nfe", [3, 5, 8])

@@ -163,11 +163,13 @@ def plan_steps(solver: str, nfe: int, *, final_zero: bool = True, afs: bool = Fa
 
 @dataclass(frozen=True)
 class SamplingPlan:
-    """What ``sample`` runs, resolved once from its arguments or a recipe: the solver, its options and the grid."""
+    """What ``sample`` runs, resolved once from its arguments or a recipe: the solver, its options, the grid, and
+    whether the first evaluation is the analytic first step."""
 
     solver: str
     solver_options: dict[str, Any]
     sigmas: Tensor
+    afs: bool = False
 
 
 DEFAULT_SOLVER = "dpmpp_2m"
@@ -176,7 +178,8 @@ DEFAULT_NFE = 10
 
 def plan(model: Denoiser, *, solver: str | None = None, nfe: int | None = None, schedule: str | None = None,
          solver_options: Mapping[str, Any] | None = None, schedule_options: Mapping[str, Any] | None = None,
-         recipe: Any = None, force: bool = False, afs: bool = False, denoise_to_zero: bool = False) -> SamplingPlan:
+         recipe: Any = None, force: bool = False, afs: bool | None = None,
+         denoise_to_zero: bool = False) -> SamplingPlan:
     """Resolve the solver, its options and the sigma grid that ``sample`` uses (arguments as in ``sample``).
 
     A recipe fixes the solver, its fitted options and the sigmas, so a ``schedule`` or ``schedule_options``
@@ -199,16 +202,19 @@ def plan(model: Denoiser, *, solver: str | None = None, nfe: int | None = None, 
             raise ValueError("a recipe cannot be combined with " + "; ".join(conflicts) + "; leave them out")
         recipe.check(model, nfe, force)
         options = {**recipe.solver_options, **solver_options}
-        n_steps = plan_steps(recipe.solver, recipe.nfe, final_zero=recipe.sigmas[-1] == 0, afs=afs,
+        n_steps = plan_steps(recipe.solver, recipe.nfe, final_zero=recipe.sigmas[-1] == 0, afs=bool(afs),
                              denoise_to_zero=denoise_to_zero, options=options)
-        return SamplingPlan(recipe.solver, options, get_sigmas("explicit", n_steps, model, sigmas=list(recipe.sigmas)))
+        return SamplingPlan(recipe.solver, options, get_sigmas("explicit", n_steps, model, sigmas=list(recipe.sigmas)),
+                            bool(afs))
     nfe = DEFAULT_NFE if nfe is None else nfe
     if schedule is None:  # the measured default for the model's family and NFE (fewstep.diffusion.defaults)
-        chosen = default_choice(getattr(model.process, "family", None), nfe, solver, schedule_options)
+        chosen = default_choice(getattr(model.process, "family", None), nfe, solver, schedule_options,
+                                solver_options)
         if chosen is not None:
-            solver, schedule, table_options = chosen
-            schedule_options = {**table_options, **schedule_options}
+            solver, solver_options, schedule, schedule_options = chosen[:4]
+            afs = chosen.afs if afs is None else afs
     solver = DEFAULT_SOLVER if solver is None else solver
+    afs = bool(afs)
     if schedule is None:
         if getattr(model.process, "num_train_timesteps", None) is not None:
             schedule = "discrete"
@@ -222,13 +228,13 @@ def plan(model: Denoiser, *, solver: str | None = None, nfe: int | None = None, 
     final = schedule_options.get("final", "zero")
     n_steps = plan_steps(solver, nfe, final_zero=final == "zero", afs=afs, denoise_to_zero=denoise_to_zero,
                          infinite_start=math.isinf(top) and schedule != "explicit", options=solver_options)
-    return SamplingPlan(solver, solver_options, get_sigmas(schedule, n_steps, model, **schedule_options))
+    return SamplingPlan(solver, solver_options, get_sigmas(schedule, n_steps, model, **schedule_options), afs)
 
 
 def sample(model: Denoiser, *, solver: str | None = None, nfe: int | None = None, schedule: str | None = None,
            solver_options: Mapping[str, Any] | None = None, schedule_options: Mapping[str, Any] | None = None,
            recipe: Any = None, force: bool = False, seeds: Sequence[int] | None = None, batch: int | None = None,
-           seed: int = 0, noise: Tensor | None = None, cond: Mapping[str, Any] | None = None, afs: bool = False,
+           seed: int = 0, noise: Tensor | None = None, cond: Mapping[str, Any] | None = None, afs: bool | None = None,
            denoise_to_zero: bool = False, dtype: torch.dtype | None = None, noise_type: str = "gaussian",
            callback: Callable | None = None, return_trajectory: bool = False):
     """Draw samples from ``model`` with ``solver`` using **at most** ``nfe`` model evaluations.
@@ -256,7 +262,9 @@ def sample(model: Denoiser, *, solver: str | None = None, nfe: int | None = None
             when ``sigma_max = inf``).
         cond: model keywords, passed to every evaluation.
         dtype: the state's dtype (default float32, or the dtype of ``noise``); the model computes in its own.
-        afs, denoise_to_zero, callback, return_trajectory, noise_type: see ``solve``.
+        afs: replace the first evaluation by the analytic first step (``solve``); default: the measured choice
+            when the solver and schedule are (``fewstep.diffusion.defaults``), else no.
+        denoise_to_zero, callback, return_trajectory, noise_type: see ``solve``.
 
     Returns:
         Samples in data space ``[B, *shape]`` (and the trajectory when asked).
@@ -282,7 +290,7 @@ def sample(model: Denoiser, *, solver: str | None = None, nfe: int | None = None
     s0 = float(chosen.sigmas[0])
     x = noise if math.isinf(s0) else s0 * noise
     with torch.no_grad():
-        return solve(model, x, chosen.sigmas, chosen.solver, cond=cond, afs=afs, denoise_to_zero=denoise_to_zero,
+        return solve(model, x, chosen.sigmas, chosen.solver, cond=cond, afs=chosen.afs, denoise_to_zero=denoise_to_zero,
                      callback=callback, return_trajectory=return_trajectory, noise_type=noise_type,
                      noise_seeds=seeds, **chosen.solver_options)
 
