@@ -30,6 +30,7 @@ SUBCOMMANDS: dict[str, str] = {
     "list": "fewstep.commands.listing",
     "generate": "fewstep.commands.generate",
     "bench-lm": "fewstep.commands.bench_lm",
+    "mcmc": "fewstep.commands.mcmc",
 }
 
 

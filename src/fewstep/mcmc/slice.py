@@ -36,7 +36,7 @@ def elliptical_slice(target, chains: int = 4, draws: int = 1000, warmup: int = 0
     prior = target.prior if prior is None else prior
     if prior is None:
         raise ValueError(f"elliptical slice sampling needs a Gaussian prior; target {target.name!r} has none "
-                         "(pass prior=GaussianPrior(mean, chol))")
+                         "(bundled targets with one: logistic; or pass prior=GaussianPrior(mean, chol))")
     run = Run("elliptical_slice", target, chains, draws, warmup, seed, init)
     evals = torch.zeros(chains, dtype=run.dtype)
     with run:
