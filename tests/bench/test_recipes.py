@@ -70,3 +70,16 @@ def test_a_recipe_for_another_model_is_refused(gmm2d, spec, tmp_path):
     other = _recipe(load_model("gauss"), get_sigmas("karras", plan_steps("ddim", 4), gmm2d)).save(tmp_path / "r.json")
     with pytest.raises(ValueError, match="recipe mismatch: it was made for model 'gmm2d' \\(hash"):
         recipe_rows([other], spec, progress=False, log=pytest.fail)
+
+
+def test_force_runs_another_models_recipe_with_a_warning_and_batch_keeps_nfe_per_sample(gmm2d, spec, tmp_path):
+    grid = get_sigmas("karras", plan_steps("ddim", 4), gmm2d)
+    other = _recipe(load_model("gauss"), grid).save(tmp_path / "r.json")
+    with pytest.warns(UserWarning, match="recipe mismatch"):
+        (forced,) = recipe_rows([other], spec, progress=False, log=lambda s: None, force=True)
+    mine = _recipe(gmm2d, grid).save(tmp_path / "mine.json")
+    (whole,) = recipe_rows([mine], spec, progress=False, log=lambda s: None)
+    (chunked,) = recipe_rows([mine], spec, progress=False, log=lambda s: None, batch=4)  # 2 chunks of 6 seeds
+    assert forced["nfe"] == whole["nfe"] == chunked["nfe"] <= 4
+    assert forced["rmse_ref"] == pytest.approx(whole["rmse_ref"], rel=1e-12)  # the same grid and solver
+    assert chunked["rmse_ref"] == pytest.approx(whole["rmse_ref"], rel=1e-12)

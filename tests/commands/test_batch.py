@@ -93,7 +93,7 @@ def test_memory_is_flat_in_the_number_of_seeds(tmp_path, request):
 def test_sharded_runs_chunks_of_at_most_batch_seeds():
     import torch
 
-    from fewstep.bench.distributed import chunk_count, seed_batches, sharded
+    from fewstep.bench.distributed import seed_batches, sharded
 
     seen = []
 
@@ -105,8 +105,9 @@ def test_sharded_runs_chunks_of_at_most_batch_seeds():
     assert seen == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     seen.clear()
     with seed_batches(3):
-        assert sharded(fn, range(7)).shape == (7, 1) and chunk_count(7) == 3 and len(seen) == 3
-    assert chunk_count(7) == 1 and chunk_count(7, batch=2) == 4  # outside the block: all at once
+        assert sharded(fn, range(7)).shape == (7, 1) and len(seen) == 3
+    seen.clear()
+    assert sharded(fn, range(7)).shape == (7, 1) and len(seen) == 1  # outside the block: all at once
     with pytest.raises(ValueError, match="batch must be a positive integer"):
         with seed_batches(0):
             pass

@@ -75,7 +75,7 @@ OPTIONS = {
                "--metrics": pick("rmse_ref", "sw", "rmse_ref,fd,precision"), "--seeds": pick("0-7", "3,9,12"),
                "--batch": ints(1, 5), "--peers": pick("", "kdiffusion"), "--recipes": pick("good.json", "r.json"),
                "--json": pick("b.json", "out/b.json"), "--plot": pick("p.png", "out/p.svg")},
-              ["--force", "--no-progress"], []),
+              ["--force", "--allow-mismatch", "--no-progress"], []),
     "tune": ({"--model": pick("gauss", "gmm2d"), "--method": pick("gits", "ays", "dc", "iia"),
               "--solver": pick("dpmpp_2m", "ddim", "unipc"), "--nfe": ints(2, 4),
               "--out": pick("r2.json", "out/r2.json"),

@@ -109,7 +109,20 @@ def test_bench_refuses_a_recipe_for_a_missing_model_before_running(place, capsys
 
     recipe = Recipe(model="gmm2d", model_hash="0" * 16, solver="ddim", nfe=2, sigmas=(80.0, 1.0, 0.0), method="ays")
     (place / "r.json").write_text(recipe.to_json())
-    _refused(BENCH + ["--recipes", "r.json"], "recipe mismatch", capsys)
+    err = _refused(BENCH + ["--recipes", "r.json"], "recipe mismatch", capsys)
+    assert "pass --allow-mismatch to use it anyway" in err
+
+
+def test_bench_allow_mismatch_runs_another_models_recipe_with_a_warning(place, capsys):
+    from fewstep.diffusion.recipe import Recipe
+
+    recipe = Recipe(model="gmm2d", model_hash="0" * 16, solver="ddim", nfe=2, sigmas=(80.0, 1.0, 0.0), method="ays")
+    (place / "r.json").write_text(recipe.to_json())
+    argv = ["bench", "--models", "gmm2d", "--solvers", "ddim", "--nfe", "2", "--seeds", "0-3", "--metrics", "sw",
+            "--no-progress", "--recipes", "r.json", "--allow-mismatch"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert "ays" in out and "recipe mismatch" in err and "Traceback" not in err
 
 
 def test_bench_lm_update_docs_is_checked_first_and_written_atomically(place, capsys, monkeypatch):

@@ -42,13 +42,6 @@ def seed_batches(batch: int | None) -> Iterator[None]:
         _BATCH.reset(token)
 
 
-def chunk_count(n_seeds: int, batch: int | None = None) -> int:
-    """How many calls of ``fn`` ``sharded`` makes on rank 0 for ``n_seeds`` seeds (with ``batch``, or the block's)."""
-    batch = _BATCH.get() if batch is None else batch
-    mine = -(-n_seeds // world()[1])
-    return 1 if batch is None or mine == 0 else -(-mine // batch)
-
-
 def _in_chunks(fn: Callable[[list[int]], torch.Tensor], seeds: list[int], batch: int | None) -> torch.Tensor:
     if batch is None or len(seeds) <= batch:
         return fn(seeds)

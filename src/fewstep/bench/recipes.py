@@ -1,6 +1,6 @@
 """Benchmark rows for tuned recipes, beside the untuned solvers: same seeds, noise, metrics and references.
 
-A recipe runs at its own NFE on the model it was made for (a mismatching hash is refused). Its
+A recipe runs at its own NFE on the model it was made for (a mismatching hash is refused, unless ``force``). Its
 ``rmse_ref`` is measured against the reference ODE solutions from the model's own start (``sigma_max``,
 or ``SIGMA_CAP`` when that is infinite), the same target as the untuned rows, even when the recipe
 starts lower.
@@ -9,15 +9,14 @@ starts lower.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from fewstep.bench.distributed import is_main, sharded
-from fewstep.bench.harness import device_name, versions
+from fewstep.bench.distributed import is_main
+from fewstep.bench.harness import device_name, run_seeds, versions
 from fewstep.diffusion.denoiser import CountingDenoiser
 from fewstep.diffusion.recipe import Recipe
 from fewstep.diffusion.sampling import sample
@@ -27,9 +26,11 @@ from fewstep.evaluation.references import reference_samples
 from fewstep.models import load_model
 
 
-def recipe_rows(paths: Sequence[str | Path], spec, progress: bool = True,
-                log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """One row per recipe, with the keys of ``run_bench``'s rows; ``label`` is the recipe's method."""
+def recipe_rows(paths: Sequence[str | Path], spec, progress: bool = True, log: Callable[[str], None] = print,
+                batch: int | None = None, force: bool = False) -> list[dict[str, Any]]:
+    """One row per recipe, with the keys of ``run_bench``'s rows; ``label`` is the recipe's method. ``batch``
+    seeds run together (as in ``run_bench``; NFE is per sample); ``force`` uses a recipe made for another model
+    as it is, with a warning."""
     from tqdm import tqdm
 
     recipes = [(str(p), Recipe.load(p)) for p in paths]  # every file is checked before anything runs
@@ -42,16 +43,13 @@ def recipe_rows(paths: Sequence[str | Path], spec, progress: bool = True,
             m = CountingDenoiser(load_model(recipe.model))
             loaded[recipe.model] = (m, DataReference(m.inner) if main else None, {})
         model, data, refs = loaded[recipe.model]
-        recipe.check(model)
+        recipe.check(model, force=force)
         row = {"model": recipe.model, "solver": recipe.solver, "label": recipe.method, "schedule": "tuned",
                "nfe_budget": recipe.nfe, "source": "fewstep-recipe", "recipe": path,
                "tune_seconds": recipe.info.get("tune_seconds"), **common}
-        sample(model, recipe=recipe, seeds=spec.seeds[:2])  # warm-up pass
-        model.reset()
-        t0 = time.perf_counter()
-        x = sharded(lambda ids: sample(model, recipe=recipe, seeds=ids), spec.seeds)
-        row["wall_s"] = time.perf_counter() - t0
-        row["nfe"] = model.calls
+        sample(model, recipe=recipe, seeds=spec.seeds[:2], force=force)  # warm-up pass
+        x, row["nfe"], row["wall_s"] = run_seeds(
+            model, lambda ids, recipe=recipe: sample(model, recipe=recipe, seeds=ids, force=force), spec.seeds, batch)
         if not main:
             continue
         top = model.sigma_max if math.isfinite(model.sigma_max) else SIGMA_CAP

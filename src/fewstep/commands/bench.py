@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+import warnings
 
 from fewstep.commands.args import (
     MAX_BATCH,
@@ -40,6 +42,8 @@ def add_parser(sub) -> None:
     p.add_argument("--peers", default="", help="also run peers' own samplers: diffusers, kdiffusion (default: none)")
     p.add_argument("--recipes", default="", metavar="A.json,B.json",
                    help="also run tuned recipes from 'fewstep tune', one row each (default: none)")
+    p.add_argument("--allow-mismatch", action="store_true",
+                   help="run a recipe made for another model as it is (with a warning)")
     p.add_argument("--json", default=None, metavar="PATH", help="write the rows to this JSON file, one per "
                    "configuration")
     p.add_argument("--plot", default=None, metavar="PATH",
@@ -63,7 +67,7 @@ def run(args) -> int:
         check_plot_path(files["--plot"][0])
     outputs = Outputs(files, args.force)  # checked now; made after every other input is checked
 
-    from fewstep.bench.distributed import chunk_count, is_main, seed_batches
+    from fewstep.bench.distributed import is_main
     from fewstep.bench.harness import BenchSpec, run_bench
     from fewstep.diffusion.recipe import Recipe
     from fewstep.diffusion.schedules import list_schedules
@@ -83,7 +87,12 @@ def run(args) -> int:
     )
     recipes = [Recipe.load(p) for p in recipe_files]
     for recipe in recipes:  # the checks recipe_rows makes, before any configuration runs
-        recipe.check(load_model(recipe.model))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # recipe_rows warns once, when the recipe runs
+                recipe.check(load_model(recipe.model), force=args.allow_mismatch)
+        except ValueError as exc:  # the library's hint names its keyword; this command's flag is --allow-mismatch
+            raise ValueError(str(exc).replace("force=True", "--allow-mismatch")) from None
     main = is_main()
     outputs.enabled = main
     progress = not args.no_progress
@@ -94,12 +103,12 @@ def run(args) -> int:
         if spec.recipes:
             from fewstep.bench.recipes import recipe_rows
 
-            with seed_batches(args.batch):
-                tuned = recipe_rows(spec.recipes, spec, progress=progress)
-                chunked = chunk_count(len(spec.seeds))
-            for row in tuned:  # recipe_rows counts the calls of every chunk; NFE is per sample
-                row["nfe"] = row["nfe"] // chunked if row["nfe"] % chunked == 0 else row["nfe"] / chunked
-            rows += tuned
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                rows += recipe_rows(spec.recipes, spec, progress=progress, batch=args.batch,
+                                    force=args.allow_mismatch)
+            for message in dict.fromkeys(str(w.message) for w in caught):  # once each, not once per chunk
+                print(f"fewstep bench: warning: {message}", file=sys.stderr)
         if spec.peers:
             from fewstep.bench.peers import peer_rows
 
