@@ -16,6 +16,7 @@ from fewstep.mcmc.hamiltonian import hmc, nuts
 from fewstep.mcmc.metropolis import mala, rwm
 from fewstep.mcmc.registry import SAMPLERS, TARGETS, make_target, run_sampler
 from fewstep.mcmc.slice import elliptical_slice, polar_slice
+from fewstep.mcmc.smc import SMCResult, smc
 from fewstep.mcmc.summary import summarize
 from fewstep.mcmc.targets import (
     Banana,
@@ -31,6 +32,7 @@ from fewstep.mcmc.targets import (
 __all__ = [
     "Result", "NonFiniteDensityError", "rwm", "mala", "hmc", "nuts", "elliptical_slice", "polar_slice",
     "rhat", "ess_bulk", "ess_tail", "ess_mean", "mmd2", "sliced_wasserstein", "mode_weights", "mode_weight_error",
-    "summarize", "SAMPLERS", "TARGETS", "make_target", "run_sampler", "Target", "Gaussian", "GaussianMixture",
+    "summarize", "smc", "SMCResult", "SAMPLERS", "TARGETS", "make_target", "run_sampler", "Target", "Gaussian",
+    "GaussianMixture",
     "GaussianPrior", "Funnel", "Banana", "StudentT", "LogisticRegression",
 ]

@@ -28,7 +28,8 @@ class NonFiniteDensityError(ArithmeticError):
     """The log-density or its gradient was NaN or +inf during a run.
 
     ``step`` is the iteration (warm-up counted, from 0) where it happened, ``chains`` the chains concerned and
-    ``result`` a ``Result`` holding every draw recorded before that step (``result.draws[:, :result.n_recorded]``).
+    ``result`` a ``Result`` holding every draw recorded before that step (``result.draws[:, :result.n_recorded]``;
+    ``None`` from ``smc``, whose particles are not draws of the target until the last step).
     """
 
     def __init__(self, message: str, step: int, chains: list[int], result: Result):
