@@ -62,19 +62,16 @@ PEER_SAMPLERS = [("kdiffusion", "dpmpp_2m"), ("kdiffusion", "lms"), ("diffusers"
 
 
 def peer_grids(model, nfe: int):
-    """The grids a peer runs on at ``nfe`` (one evaluation per step): ``[(name, sigmas, is_default_grid)]``."""
-    import numpy as np
-    import torch
-
+    """The grids a peer runs on at ``nfe``: ``[(name, sigmas, is_the_peers_default_grid)]``, Karras over the model's
+    range for both, and diffusers' own grid for the family where that is not Karras (``fewstep.bench.peers``)."""
+    from fewstep.bench.peers import default_grid
     from fewstep.diffusion.schedules import get_sigmas
 
     top = float(model.sigma_max) if math.isfinite(model.sigma_max) else CAP
-    out = [("karras", get_sigmas("karras", nfe, model, sigma_max=top), model.process.family != "flow")]
-    if model.process.family == "vp_discrete":  # DPMSolverMultistepScheduler's default timestep_spacing
-        out.append(("discrete linspace", get_sigmas("discrete", nfe, model, spacing="linspace"), True))
-    if model.process.family == "flow":  # DPMSolverMultistepScheduler(use_flow_sigmas=True, flow_shift=1.0)
-        t = np.linspace(1 - 1 / 1000, 0, nfe + 1)[:-1]
-        out.append(("diffusers flow", torch.tensor([*(t / (1 - t)), 0.0], dtype=torch.float64), True))
+    out = [("karras", get_sigmas("karras", nfe, model, sigma_max=top), model.process.family not in ("flow",
+                                                                                                     "vp_discrete"))]
+    if model.process.family in ("flow", "vp_discrete"):
+        out.append((f"diffusers {model.process.family}", default_grid("diffusers", model, nfe), True))
     return out
 
 

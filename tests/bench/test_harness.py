@@ -204,3 +204,22 @@ def test_versions_and_device_name(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=None: f"accelerator {i}")
     assert device_name() == "accelerator 0"
+
+
+def test_the_default_row_is_what_sample_runs_with_no_choice_scored_from_where_it_starts(tmp_path, monkeypatch):
+    """``default`` in the solvers is ``fewstep.sample(model, nfe=n)`` (the measured table), one row per NFE, labelled
+    with what it chose and scored against the reference from its own first sigma."""
+    monkeypatch.setenv("FEWSTEP_CACHE", str(tmp_path))
+    seeds = tuple(range(6))
+    spec = BenchSpec(models=["gmm2d"], solvers=["default"], schedules=["karras", "logsnr"], nfes=[4, 6],
+                     metrics=["rmse_ref"], seeds=seeds)
+    rows = run_bench(spec, progress=False, log=lambda s: None)
+    assert [(r["solver"], r["schedule"], r["nfe_budget"]) for r in rows] == [("default", "default", 4),
+                                                                           ("default", "default", 6)]
+    model = load_model("gmm2d")
+    for row in rows:
+        chosen = fewstep.diffusion.sampling.plan(model, nfe=row["nfe_budget"])
+        assert row["label"].startswith(f"default: {chosen.solver}") and row["nfe"] <= row["nfe_budget"]
+        x = sample(model, nfe=row["nfe_budget"], seeds=seeds)
+        ref, _ = reference_samples(model, seeds, sigma_max=float(chosen.sigmas[0]), rtol=1e-6)
+        assert row["rmse_ref"] == pytest.approx(rmse(x.double(), ref), rel=1e-9)

@@ -129,3 +129,32 @@ def test_listing_and_errors():
         run_peer("diffusers", "euler", MODEL, X_T, GRIDS["zero"], prediction="eps")
     with pytest.raises(TypeError, match="Denoiser"):
         run_peer("kdiffusion", "euler", lambda x, s: x, X_T, GRIDS["zero"])
+
+
+@pytest.mark.parametrize("name", ["gmm2d", "digits-vp-eps", "digits-flow"])
+def test_peer_default_grids_are_the_peers_own(name):
+    """k-diffusion's default is Karras over the model's range (from SIGMA_CAP on a flow model); diffusers' is the
+    grid DPMSolverMultistepScheduler makes for the family (Karras is not its default: linspace timesteps for a
+    discrete VP model, use_flow_sigmas for a flow model)."""
+    from fewstep.bench.peers import default_grid
+    from fewstep.diffusion.schedules import SIGMA_CAP, get_sigmas
+
+    model = fewstep.load_model(name)
+    top = model.sigma_max if math.isfinite(model.sigma_max) else SIGMA_CAP
+    torch.testing.assert_close(default_grid("kdiffusion", model, 5), get_sigmas("karras", 5, model, sigma_max=top))
+    grid = default_grid("diffusers", model, 5)
+    assert grid.numel() == 6 and grid[-1] == 0 and math.isfinite(float(grid[0]))
+    family = model.process.family
+    if family == "vp_discrete":
+        diffusers = pytest.importorskip("diffusers")
+        sch = diffusers.DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_schedule="linear")
+        sch.set_timesteps(5)
+        torch.testing.assert_close(grid[:-1], torch.from_numpy(
+            ((1 - sch.alphas_cumprod[sch.timesteps]) / sch.alphas_cumprod[sch.timesteps]).sqrt().double().numpy()),
+            rtol=1e-5, atol=0)
+    elif family == "flow":
+        torch.testing.assert_close(grid, get_sigmas("flow_sigmas", 5, model))
+    else:
+        torch.testing.assert_close(grid, get_sigmas("karras", 5, model))
+    with pytest.raises(ValueError, match="unknown peer"):
+        default_grid("comfy", model, 5)

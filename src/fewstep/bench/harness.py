@@ -20,7 +20,7 @@ import torch
 from fewstep._version import __version__
 from fewstep.bench.distributed import is_main, sharded
 from fewstep.diffusion.denoiser import CountingDenoiser, Denoiser
-from fewstep.diffusion.sampling import sample, seeded_noise, solve
+from fewstep.diffusion.sampling import plan, sample, seeded_noise, solve
 from fewstep.diffusion.schedules import SIGMA_CAP, get_sigmas
 from fewstep.diffusion.solvers import get_solver
 from fewstep.evaluation import DataReference, compute_metrics, reference_samples
@@ -83,39 +83,43 @@ def run_bench(spec: BenchSpec, progress: bool = True, log: Callable[[str], None]
 
     main = is_main()
     rows: list[dict[str, Any]] = []
-    configs = [(m, sv, sc, n) for m in spec.models for sv in spec.solvers for sc in spec.schedules for n in spec.nfes]
+    # "default" is what fewstep.sample runs with no solver or schedule: one row per model and NFE
+    configs = [(m, sv, sc, n) for m in spec.models for sv in spec.solvers
+               for sc in (["default"] if sv == "default" else spec.schedules) for n in spec.nfes]
     bar = tqdm(total=len(configs), disable=not (progress and main), desc="bench", unit="cfg")
     common = {"device": device_name(), "versions": versions(), "seeds": len(spec.seeds)}
     for model_name in spec.models:
         model = CountingDenoiser(load_model(model_name))
         data = DataReference(model.inner) if main else None
         refs: dict[float, torch.Tensor] = {}
-        for solver in spec.solvers:
-            for schedule in spec.schedules:
-                for nfe in spec.nfes:
-                    kw = dict(solver=solver, nfe=nfe, schedule=schedule)
-                    if math.isinf(model.sigma_max) and schedule in ("karras", "logsnr", "exponential"):
-                        kw["schedule_options"] = {"sigma_max": SIGMA_CAP}
-                    row = {"model": model_name, "solver": solver, "schedule": schedule, "nfe_budget": nfe,
-                           "source": "fewstep", **common}
-                    try:
-                        sample(model, seeds=spec.seeds[:2], **kw)  # warm-up pass
-                    except ValueError as exc:  # e.g. an NFE below the solver's minimum
-                        row.update(error=str(exc))
-                        rows.append(row) if main else None
-                        bar.update()
-                        continue
-                    x, row["nfe"], row["wall_s"] = run_seeds(model, lambda ids: sample(model, seeds=ids, **kw),
-                                                             spec.seeds, batch)
-                    if main:
-                        top = kw.get("schedule_options", {}).get("sigma_max", model.sigma_max)
-                        if "rmse_ref" in spec.metrics and top not in refs:
-                            refs[top], row_tol = reference_samples(model.inner, spec.seeds, sigma_max=top,
-                                                                   rtol=spec.extra.get("rtol", 1e-6))
-                            log(f"reference for {model_name} from sigma {top:g}: tolerance check {row_tol:.2e}")
-                        row.update(compute_metrics(spec.metrics, x, refs.get(top), data))
-                        rows.append(row)
-                    bar.update()
+        for _, solver, schedule, nfe in [c for c in configs if c[0] == model_name]:
+            kw = dict(nfe=nfe) if solver == "default" else dict(solver=solver, nfe=nfe, schedule=schedule)
+            if math.isinf(model.sigma_max) and schedule in ("karras", "logsnr", "exponential"):
+                kw["schedule_options"] = {"sigma_max": SIGMA_CAP}
+            row = {"model": model_name, "solver": solver, "schedule": schedule, "nfe_budget": nfe,
+                   "source": "fewstep", **common}
+            try:
+                sample(model, seeds=spec.seeds[:2], **kw)  # warm-up pass
+            except ValueError as exc:  # e.g. an NFE below the solver's minimum
+                row.update(error=str(exc))
+                rows.append(row) if main else None
+                bar.update()
+                continue
+            x, row["nfe"], row["wall_s"] = run_seeds(model, lambda ids: sample(model, seeds=ids, **kw),
+                                                     spec.seeds, batch)
+            if solver == "default":  # what it chose, scored from where its grid starts
+                chosen = plan(model, **kw)
+                row["label"] = f"default: {chosen.solver}" + (" + AFS" if chosen.afs else "")
+            if main:  # the other rows are scored from the model's own start
+                top = (float(chosen.sigmas[0]) if solver == "default"
+                       else kw.get("schedule_options", {}).get("sigma_max", model.sigma_max))
+                if "rmse_ref" in spec.metrics and top not in refs:
+                    refs[top], row_tol = reference_samples(model.inner, spec.seeds, sigma_max=top,
+                                                           rtol=spec.extra.get("rtol", 1e-6))
+                    log(f"reference for {model_name} from sigma {top:g}: tolerance check {row_tol:.2e}")
+                row.update(compute_metrics(spec.metrics, x, refs.get(top), data))
+                rows.append(row)
+            bar.update()
     bar.close()
     return rows
 

@@ -209,7 +209,34 @@ def load_kdiffusion_sampling() -> types.ModuleType:
 # benchmark rows
 # ----------------------------------------------------------------------------------------------
 
+# What a user of each peer runs with no options: k-diffusion's ``sample_dpmpp_2m`` on its Karras grid, and
+# diffusers' ``DPMSolverMultistepScheduler`` (DPM-Solver++(2M)) on the grid it makes for the model's family.
+PEER_DEFAULT_SAMPLER = "dpmpp_2m"
+
+
+def default_grid(peer: str, model: Denoiser, nfe: int) -> Tensor:
+    """The grid ``peer``'s default sampler runs on at ``nfe`` (DPM-Solver++(2M): one evaluation per step).
+
+    k-diffusion: ``get_sigmas_karras`` over the model's range (from ``SIGMA_CAP`` when ``sigma_max`` is infinite).
+    diffusers: Karras sigmas for a sigma-space model, the ``linspace`` timesteps (its default
+    ``timestep_spacing``; the multistep schedulers space ``nfe + 1`` of them and drop ``t = 0``) for a discrete VP
+    model, and ``use_flow_sigmas`` (``flow_sigmas``) for a flow model.
+    """
+    if peer not in PEERS:
+        raise ValueError(f"unknown peer {peer!r}; choose one of {', '.join(PEERS)}")
+    family = model.process.family
+    if peer == "diffusers" and family == "vp_discrete":
+        spaced = get_sigmas("discrete", nfe + 1, model, spacing="linspace")  # ..., sigma(t = 0), 0
+        return torch.cat([spaced[:-2], spaced[-1:]])
+    if peer == "diffusers" and family == "flow":
+        return get_sigmas("flow_sigmas", nfe, model)
+    top = float(model.sigma_max) if math.isfinite(model.sigma_max) else SIGMA_CAP
+    return get_sigmas("karras", nfe, model, sigma_max=top)
+
+
 def peer_rows(spec, progress: bool = True) -> list[dict[str, Any]]:
+    """One row per peer sampler, schedule and NFE of ``spec`` (on the grid of its fewstep equivalent); and, where
+    ``spec.solvers`` holds ``default``, one row per peer and NFE for the peer's default (``default_grid``)."""
     from tqdm import tqdm
 
     if not is_main():
@@ -217,6 +244,9 @@ def peer_rows(spec, progress: bool = True) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     todo = [(m, p, s, sc, n) for m in spec.models for p in spec.peers for s in PEERS[p]
             for sc in spec.schedules for n in spec.nfes]
+    if "default" in spec.solvers:
+        todo += [(m, p, PEER_DEFAULT_SAMPLER, "default", n) for m in spec.models for p in spec.peers
+                 for n in spec.nfes]
     common = {"device": device_name(), "versions": versions(), "seeds": len(spec.seeds)}
     loaded: dict[str, tuple] = {}
     for model_name, peer, sampler, schedule, nfe in tqdm(todo, disable=not progress, desc="peers", unit="cfg"):
@@ -228,10 +258,14 @@ def peer_rows(spec, progress: bool = True) -> list[dict[str, Any]]:
         label = f"{peer}:{sampler}"
         row = {"model": model_name, "solver": label, "label": label, "schedule": schedule, "nfe_budget": nfe,
                "source": peer, "fewstep_equivalent": info.fewstep, **common}
-        top = model.sigma_max if math.isfinite(model.sigma_max) else SIGMA_CAP
         try:
-            n = plan_steps(info.fewstep or info.nearest, nfe)
-            sigmas = get_sigmas(schedule, n, model, sigma_max=top if top != model.sigma_max else None)
+            if schedule == "default":  # scored against the reference from where the peer's grid starts
+                sigmas = default_grid(peer, model, nfe)
+                top = float(sigmas[0])
+            else:  # scored from the model's own start, as fewstep's rows
+                top = model.sigma_max if math.isfinite(model.sigma_max) else SIGMA_CAP
+                n = plan_steps(info.fewstep or info.nearest, nfe)
+                sigmas = get_sigmas(schedule, n, model, sigma_max=top if top != model.sigma_max else None)
             x_T = float(sigmas[0]) * seeded_noise(spec.seeds, model.shape, dtype=torch.float64)
             with torch.no_grad():
                 run_peer(peer, sampler, model, x_T[:2], sigmas)  # warm-up pass (imports, caches)

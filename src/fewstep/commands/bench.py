@@ -31,7 +31,9 @@ DEFAULT_BATCH = 256
 def add_parser(sub) -> None:
     p = subcommand(sub, "bench", "benchmark solvers x schedules x NFE on bundled models")
     p.add_argument("--models", default="digits-gmm", help="comma-separated model names")
-    p.add_argument("--solvers", default="ddim,dpmpp_2m,unipc,deis,ipndm", help="comma-separated solver names")
+    p.add_argument("--solvers", default="default,ddim,dpmpp_2m,unipc,deis,ipndm",
+                   help="comma-separated solver names; 'default' is what 'fewstep sample' runs with no --solver "
+                   "and --schedule (with --peers: also each peer's default sampler on its own grid)")
     p.add_argument("--schedules", default="karras", help="comma-separated schedule names")
     p.add_argument("--nfe", default="3,4,5,6,8,10", help=f"comma-separated NFE budgets, each 1..{MAX_NFE:,}")
     p.add_argument("--metrics", default="rmse_ref,fd",
@@ -77,7 +79,7 @@ def run(args) -> int:
 
     spec = BenchSpec(
         models=parse_names(args.models, list_models(), "models"),
-        solvers=parse_names(args.solvers, SOLVERS, "solvers"),
+        solvers=parse_names(args.solvers, ["default", *SOLVERS], "solvers"),
         schedules=parse_names(args.schedules, [s for s in list_schedules() if s != "explicit"], "schedules"),
         nfes=nfes,
         metrics=parse_names(args.metrics, METRICS, "metrics"),
