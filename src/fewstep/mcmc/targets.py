@@ -155,8 +155,11 @@ class Funnel(Target):
     def log_prob(self, x):
         v, rest = x[:, 0], x[:, 1:]
         n = self.dim - 1
+        ss = rest.square().sum(1)
+        # |x|^2 e^-v as exp(log |x|^2 - v): +inf rather than NaN (inf * 0) far down the funnel's neck
+        scaled = torch.where(ss > 0, torch.exp(torch.log(torch.where(ss > 0, ss, 1.0)) - v), 0.0)
         return (-0.5 * (v / self.scale).square() - math.log(self.scale) - 0.5 * LOG_2PI
-                - 0.5 * rest.square().sum(1) * torch.exp(-v) - 0.5 * n * (v + LOG_2PI))
+                - 0.5 * scaled - 0.5 * n * (v + LOG_2PI))
 
     def _sample(self, n, generator):
         v = self.scale * torch.randn(n, 1, dtype=torch.float64, generator=generator)
