@@ -148,6 +148,9 @@ class Particles:
         ``k``: rows per output sample in ``x`` (default ``K``), for the model keywords."""
         cond = self.cond_for(self.K if k is None else k)
         stop = len(self.grid) - 1 if stop is None else stop
+        if self.plan.solver == "restart" and (start > 0 or stop < len(self.grid) - 1 or (on_point and points)):
+            raise ValueError("solver 'restart' climbs back up its grid between grid points, so it cannot stop and "
+                             "restart at one; steer with another solver (heun_churn is EDM's stochastic sampler)")
         pending = sorted(set(points))
         afs = self.plan.afs and start == 0
         last = [start - 1]

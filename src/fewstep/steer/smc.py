@@ -124,7 +124,7 @@ def fk_steer(model: Denoiser, reward: Reward | Callable[[Tensor], Tensor], *, pa
         return x[flat], d[flat]
 
     last = len(p.grid) - 2
-    points = [j for j in range(0, last + 1, every)]
+    points = [j for j in range(0, last + 1, every)] if K > 1 else []  # one particle: nothing to resample
     x = p.run(p.start(p.particle_seeds()), p.noise(p.particle_seeds()), on_point=on_point, points=points)
     r_final = r_fn(x, "the final samples").view(B, K)
     log_w = log_w + r_final / tau - log_prod
@@ -187,7 +187,7 @@ def svdd(model: Denoiser, reward: Reward | Callable[[Tensor], Tensor], *, partic
         rows = (torch.arange(B) * M + choose(v)).repeat_interleave(M)
         return x[rows], d[rows]
 
-    points = list(range(len(p.grid) - 1))
+    points = list(range(len(p.grid) - 1)) if M > 1 else []
     x = p.run(p.start(p.particle_seeds()), p.noise(p.particle_seeds()), on_point=on_point, points=points)
     r = r_fn(x, "the final samples")
     pick = choose(r) if M > 1 else torch.zeros(B, dtype=torch.int64)
