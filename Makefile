@@ -13,7 +13,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,mcmc-peers]"
 	# k-diffusion is a test oracle only: its sampling.py is loaded alone, and its own
 	# dependencies (torchvision, wandb, ...) must not be installed, so --no-deps.
 	$(PY) -m pip install -q -c constraints.txt --no-deps "k-diffusion==$(KDIFFUSION_VERSION)"
