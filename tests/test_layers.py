@@ -37,6 +37,8 @@ LAYERS: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
      (BASE, "metrics", "diffusion core", "solvers", "driver")),
     ("evaluation", ("fewstep.evaluation",), (BASE, "metrics", "diffusion core", "solvers", "driver",
                                              "models and integrations")),
+    ("distill", ("fewstep.distill",), (BASE, "metrics", "diffusion core", "solvers", "driver",
+                                       "models and integrations", "evaluation")),
     ("steer", ("fewstep.steer",), (BASE, "metrics", "diffusion core", "solvers", "driver", "models and integrations",
                                    "evaluation")),
     ("tune", ("fewstep.diffusion.tune",), (BASE, "metrics", "diffusion core", "solvers", "driver",
@@ -45,7 +47,7 @@ LAYERS: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
                                    "evaluation", "tune")),
     ("cli", ("fewstep.commands", "fewstep.cli", "fewstep.__main__", "fewstep"),
      (BASE, "metrics", "lm", "diffusion core", "mcmc", "solvers", "driver", "models and integrations", "evaluation",
-      "steer", "tune", "bench")),
+      "distill", "steer", "tune", "bench")),
 ]
 # Function-local imports of fewstep modules are allowed only here: the entry points defer the library so that
 # `import fewstep` and `fewstep --help` stay fast.

@@ -1,0 +1,216 @@
+"""Few-step distillation: fine-tune a copy of a model so that a 1-4 step sampler lands where its ODE does.
+
+``distill(teacher, method, nfe=...)`` returns a ``fewstep.models.student.Student`` (a ``Denoiser``; sample it with
+``fewstep.sample(student, **student.sampling)``) and, with ``out=``, saves it as safetensors + JSON, which
+``fewstep.load_model(path)`` loads. Methods (``list_methods()``):
+
+- ``sfd``: Simple and Fast Distillation (Zhou et al., arXiv 2409.19681), ``fewstep.distill.sfd``.
+- ``sfd-v``: SFD with the step count as a condition, one student for several NFEs (same paper, Sec. 4.3).
+- ``progressive``: progressive distillation (Salimans & Ho, arXiv 2202.00512), ``fewstep.distill.progressive``.
+
+The teacher is any ``Denoiser`` whose network is a ``torch.nn.Module`` (``EDMPrecond``, ``ModelDenoiser``,
+``from_diffusers``); a student is saved for a bundled digits teacher or a diffusers ``UNet2DModel``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fewstep.diffusion.denoiser import Denoiser, model_hash
+from fewstep.diffusion.from_diffusers import DiffusersDenoiser
+from fewstep.distill._loop import student_copy, train, trainable_net
+from fewstep.distill.grids import student_grid, teacher_grid
+from fewstep.distill.progressive import Progressive
+from fewstep.distill.sfd import SFD
+from fewstep.limits import check_count
+from fewstep.models import trained
+from fewstep.models.digits_data import digits_data
+from fewstep.models.student import (
+    DIFFUSERS,
+    Student,
+    StudentRecord,
+    build_network,
+    save_student,
+    teacher_digest,
+)
+
+__all__ = ["METHODS", "MethodInfo", "distill", "list_methods", "student_grid", "teacher_grid"]
+
+MAX_NFE = 16  # a distilled student is a few-step sampler
+MAX_ITERATIONS = 1_000_000
+MAX_BATCH = 65_536
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """A distillation method: its paper, default learning rate, whether its sampler takes the analytical first
+    step, and its options with their defaults."""
+
+    name: str
+    paper: str
+    lr: float
+    afs: bool
+    options: Mapping[str, Any]
+
+
+METHODS: dict[str, MethodInfo] = {
+    m.name: m for m in (
+        MethodInfo("sfd", "Zhou et al., Simple and Fast Distillation, arXiv 2409.19681", 1e-4, True,
+                   {"substeps": 4, "teacher_solver": "dpmpp_3m", "afs": True}),
+        MethodInfo("sfd-v", "Zhou et al., arXiv 2409.19681, Sec. 4.3 (variable NFE)", 1e-4, True,
+                   {"substeps": 4, "teacher_solver": "dpmpp_3m", "afs": True, "nfes": None}),
+        MethodInfo("progressive", "Salimans & Ho, Progressive Distillation, arXiv 2202.00512", 1e-4, False,
+                   {"rounds": 3}),
+    )
+}
+
+
+def list_methods() -> dict[str, MethodInfo]:
+    return dict(METHODS)
+
+
+def _options(method: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    allowed = METHODS[method].options
+    bad = sorted(set(options or {}) - set(allowed))
+    if bad:
+        shown = ", ".join(f"{k}={v!r}" for k, v in allowed.items())
+        raise ValueError(f"unknown option(s) {bad} for method {method!r}; allowed: {shown}")
+    return {**allowed, **(options or {})}
+
+
+def _teacher_name(teacher: Denoiser) -> str:
+    if isinstance(teacher, DiffusersDenoiser):
+        return DIFFUSERS
+    return teacher.name
+
+
+def _network_or_none(model: Denoiser) -> torch.nn.Module | None:
+    try:
+        return trainable_net(model)
+    except ValueError:
+        return None
+
+
+def _diffusers_configs(teacher: Denoiser, net: torch.nn.Module) -> dict[str, Any] | None:
+    if not isinstance(teacher, DiffusersDenoiser):
+        return None
+    unet = getattr(net, "config", None)
+    if unet is None:
+        raise ValueError("a diffusers teacher's network must carry its config (a UNet2DModel) to be saved")
+    return {"unet": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(unet).items()},
+            "scheduler": dict(teacher.spec.config)}
+
+
+def distill(teacher: Denoiser, method: str = "sfd", *, nfe: int = 2, iterations: int = 300, batch: int = 64,
+            lr: float | None = None, seed: int = 0, options: Mapping[str, Any] | None = None,
+            student: Denoiser | None = None, data: torch.Tensor | None = None, out: str | Path | None = None,
+            checkpoint_every: int = 50, resume: bool = False, progress: bool = False) -> Student:
+    """Distill ``teacher`` into a student that samples in ``nfe`` evaluations.
+
+    Args:
+        teacher: a ``Denoiser`` around a ``torch.nn.Module`` (left unchanged).
+        method: a name from ``list_methods()``.
+        nfe: the student's evaluations per sample (SFD-v: its default one; ``options["nfes"]`` lists all,
+            default ``nfe .. nfe + 3``).
+        iterations: training iterations (an SFD iteration is one batch of trajectories and one Adam update per
+            trained student step).
+        batch: trajectories (SFD) or training inputs (progressive) per iteration.
+        lr: Adam's learning rate (default: the method's); SFD divides it by 10 after half the iterations, as the
+            official code does.
+        seed: every iteration draws its noise from a generator seeded by ``(seed, iteration)``.
+        options: the method's options (``list_methods()[method].options``).
+        student: the network to train (default: a copy of the teacher's, or for SFD-v a step-conditioned copy).
+        data: training data ``[N, *shape]`` for progressive distillation (default for the bundled digits models:
+            the digits' train split).
+        out: save the student as ``out`` (``.json``) and its weights beside it; checkpoints go to ``out`` with the
+            suffix ``.ckpt`` every ``checkpoint_every`` iterations, and ``resume`` continues from there.
+        progress: show a progress bar with the time left.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown distillation method {method!r}; choose one of {', '.join(METHODS)}")
+    check_count("nfe", nfe, 1, MAX_NFE)
+    check_count("iterations", iterations, 1, MAX_ITERATIONS)
+    check_count("batch", batch, 1, MAX_BATCH)
+    check_count("checkpoint_every", checkpoint_every, 1, MAX_ITERATIONS)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
+    info = METHODS[method]
+    opts = _options(method, options)
+    lr = info.lr if lr is None else float(lr)
+    if not lr > 0:
+        raise ValueError(f"lr must be positive; got {lr}")
+    if student is None:
+        trainable_net(teacher)  # a clear error for a teacher with nothing to fine-tune
+    teacher_net = _network_or_none(teacher)
+    name = _teacher_name(teacher)
+    if out is not None:
+        out = Path(out)
+        if out.suffix != ".json":
+            raise ValueError(f"out must name the student's record, NAME.json; got {out}")
+        if name != DIFFUSERS and name not in trained.SPECS:
+            raise ValueError(f"a student can be saved for a bundled trained model ({', '.join(trained.SPECS)}) or "
+                             f"a diffusers UNet2DModel; {name!r} can be distilled but not saved (leave out out=)")
+    step_condition = method == "sfd-v"
+    if student is None:
+        if step_condition:
+            if name not in trained.SPECS:
+                raise ValueError(f"sfd-v needs a network with a step input: a bundled digits model "
+                                 f"({', '.join(trained.SPECS)}); got {name!r} (use method 'sfd')")
+            net, student = build_network(name, step_condition=True)
+            missing = net.load_state_dict(teacher_net.state_dict(), strict=False).missing_keys
+            if any(not k.startswith("step_mlp.") for k in missing):
+                raise ValueError(f"the teacher's weights do not fit the step-conditioned network: {missing[:3]}")
+            net.float().requires_grad_(True)
+        else:
+            student, net = student_copy(teacher)
+    else:
+        net = trainable_net(student, "student")
+        net.requires_grad_(True)
+    nfes = (nfe,)
+    if step_condition:
+        nfes = tuple(opts["nfes"] or range(nfe, nfe + 4))
+        for n in nfes:
+            check_count("each of nfes", n, 1, MAX_NFE)
+        if nfe not in nfes:
+            raise ValueError(f"nfe={nfe} must be one of the trained nfes {list(nfes)}")
+    afs = bool(opts.get("afs", info.afs))
+    checkpoint = None if out is None else out.with_suffix(".ckpt")
+    digest = (teacher_digest(teacher, teacher_net) if teacher_net is not None
+              else teacher.weights_sha256 or f"identity:{model_hash(teacher)}")
+    identity = {"teacher": name, "teacher_sha256": digest, "method": method,
+                "nfes": list(nfes), "iterations": iterations, "batch": batch, "lr": lr, "seed": seed,
+                "options": {k: v for k, v in opts.items()}}
+    if method == "progressive":
+        if data is None and name in trained.SPECS:
+            data = digits_data("train")[0].reshape(-1, *teacher.shape)
+        step = Progressive(teacher, student, net, nfe=nfe, rounds=int(opts["rounds"]), iterations=iterations,
+                           batch=batch, data=data)
+        extra, load_extra, lr_at = step.extra_state, step.load_extra, None
+    else:
+        step = SFD(teacher, student, nfes=nfes, batch=batch, afs=afs, substeps=int(opts["substeps"]),
+                   teacher_solver=str(opts["teacher_solver"]), step_condition=step_condition)
+        extra = load_extra = None
+
+        def lr_at(i: int) -> float:
+            return lr if i < iterations // 2 else lr / 10
+    result = train(net, step, iterations=iterations, seed=seed, lr=lr, identity=identity, checkpoint=checkpoint,
+                   checkpoint_every=checkpoint_every, resume=resume, progress=progress, extra_state=extra,
+                   load_extra=load_extra, lr_at=lr_at, desc=f"distill {method}")
+    net.eval().requires_grad_(False)
+    grids = {n: student_grid(teacher, n + int(afs)) for n in nfes}
+    record = StudentRecord(teacher=name, teacher_sha256=identity["teacher_sha256"], method=method, nfe=nfe,
+                           grids=grids, afs=afs, seed=seed, weights="unsaved", weights_sha256="unsaved",
+                           step_condition=step_condition, diffusers=_diffusers_configs(teacher, teacher_net),
+                           training={**identity, "final_loss": result["loss"],
+                                     "cpu_seconds": round(result["cpu_seconds"], 2), "torch": torch.__version__,
+                                     "threads": torch.get_num_threads()})
+    if out is not None:
+        save_student(out, net, record)
+        from_disk = StudentRecord.from_json(out.read_text(), where=str(out))
+        return Student(student, net, from_disk)
+    return Student(student, net, record)

@@ -1,0 +1,102 @@
+"""SFD and SFD-v: Simple and Fast Distillation (Zhou et al., arXiv 2409.19681).
+
+The student is fine-tuned only at the sigmas its sampler visits, against whole teacher trajectories:
+
+- Teacher trajectories (Sec. 4.1): from ``x_0 = sigma_0 eps`` a training-free solver (DPM-Solver++(3M) by default)
+  takes ``K`` steps inside each student step (``K = M + 1 = 4`` in the paper's settings), on the polynomial grid that
+  contains the student's (``fewstep.distill.grids``); its states at the student's sigmas are the targets
+  ``x^tea_{i+1}``, and at the end ``D(x, sigma_min)`` is the target for sigma = 0.
+- Global trajectory loss (Sec. 4.2): the student runs its own sampler, Euler in sigma (= DDIM),
+  ``x_{i+1} = (s_{i+1}/s_i) x_i + (1 - s_{i+1}/s_i) D_student(x_i, s_i)``, starting each step from its *own* previous
+  state (detached), so it learns to repair the error it accumulated; each step's loss is the L1 distance
+  ``|x_{i+1} - x^tea_{i+1}|`` (mean over the pixels) and is followed by one Adam update, as the official code does.
+- Analytical first step (Sec. 4.2, AFS of Zhou et al., arXiv 2312.00094): the first step takes
+  ``eps_hat = x / sqrt(1 + s_0^2)`` instead of a model evaluation and is not trained, so NFE ``n`` runs ``n + 1``
+  steps.
+- SFD-v (Sec. 4.3): the network also takes the step count (``StepDigitsUNet``), and each iteration trains on the
+  grid of an NFE drawn uniformly from the trained range; one student then samples at any of them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from fewstep.diffusion.denoiser import Denoiser
+from fewstep.diffusion.sampling import solve
+from fewstep.diffusion.solvers import get_solver
+from fewstep.diffusion.solvers._core import ddim_step
+from fewstep.distill.grids import student_grid, teacher_grid
+
+__all__ = ["SFD", "afs_denoised", "teacher_targets"]
+
+Tensor = torch.Tensor
+
+
+def afs_denoised(x: Tensor, sigma: float) -> Tensor:
+    """The analytical first step's stand-in for ``D``: ``x - sigma x / sqrt(1 + sigma^2)`` (so that
+    ``eps_hat = x / sqrt(1 + sigma^2)``), exactly as the driver's ``Evaluator`` takes it."""
+    return x - sigma * x / math.sqrt(1 + sigma * sigma)
+
+
+def teacher_targets(teacher: Denoiser, x: Tensor, grid: Sequence[float], substeps: int, solver: str = "dpmpp_3m",
+                    cond=None) -> list[Tensor]:
+    """The teacher's states at the student's sigmas ``grid[1:]`` (``grid`` ends in 0), from ``x`` at ``grid[0]``."""
+    fine = teacher_grid(teacher, len(grid) - 1, substeps, sigma_max=grid[0])
+    with torch.no_grad():
+        _, traj = solve(teacher, x, fine, solver, cond=cond, return_trajectory=True)
+        if len(traj) != len(fine):
+            raise RuntimeError(f"the teacher solver {solver!r} returned {len(traj)} states for {len(fine)} sigmas")
+        out = [traj[substeps * i] for i in range(1, len(grid) - 1)]
+        out.append(teacher(traj[-1], fine[-1], cond).to(x.dtype))  # sigma_min -> 0: the reference's final step
+    return out
+
+
+class SFD:
+    """One SFD iteration per call: a batch of teacher trajectories, then the student's steps, each trained.
+
+    Args:
+        teacher: the frozen teacher.
+        student: the student ``Denoiser`` (its network trains); for SFD-v a step-conditioned one.
+        nfes: the NFEs to train (one for SFD; SFD-v draws one per iteration).
+        batch: trajectories per iteration.
+        afs: take the analytical first step (it saves one evaluation).
+        substeps: teacher steps per student step (the paper's ``K = M + 1``).
+        teacher_solver: the training-free solver that draws the teacher trajectories.
+        step_condition: pass ``steps = NFE`` to the student's network (SFD-v).
+    """
+
+    def __init__(self, teacher: Denoiser, student: Denoiser, *, nfes: Sequence[int], batch: int, afs: bool = True,
+                 substeps: int = 4, teacher_solver: str = "dpmpp_3m", step_condition: bool = False):
+        if get_solver(teacher_solver).stochastic:
+            raise ValueError(f"the teacher solver must be deterministic (an ODE solver); {teacher_solver!r} is not")
+        self.teacher, self.student, self.batch, self.afs = teacher, student, batch, afs
+        self.substeps, self.teacher_solver, self.step_condition = substeps, teacher_solver, step_condition
+        self.nfes = tuple(nfes)
+        self.grids = {n: student_grid(teacher, n + int(afs)) for n in self.nfes}
+        if not teacher.shape:
+            raise ValueError("the teacher does not know its data shape; give it one (shape=...)")
+
+    def __call__(self, iteration: int, gen: torch.Generator) -> float:
+        """Train on one batch; returns the last step's loss (the L1 distance of the final samples)."""
+        optimizer = self.optimizer  # set by the training loop (fewstep.distill._loop.train)
+        n = self.nfes[int(torch.randint(len(self.nfes), (1,), generator=gen))] if len(self.nfes) > 1 else self.nfes[0]
+        grid = self.grids[n]
+        cond = {"steps": n} if self.step_condition else None
+        x = grid[0] * torch.randn(self.batch, *self.teacher.shape, generator=gen)
+        targets = teacher_targets(self.teacher, x, grid, self.substeps, self.teacher_solver)
+        losses = []
+        for i, (s, s_next) in enumerate(zip(grid[:-1], grid[1:])):
+            if self.afs and i == 0:
+                x = ddim_step(x, s, s_next, afs_denoised(x, s))
+                continue
+            x_next = ddim_step(x, s, s_next, self.student(x, s, cond))
+            loss = (x_next - targets[i]).abs().mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            x = x_next.detach()
+        return losses[-1]
