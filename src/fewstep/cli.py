@@ -31,6 +31,7 @@ SUBCOMMANDS: dict[str, str] = {
     "generate": "fewstep.commands.generate",
     "bench-lm": "fewstep.commands.bench_lm",
     "mcmc": "fewstep.commands.mcmc",
+    "distill": "fewstep.commands.distill",
 }
 
 

@@ -35,7 +35,8 @@ DEFAULT_BATCH = 256
 def add_parser(sub) -> None:
     p = subcommand(sub, "sample", "sample a model and write a PNG grid and an .npz")
     p.add_argument("--model", type=name, default=None,
-                   help=f"a name from 'fewstep list models' (default: {DEFAULT_MODEL}, or the recipe's)")
+                   help=f"a name from 'fewstep list models' or a distilled student's PATH.json (default: "
+                        f"{DEFAULT_MODEL}, or the recipe's)")
     p.add_argument("--solver", type=name, default=None,
                    help=f"a name from 'fewstep list solvers' (default: {DEFAULT_SOLVER}, or the recipe's)")
     p.add_argument("--nfe", type=int_in(1, MAX_NFE), default=None,
@@ -82,12 +83,13 @@ def run(args) -> int:
     from fewstep.diffusion.sampling import plan, sample
     from fewstep.models import load_model
 
+    student, student_kw = _student(args)  # --model PATH.json: a distilled student fixes its sampler, NFE and grid
     recipe = _resolve_recipe(args, recipe_file)
-    model = CountingDenoiser(load_model(args.model))
+    model = CountingDenoiser(student or load_model(args.model))
     denoiser, cond_for = cli_conditioning(model, seeds, args.class_labels, args.cfg, args.cads,
                                           args.guidance_interval)
     kw = dict(solver=None if recipe else args.solver, nfe=args.nfe, schedule=args.schedule, recipe=recipe,
-              force=args.allow_mismatch)
+              force=args.allow_mismatch, **student_kw)
     with warnings.catch_warnings(record=True) as caught:  # resolves every name and the recipe, evaluates nothing
         warnings.simplefilter("always")
         try:
@@ -130,6 +132,25 @@ def run(args) -> int:
     print(f"wrote {png}")
     print(f"wrote {npz}")
     return 0
+
+
+def _student(args):
+    """For ``--model PATH.json``: the distilled student at ``--nfe`` (default: its own) and the ``sample`` keywords
+    of its grid; ``(None, {})`` for a bundled model's name."""
+    if args.model is None or not args.model.endswith(".json"):
+        return None, {}
+    path = input_file(args.model, "--model")
+    clash = [flag for flag, value in (("--solver", args.solver), ("--schedule", args.schedule),
+                                      ("--recipe", args.recipe)) if value is not None]
+    if clash:
+        raise ValueError(f"{', '.join(clash)} cannot be combined with a distilled student (--model {args.model}): "
+                         "it samples with the sampler and grid it was trained for; leave them out")
+    from fewstep.models.student import load_student
+
+    student = load_student(path, nfe=args.nfe)
+    plan = student.sampling
+    args.solver, args.nfe, args.schedule = plan["solver"], plan["nfe"], plan["schedule"]
+    return student, {"schedule_options": plan["schedule_options"], "afs": plan["afs"]}
 
 
 def _resolve_recipe(args, path):
