@@ -26,12 +26,14 @@ def add_parser(sub) -> None:
                    help="gaussian, mixture, funnel, banana, student_t or logistic, with options, e.g. "
                         "mixture:dim=16,modes=4")
     p.add_argument("--sampler", type=name, default="nuts", metavar="NAME[:OPT=V,...]",
-                   help="rwm, mala, hmc, nuts, elliptical_slice or polar_slice, with options, e.g. hmc:n_leapfrog=8")
+                   help="rwm, mala, hmc, nuts, elliptical_slice, polar_slice, rdmc, walk_jump or data_init, with "
+                        "options, e.g. hmc:n_leapfrog=8")
     p.add_argument("--chains", type=int_in(1, MAX_CHAINS), default=4, help=f"chains, 1..{MAX_CHAINS}")
     p.add_argument("--draws", type=int_in(4, MAX_DRAWS), default=1000,
                    help=f"draws per chain after warm-up, 4..{MAX_DRAWS:,}")
-    p.add_argument("--warmup", type=int_in(0, MAX_DRAWS), default=1000,
-                   help=f"warm-up iterations per chain (step size and mass adaptation), 0..{MAX_DRAWS:,}")
+    p.add_argument("--warmup", type=int_in(0, MAX_DRAWS), default=None,
+                   help=f"warm-up iterations per chain (step size and mass adaptation), 0..{MAX_DRAWS:,}; default "
+                        "1000, and 0 for the samplers whose draws are independent runs (rdmc, walk_jump, data_init)")
     p.add_argument("--seed", type=int_in(0, MAX_SEED - MAX_CHAINS), default=0, help="chain c uses seed + c")
     p.add_argument("--reference", type=int_in(0, MAX_REFERENCE), default=4000,
                    help=f"exact samples to measure the distance to (targets with an exact sampler), "
@@ -96,7 +98,8 @@ def run(args) -> int:
     target_name, target_kw = _spec(args.target, "--target", mcmc.TARGETS, target_options)
     sampler_name, sampler_kw = _spec(args.sampler, "--sampler", mcmc.SAMPLERS, sampler_options)
     target = mcmc.make_target(target_name, **target_kw)
-    kw = dict(chains=args.chains, draws=args.draws, warmup=args.warmup, seed=args.seed, **sampler_kw)
+    warmup = args.warmup if args.warmup is not None else 0 if mcmc.SAMPLERS[sampler_name][1].independent else 1000
+    kw = dict(chains=args.chains, draws=args.draws, warmup=warmup, seed=args.seed, **sampler_kw)
     error = None
     t0 = time.perf_counter()
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 
-from fewstep.mcmc import hamiltonian, metropolis, slice, targets
+from fewstep.mcmc import diffusion_mc, hamiltonian, langevin, metropolis, slice, targets
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,7 @@ class SamplerInfo:
     adapts: bool  # tunes a step size (and a diagonal mass) in warm-up
     needs_prior: bool  # needs a Gaussian prior (elliptical slice)
     paper: str
+    independent: bool = False  # each draw is an independent run (no warm-up, no init)
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,9 @@ SAMPLERS = {
     "nuts": (hamiltonian.nuts, SamplerInfo(True, True, False, "arXiv 1111.4246; arXiv 1701.02434")),
     "elliptical_slice": (slice.elliptical_slice, SamplerInfo(False, False, True, "arXiv 1001.0175")),
     "polar_slice": (slice.polar_slice, SamplerInfo(False, False, False, "arXiv 2302.03945")),
+    "rdmc": (diffusion_mc.rdmc, SamplerInfo(True, False, False, "arXiv 2307.02037", independent=True)),
+    "walk_jump": (diffusion_mc.walk_jump, SamplerInfo(True, False, False, "arXiv 2305.19473", independent=True)),
+    "data_init": (langevin.data_init, SamplerInfo(True, False, False, "arXiv 2310.01762", independent=True)),
 }
 
 TARGETS = {
@@ -53,7 +57,7 @@ def target_options(name: str) -> dict[str, object]:
 
 def sampler_options(name: str) -> dict[str, object]:
     """The keyword options of sampler ``name`` beyond the run's own (target, chains, draws, warmup, seed, init)."""
-    skip = {"target", "chains", "draws", "warmup", "seed", "init", "prior", "center"}
+    skip = {"target", "chains", "draws", "warmup", "seed", "init", "prior", "center", "data"}
     return {p.name: p.default for p in inspect.signature(SAMPLERS[name][0]).parameters.values() if p.name not in skip}
 
 
