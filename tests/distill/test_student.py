@@ -4,6 +4,7 @@ a user's diffusers UNet2DModel distils, and bad input gets one clear error."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -128,3 +129,13 @@ def test_the_command_line_distils_samples_and_refuses_bad_input(tmp_path, capsys
     assert "no network with parameters" in capsys.readouterr().err
     assert main(["distill", "--teacher", "digits-flow", "--resume", "--out", str(tmp_path / "z.json")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_the_bundled_students_load_verified_and_sample_at_their_nfe():
+    paths = sorted((Path(fewstep.models.student.__file__).parent / "data" / "students").glob("*.json"))
+    assert {p.stem for p in paths} >= {"digits-edm-sfd-nfe2", "digits-flow-sfd-nfe2"}
+    for path in paths:
+        student = load_student(path)
+        counter = fewstep.diffusion.denoiser.CountingDenoiser(student)
+        x = fewstep.sample(counter, **student.sampling, batch=2)
+        assert counter.calls == student.nfe and torch.isfinite(x).all()
