@@ -1,0 +1,133 @@
+"""Steering benchmark (issue 20): reward against model evaluations for every method, and the exact-tilt error.
+
+    .venv/bin/python benchmarks/steer.py            # the numbers in docs/steering.md, "Measured"
+    .venv/bin/python benchmarks/steer.py --quick    # a smoke run (16 seeds, smaller sizes)
+
+Part 1, digits: steer towards digit 3 with the reward log p(3 | x) of the bundled classifier at temperature 1,
+whose tilt p(x) p(3 | x) is the class-conditional distribution. Rows: each method at two sizes on digits-edm,
+digits-flow and digits-cond (unconditional), and digits-cond with class label 3 and CFG (scale 2; two evaluations
+per step) at the same compute. Columns: model evaluations per sample (measured), mean reward, the share the
+classifier reads as 3, the Frechet distance (digits features) to the held-out 3s, and wall time.
+Part 2, exact: gmm2d steered by r(x) = x_1 (temperature 1): total-variation distance of the component histogram
+to the exact tilted mixture, against K; digits-gmm with a linear reward: error of the tilted mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import torch
+
+import fewstep
+from fewstep.diffusion.guidance import CFG
+from fewstep.diffusion.sampling import sample
+from fewstep.metrics import digits_predict, fd_digits
+from fewstep.models import load_model
+from fewstep.models.digits_data import digits_data
+from fewstep.steer import best_of_n, digit_logprob, fk_steer, linear, noise_search, path_search, svdd
+from fewstep.steer.exact import tilt_linear
+
+DIGIT = 3
+NFE = 20
+
+
+def digits_rows(model_name: str, seeds: list[int], sizes: tuple[int, ...], ref: torch.Tensor) -> list[str]:
+    model = load_model(model_name)
+    cond = {"class_labels": torch.full((len(seeds),), 10)} if model_name == "digits-cond" else None  # null: uncond
+    r = digit_logprob(DIGIT)
+    runs = [("base (euler_ancestral)", 1, lambda: fk_steer(model, r, particles=1, nfe=NFE, seeds=seeds, cond=cond))]
+    for k in sizes:
+        runs += [
+            ("best_of_n", k, lambda k=k: best_of_n(model, r, n=k, nfe=NFE, seeds=seeds, cond=cond)),
+            ("noise_search", k, lambda k=k: noise_search(model, r, candidates=k - 1, iterations=1, nfe=NFE,
+                                                         seeds=seeds, cond=cond)),
+            ("path_search", k, lambda k=k: path_search(model, r, width=k // 2, branches=2, back=2, forward=4,
+                                                       nfe=NFE, solver="euler", seeds=seeds, cond=cond)),
+            ("fk", k, lambda k=k: fk_steer(model, r, particles=k, nfe=NFE, seeds=seeds, cond=cond)),
+            ("svdd", k, lambda k=k: svdd(model, r, particles=k, temperature=1.0, nfe=NFE, seeds=seeds, cond=cond)),
+        ]
+    rows = []
+    for name, k, run in runs:
+        t0 = time.perf_counter()
+        res = run()
+        wall = time.perf_counter() - t0
+        acc = float((digits_predict(res.samples) == DIGIT).float().mean())
+        rows.append(f"| {model_name} | {name} | {k} | {res.evaluations:.0f} | {float(res.rewards.mean()):.3f} | "
+                    f"{acc:.2f} | {fd_digits(res.samples, ref):.1f} | {wall:.1f} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+def cfg_rows(seeds: list[int], sizes: tuple[int, ...], ref: torch.Tensor) -> list[str]:
+    """digits-cond with class label 3 and CFG (one batched call, two evaluations per step) at matched compute."""
+    model = load_model("digits-cond")
+    r = digit_logprob(DIGIT)
+    rows = []
+    for k in (1, *sizes):
+        t0 = time.perf_counter()
+        x = sample(CFG(model, 2.0), nfe=NFE * k // 2, seeds=seeds, cond={"class_labels": torch.full((len(seeds),),
+                                                                                                      DIGIT)})
+        wall = time.perf_counter() - t0
+        acc = float((digits_predict(x) == DIGIT).float().mean())
+        rows.append(f"| digits-cond | label 3, CFG 2 | - | {NFE * k} | {float(r(x).mean()):.3f} | {acc:.2f} | "
+                    f"{fd_digits(x, ref):.1f} | {wall:.1f} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+def components(g, x):
+    return ((x[:, None, :].double() - g.means[None]) ** 2).sum(-1).argmin(1)
+
+
+def exact_rows(n_seeds: int, Ks: tuple[int, ...]) -> list[str]:
+    g = load_model("gmm2d", chunk=1 << 16)
+    a = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    w = tilt_linear(g, a, 1.0).log_w.exp()
+    seeds = list(range(n_seeds))
+    rows = []
+    for K in Ks:
+        cells = []
+        for run in (lambda: fk_steer(g, linear(a), particles=K, nfe=30, seeds=seeds),
+                    lambda: svdd(g, linear(a), particles=K, temperature=1.0, nfe=30, seeds=seeds),
+                    lambda: best_of_n(g, linear(a), n=K, nfe=30, solver="dpmpp_2m", seeds=seeds)):
+            h = torch.bincount(components(g, run().samples), minlength=8).double() / n_seeds
+            cells.append(f"{0.5 * float((h - w).abs().sum()):.3f}")
+        rows.append(f"| gmm2d | {K} | {' | '.join(cells)} |")
+        print(rows[-1], flush=True)
+    gd = load_model("digits-gmm", chunk=1 << 16)
+    b = torch.linspace(-0.2, 0.2, 64, dtype=torch.float64)
+    t = tilt_linear(gd, b, 1.0)
+    mean = t.log_w.exp() @ t.means
+    for K in (k for k in Ks if k <= 16):  # 64-D: K = 64 takes minutes more
+        res = fk_steer(gd, linear(b), particles=K, nfe=30, seeds=list(range(n_seeds // 4)))
+        err = float((res.samples.flatten(1).double().mean(0) - mean).norm())
+        rows.append(f"| digits-gmm (mean error, {n_seeds // 4} seeds) | {K} | {err:.3f} | | |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="16 seeds and smaller sizes (a smoke run)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    seeds = list(range(16 if args.quick else 64))
+    sizes = (4,) if args.quick else (4, 8)
+    print(f"fewstep {fewstep.__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+          f"1 thread; NFE {NFE} per particle; target digit {DIGIT}")
+    x_ref, y_ref = digits_data("heldout")
+    ref = x_ref[y_ref == DIGIT]
+    print("| model | method | size | evaluations / sample | mean log p(3 given x) | share read as 3 "
+          "| fd to held-out 3s "
+          "| wall s |\n|---|---|---|---|---|---|---|---|")
+    for name in ("digits-edm", "digits-flow", "digits-cond"):
+        digits_rows(name, seeds, sizes, ref)
+    cfg_rows(seeds, sizes, ref)
+    print("\n| exact model | K | FK | SVDD | best-of-K |\n|---|---|---|---|---|")
+    exact_rows(250 if args.quick else 1000, (1, 4) if args.quick else (1, 4, 16, 64))
+
+
+if __name__ == "__main__":
+    main()
