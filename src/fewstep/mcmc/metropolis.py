@@ -17,6 +17,7 @@ from fewstep.mcmc._adapt import Adaptation, initial_step_size
 from fewstep.mcmc._core import Result, Run
 
 Tensor = torch.Tensor
+RWM_MASS_SHARE = 0.6  # the share of warm-up with mass windows for rwm (see _adapt): the rest tunes the step alone
 
 
 def rwm(target, chains: int = 4, draws: int = 1000, warmup: int = 1000, seed=0, init: Tensor | None = None,
@@ -30,7 +31,8 @@ def rwm(target, chains: int = 4, draws: int = 1000, warmup: int = 1000, seed=0, 
     with run:
         x, lp = run.start()
         eps0 = 2.38 / math.sqrt(run.dim) if step_size is None else float(step_size)
-        adapt = Adaptation(torch.full((chains,), eps0, dtype=run.dtype), warmup, target_accept, run.dim, adapt_mass)
+        adapt = Adaptation(torch.full((chains,), eps0, dtype=run.dtype), warmup, target_accept, run.dim, adapt_mass,
+                           mass_share=RWM_MASS_SHARE)
         for i in run.iterations():
             eps = adapt.step_size[:, None]
             y = x + eps * adapt.inv_mass.sqrt() * run.rng.normal(None, run.dim)
