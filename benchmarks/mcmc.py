@@ -303,7 +303,8 @@ def markdown(results: dict) -> str:
     import jax
     import numpyro
 
-    lines = [f"Command: `.venv/bin/python benchmarks/mcmc.py --update-docs docs/mcmc.md` ({CHAINS} chains, "
+    lines = [f"Made by `benchmarks/mcmc.py` (with `--json rows.json`, then `--from-json rows.json --update-docs "
+             f"docs/mcmc.md`, or `--update-docs docs/mcmc.md` in one go; {CHAINS} chains, "
              f"{WARMUP} warm-up iterations, {DRAWS} NUTS draws; {platform.processor() or platform.machine()}, one "
              f"thread; torch {torch.__version__}, jax {jax.__version__}, blackjax {blackjax.__version__}, numpyro "
              f"{numpyro.__version__}, emcee {emcee.__version__}).", ""]
