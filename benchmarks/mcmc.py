@@ -344,7 +344,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", help="write the rows here")
     p.add_argument("--update-docs", help="replace the benchmark section of this page (docs/mcmc.md)")
     p.add_argument("--make-reference", action="store_true", help="write the logistic target's NUTS reference")
-    p.add_argument("--from-json", help="rewrite --update-docs from the rows of an earlier --json run")
+    p.add_argument("--from-json", help="rewrite --update-docs from the rows of earlier --json runs (comma-separated)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     if args.make_reference:
@@ -353,7 +353,10 @@ def main(argv=None) -> int:
     if args.from_json:
         if not args.update_docs:
             raise SystemExit("--from-json needs --update-docs")
-        update_docs(Path(args.update_docs), markdown(json.loads(Path(args.from_json).read_text())))
+        merged = {}  # runs of different --targets, in the order given
+        for path in args.from_json.split(","):
+            merged.update(json.loads(Path(path).read_text()))
+        update_docs(Path(args.update_docs), markdown(merged))
         return 0
     wanted = args.targets.split(",")
     results = {}
