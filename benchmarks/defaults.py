@@ -1,15 +1,15 @@
-"""The defaults of ``fewstep.sample`` (issue 17, item 1): which (solver, schedule) to run when the user names
-neither, per model family and NFE, measured against the peers' own defaults.
+"""The defaults of ``fewstep.sample`` (issue 17, item 1): what to run when the user names neither a solver nor a
+schedule, per model family and NFE, measured against the peers' own defaults.
 
-    .venv/bin/python benchmarks/defaults.py measure digits-gmm   # one model per process; run several at once
-    .venv/bin/python benchmarks/defaults.py report               # selection, the table, the markdown section
+    .venv/bin/python benchmarks/defaults.py measure gmm2d digits-gmm   # models in turn; run several processes at once
+    .venv/bin/python benchmarks/defaults.py report --write             # selection, the table, the markdown section
 
-``measure`` scores every candidate (solver, schedule) of fewstep and the peers' samplers on one model at
-NFE 3-10 by rmse_ref (RMSE to the adaptive float64 reference ODE solution from the same noise and the same
-starting sigma) and writes the rows to ``--out``. ``report`` picks, per family and NFE, the candidate with the
-best geometric-mean ratio to the best peer default, choosing on all but one model of a family with several (the held-out
-model is reported, not chosen on), prints the table for ``src/fewstep/diffusion/defaults.py`` and writes the
-``defaults`` section of docs/benchmarks.md.
+``measure`` (with no names: every model of ``MODELS``, about 40 CPU-minutes on one thread, the nets most of it)
+scores every candidate of fewstep (solver and options, with and without AFS, on the family's grids) and the peers'
+samplers on one model at NFE 3-10 by rmse_ref (RMSE to the adaptive float64 reference ODE solution from the same
+noise and the same starting sigma) and writes the rows to ``--out``. ``report`` picks one candidate per family and
+NFE over the family's models except the held-out one (``HELD_OUT``: reported, never chosen on), prints the table
+for ``src/fewstep/diffusion/defaults.py`` and writes the ``defaults`` section of docs/benchmarks.md.
 
 The run goes through ``fewstep.sample`` and ``fewstep.bench.peers.run_peer`` directly rather than
 ``run_bench`` / ``peer_rows``, because those take a schedule by name only, and the candidates need schedule
@@ -202,9 +202,11 @@ def report(out: Path, seeds: int, write: bool) -> None:
         for nfe in NFES:
             keys = {k for (m, n, k) in score if n == nfe and m in pick}
             full = [k for k in keys if all((m, nfe, k) in score and (m, nfe) in peer_default for m in pick)]
-            if full:  # the smallest worst miss over the models chosen on; among those that hold, the best typical
-                # ratio to the best of fewstep's own candidates on each model
+            if full:  # over the models chosen on: first never lose to a peer's default (the smallest worst ratio to
+                # it), then the smallest worst miss of the whole target, then the best typical ratio to the best of
+                # fewstep's own candidates on each model
                 table[(fam, nfe)] = min(full, key=lambda k, nfe=nfe: (
+                    max(1.0, *(score[(m, nfe, k)] / peer_default[(m, nfe)][0] for m in pick)),
                     max(1.0, *(miss(m, nfe, score[(m, nfe, k)]) for m in pick)),
                     _gmean([score[(m, nfe, k)] / best["fewstep"][(m, nfe)][0] for m in pick])))
     lines = ["DEFAULTS: dict[tuple[str, int], Default] = {"]
@@ -220,8 +222,9 @@ def report(out: Path, seeds: int, write: bool) -> None:
           "`NAME@flow` and `NAME@vp` are the exact models on the rectified-flow process and on the 1000-step "
           "linear-beta discrete VP process: the same data and denoiser, the family's grids and peers. fewstep's "
           "default is the table in `src/fewstep/diffusion/defaults.py`, chosen per family and NFE over the models in "
-          "*chosen on* (the smallest worst miss of the target, then the best typical ratio to fewstep's best "
-          "candidate). Candidates: fewstep's "
+          "*chosen on*: first the smallest worst ratio to the best peer default (so that it never loses to one where "
+          "a candidate can avoid it), then the smallest worst miss of the whole target, then the best typical ratio "
+          "to fewstep's best candidate. Candidates: fewstep's "
           f"{', '.join(sorted({s for s, _ in SOLVERS}))} with option variants, with and without the analytic first "
           "step (AFS), on the family's grids. The peers' defaults are k-diffusion's `sample_dpmpp_2m` on its Karras "
           "grid and diffusers' DPM-Solver++(2M) on its own grid for the model (Karras; the `linspace` timesteps "

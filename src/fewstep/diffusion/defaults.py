@@ -26,24 +26,33 @@ class Default(NamedTuple):
     afs: bool = False
 
 
-# Made by: python benchmarks/defaults.py measure (every model of its MODELS), then `report` (64 seeds).
+# Made by: python benchmarks/defaults.py measure (every model of its MODELS), then `report` (64 seeds); chosen on the
+# exact models and the trained flow and discrete-VP nets, digits-edm held out. docs/benchmarks.md has the numbers.
 DEFAULTS: dict[tuple[str, int], Default] = {
-    ("flow", 3): Default("deis", {"order": 2}, "flow_shift", {"sigma_max": 80.0}, afs=True),
-    ("flow", 4): Default("deis", {}, "flow_shift", {"sigma_max": 80.0}, afs=True),
-    ("flow", 5): Default("deis", {}, "flow_shift", {"sigma_max": 80.0}, afs=True),
-    ("flow", 6): Default("deis", {}, "flow_shift", {"sigma_max": 80.0}, afs=True),
-    ("flow", 7): Default("deis", {}, "flow_shift", {"sigma_max": 80.0}),
-    ("flow", 8): Default("deis", {}, "flow_shift", {"sigma_max": 80.0}),
-    ("flow", 9): Default("ipndm", {"order": 3}, "flow_shift", {"sigma_max": 80.0}, afs=True),
-    ("flow", 10): Default("deis", {"order": 2}, "flow_shift", {"sigma_max": 80.0}, afs=True),
-    ("ve", 3): Default("deis", {"order": 2}, "karras", {}, afs=True),
+    ("flow", 3): Default("unipc", {"order": 3}, "flow_sigmas", {}, afs=True),
+    ("flow", 4): Default("unipc", {"order": 3}, "flow_sigmas", {}, afs=True),
+    ("flow", 5): Default("unipc", {"order": 3}, "flow_sigmas", {}),
+    ("flow", 6): Default("dpmpp_2m", {}, "flow_sigmas", {}),
+    ("flow", 7): Default("deis", {}, "flow_sigmas", {}),
+    ("flow", 8): Default("deis", {}, "flow_sigmas", {}),
+    ("flow", 9): Default("ipndm", {"order": 3}, "flow_sigmas", {}),
+    ("flow", 10): Default("ipndm", {"order": 3}, "flow_sigmas", {}),
+    ("ve", 3): Default("deis", {}, "karras", {}, afs=True),
     ("ve", 4): Default("deis", {}, "logsnr", {}, afs=True),
     ("ve", 5): Default("ipndm", {"order": 3}, "logsnr", {}, afs=True),
-    ("ve", 6): Default("ipndm", {"order": 3}, "karras", {}),
+    ("ve", 6): Default("ipndm", {"order": 3}, "logsnr", {}),
     ("ve", 7): Default("deis", {}, "logsnr", {}, afs=True),
     ("ve", 8): Default("deis", {}, "logsnr", {}, afs=True),
     ("ve", 9): Default("ipndm", {"order": 3}, "karras", {}, afs=True),
     ("ve", 10): Default("ipndm", {"order": 3}, "logsnr", {}, afs=True),
+    ("vp_discrete", 3): Default("ipndm_v", {}, "discrete", {}, afs=True),
+    ("vp_discrete", 4): Default("deis", {}, "time_quadratic", {}, afs=True),
+    ("vp_discrete", 5): Default("deis", {}, "time_quadratic", {}, afs=True),
+    ("vp_discrete", 6): Default("ipndm", {"order": 3}, "time_quadratic", {}, afs=True),
+    ("vp_discrete", 7): Default("ipndm", {"order": 3}, "time_quadratic", {}, afs=True),
+    ("vp_discrete", 8): Default("ipndm", {"order": 3}, "time_quadratic", {}, afs=True),
+    ("vp_discrete", 9): Default("ipndm", {"order": 3}, "time_quadratic", {}, afs=True),
+    ("vp_discrete", 10): Default("ipndm", {"order": 3}, "time_quadratic", {}, afs=True),
 }
 
 
