@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
     p = subcommand(sub, "bench", "benchmark solvers x schedules x NFE on bundled models")
     p.add_argument("--models", default="digits-gmm", help="comma-separated model names")
     p.add_argument("--solvers", default="default,ddim,dpmpp_2m,unipc,deis,ipndm",
-                   help="comma-separated solver names; 'default' is what 'fewstep sample' runs with no --solver "
+                   help="comma-separated solver names; 'default' means what 'fewstep sample' runs with no --solver "
                    "and --schedule (with --peers: also each peer's default sampler on its own grid)")
     p.add_argument("--schedules", default="karras", help="comma-separated schedule names")
     p.add_argument("--nfe", default="3,4,5,6,8,10", help=f"comma-separated NFE budgets, each 1..{MAX_NFE:,}")
