@@ -26,10 +26,19 @@ BUNDLED_SHA256 = {
     "lm/data/draft/model.safetensors": "045da64be1caaab9e287fb1e97ddf3997553d5e6d383f49578ecf91c6a074e88",
     "lm/data/draft/config.json": "cc85bb3915c5fd753d9c5aebaf597e6b890142f0176a935cfc1950aa65de686d",
     "lm/data/draft/generation_config.json": "038b4132194845a39539953e314896b34db517bc1e71699d98281b36b6fb676d",
+    "models/data/students/digits-edm-sfd-nfe2.json":
+        "2e9ae595619dbac93288956914b79192d5de2e2be4f1c1a4ced43eb75ac8d9d1",
+    "models/data/students/digits-edm-sfd-nfe2.safetensors":
+        "fa8847ec8cc2757ef18721db3c8852ac83d1acf8d1feda8055504a20ccaf7afe",
+    "models/data/students/digits-flow-sfd-nfe2.json":
+        "5a77cede50aceabe3c78a83210c2e6aca87e949f2a59cca96e27d56c530d3ac6",
+    "models/data/students/digits-flow-sfd-nfe2.safetensors":
+        "b55fc31e847a3dae3095306902f518fe17d19c221b0c1b21ee5846f7f0a18c11",
 }
 _REBUILD = {"models/data/digits.npz": "scripts/export_digits.py",
             "models/data/digits_gmm.safetensors": "scripts/fit_digits_gmm.py",
             "metrics/data/digits_cnn.safetensors": "scripts/train_classifier.py",
+            "models/data/students": "scripts/distill_students.py",
             "lm/data": "scripts/train_lm.py"}
 
 

@@ -41,8 +41,8 @@ def bench(tmp_path_factory):
     def spy(model, **kw):
         before = model.calls
         out = sample(model, **kw)
-        calls.append({"model": model.name, "solver": kw["solver"], "nfe": kw["nfe"], "seeds": list(kw["seeds"]),
-                      "calls": model.calls - before})
+        calls.append({"model": model.name, "solver": kw.get("solver", "default"), "nfe": kw["nfe"],
+                      "seeds": list(kw["seeds"]), "calls": model.calls - before})
         return out
 
     with pytest.MonkeyPatch.context() as mp:
