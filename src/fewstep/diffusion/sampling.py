@@ -274,7 +274,7 @@ def sample(model: Denoiser, *, solver: str | None = None, nfe: int | None = None
     chosen = plan(model, solver=solver, nfe=nfe, schedule=schedule, solver_options=solver_options,
                   schedule_options=schedule_options, recipe=recipe, force=force, afs=afs,
                   denoise_to_zero=denoise_to_zero)
-    seeds = _seed_list(seeds, batch, seed, noise)
+    seeds = seed_list(seeds, batch, seed, noise)
     if noise is None:
         if not model.shape:
             raise ValueError("this model does not know its data shape; pass noise=... of shape [B, *data shape]")
@@ -295,7 +295,7 @@ def sample(model: Denoiser, *, solver: str | None = None, nfe: int | None = None
                      noise_seeds=seeds, **chosen.solver_options)
 
 
-def _seed_list(seeds, batch, seed, noise) -> list[int]:
+def seed_list(seeds, batch, seed, noise=None) -> list[int]:
     """The per-sample seeds from ``seeds``, or ``batch`` and ``seed``, checked against each other and ``noise``."""
     n = None if noise is None or not torch.is_tensor(noise) or noise.ndim < 1 else int(noise.shape[0])
     if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):

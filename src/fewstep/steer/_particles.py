@@ -20,7 +20,7 @@ import torch
 
 from fewstep.diffusion.denoiser import CountingDenoiser, Denoiser
 from fewstep.diffusion.noise import make_noise, seeded_noise
-from fewstep.diffusion.sampling import SamplingPlan, plan, solve
+from fewstep.diffusion.sampling import SamplingPlan, plan, seed_list, solve
 from fewstep.diffusion.schedules import as_list
 from fewstep.diffusion.solvers import SOLVERS, get_solver
 from fewstep.limits import MAX_SEEDS, check_count
@@ -94,7 +94,7 @@ class Particles:
         if not model.shape:
             raise ValueError("this model does not know its data shape; steering needs model.shape")
         self.K = K
-        self.seeds = _seed_list(seeds, batch, seed)
+        self.seeds = seed_list(seeds, batch, seed)
         self.B = len(self.seeds)
         check_count("particles x seeds", self.B * K, 1, MAX_SEEDS)
         self.plan: SamplingPlan = plan(model, **plan_args)
@@ -183,23 +183,6 @@ class Particles:
                 start, x, afs = r.index, r.x, False
                 last[0] = start - 1
                 self.model.stored = (x, self.grid[start], r.d)
-
-
-def _seed_list(seeds, batch, seed) -> list[int]:
-    if seeds is not None:
-        if batch is not None or seed != 0:
-            raise ValueError("give seeds=[...] or batch= and seed=, not both")
-        if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence | range):
-            raise TypeError(f"seeds must be a sequence of non-negative integers; got {type(seeds).__name__}")
-        out = list(seeds)
-        if not out or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in out):
-            raise ValueError(f"seeds must be a non-empty sequence of non-negative integers; got {out[:8]!r}")
-        return out
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
-    n = 1 if batch is None else batch
-    check_count("batch", n, 1, MAX_SEEDS)
-    return list(range(seed, seed + n))
 
 
 def _repeat_cond(cond: Mapping[str, Any] | None, B: int, K: int) -> dict[str, Any] | None:
