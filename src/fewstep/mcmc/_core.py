@@ -94,6 +94,16 @@ def log_acceptance(log_new: Tensor, log_old: Tensor, log_q_back: Tensor | float 
     return torch.where(torch.isneginf(log_new), torch.full_like(ratio, -math.inf), ratio.clamp(max=0.0))
 
 
+def accept_gradient_step(run, adapt, i: int, log_a: Tensor, state: tuple, proposal: tuple) -> tuple:
+    """The Metropolis-Hastings decision of MALA and HMC: draw, keep each chain's ``(x, grad, log p)`` or take the
+    proposal's, feed the acceptance probability to the warm-up ``adapt`` and record draw ``i``. Returns the state."""
+    accept = run.rng.uniform(None).log() < log_a
+    x, g, lp = (torch.where(accept[:, None] if old.ndim > 1 else accept, new, old) for old, new in zip(state, proposal))
+    adapt.update(i, log_a.exp(), x)
+    run.record(i, x, lp, accept.to(run.dtype))
+    return x, g, lp
+
+
 class Density:
     """A target's log-density over rows of chains, counted per chain and checked for NaN and +inf."""
 

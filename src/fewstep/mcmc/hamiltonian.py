@@ -78,12 +78,7 @@ def hmc(target, chains: int = 4, draws: int = 1000, warmup: int = 1000, seed=0, 
                 y, p, lp_y, g_y = _leapfrog(run, y, p, g_y, eps, inv_mass, everyone)
             # the momentum densities play the part of the proposal densities in the Hastings ratio
             log_a = _core.log_acceptance(lp_y, lp, -_kinetic(p, inv_mass), -_kinetic(p0, inv_mass))
-            accept = run.rng.uniform(None).log() < log_a
-            x = torch.where(accept[:, None], y, x)
-            g = torch.where(accept[:, None], g_y, g)
-            lp = torch.where(accept, lp_y, lp)
-            adapt.update(i, log_a.exp(), x)
-            run.record(i, x, lp, accept.to(run.dtype))
+            x, g, lp = _core.accept_gradient_step(run, adapt, i, log_a, (x, g, lp), (y, g_y, lp_y))
     return run.result(step_size=adapt.step_size, inv_mass=adapt.inv_mass)
 
 

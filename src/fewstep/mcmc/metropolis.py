@@ -81,10 +81,5 @@ def mala(target, chains: int = 4, draws: int = 1000, warmup: int = 1000, seed=0,
         for i in run.iterations():
             y, lp_y, g_y, q_back, q_fwd = propose(adapt.step_size, everyone, x, g, adapt.inv_mass)
             log_a = _core.log_acceptance(lp_y, lp, q_back, q_fwd)
-            accept = run.rng.uniform(None).log() < log_a
-            x = torch.where(accept[:, None], y, x)
-            g = torch.where(accept[:, None], g_y, g)
-            lp = torch.where(accept, lp_y, lp)
-            adapt.update(i, log_a.exp(), x)
-            run.record(i, x, lp, accept.to(run.dtype))
+            x, g, lp = _core.accept_gradient_step(run, adapt, i, log_a, (x, g, lp), (y, g_y, lp_y))
     return run.result(step_size=adapt.step_size, inv_mass=adapt.inv_mass)
