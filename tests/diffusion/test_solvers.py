@@ -35,6 +35,8 @@ ORDER_CASES = [
     ("unipc", {"order": 3, "corrector": False, "lower_order_final": False}, karras, 3),
     ("deis", {"order": 1}, karras, 1), ("deis", {"order": 2, "lower_order_final": False}, karras, 2),
     ("deis", {"order": 3, "lower_order_final": False}, karras, 3),
+    ("deis", {"order": 2, "lower_order_final": False, "variable": "log_sigma"}, karras, 2),
+    ("deis", {"order": 3, "lower_order_final": False, "variable": "log_sigma"}, karras, 3),
     ("ipndm", {"order": 1}, karras, 1), ("ipndm", {"order": 2}, karras, 2), ("ipndm", {"order": 3}, karras, 2),
     ("ipndm", {"order": 4}, karras, 2),
     ("ipndm_v", {"order": 2}, karras, 2), ("ipndm_v", {"order": 3}, karras, 3), ("ipndm_v", {"order": 4}, karras, 4),

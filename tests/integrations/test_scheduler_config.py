@@ -58,8 +58,8 @@ GRIDS = [  # (class, config, steps): each scheduler's own set_timesteps
 @pytest.mark.parametrize("name, config, steps", GRIDS, ids=lambda v: v if isinstance(v, str) else "")
 def test_the_grid_is_the_source_schedulers_own(name, config, steps):
     ref = getattr(diffusers, name)(**config)
-    # no fewstep equivalent of the singlestep sampler; fewstep's deis is not diffusers' (a warning says so)
-    solver = {"DPMSolverSinglestepScheduler": "dpmpp_2m", "DEISMultistepScheduler": "unipc"}.get(name)
+    # no fewstep equivalent of the singlestep sampler
+    solver = {"DPMSolverSinglestepScheduler": "dpmpp_2m"}.get(name)
     few = quietly(ref.config, **({"solver": solver} if solver else {}))
     ref.set_timesteps(steps)
     few.set_timesteps(steps)
@@ -146,7 +146,7 @@ REFUSED = [  # (class, config, from_config arguments, the keys a warning names)
      {"euler_at_final"}),
     ("UniPCMultistepScheduler", dict(SD, predict_x0=False, disable_corrector=[1]), {},
      {"predict_x0", "disable_corrector"}),
-    ("DEISMultistepScheduler", dict(SD, solver_order=3), {}, {"solver_type"}),
+    ("DEISMultistepScheduler", dict(SD, solver_order=4), {}, {"solver_order"}),
     ("DDPMScheduler", dict(SD, variance_type="learned_range"), {}, {"variance_type"}),
     ("DDPMScheduler", dict(SD, variance_type="fixed_large"), dict(solver="unipc"), {"variance_type"}),
     ("PNDMScheduler", dict(SD, skip_prk_steps=True), {}, {"_class_name"}),

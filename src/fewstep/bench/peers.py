@@ -89,9 +89,9 @@ PEERS: dict[str, dict[str, PeerSampler]] = {
         _d("unipc_bh1", "UniPCMultistepScheduler(solver_type='bh1')", "unipc", {"variant": "bh1", "order": 2},
            note="diffusers returns NaN on a final step to sigma = 0; run_peer takes that step's limit x = D",
            solver_order=2, solver_type="bh1", lower_order_final=True),
-        _d("deis", "DEISMultistepScheduler(solver_order=3, logrho)", None, nearest="deis",
-           note="diffusers interpolates eps polynomially in log sigma (logrho), fewstep in VP time (tAB); same at "
-                "order 1. diffusers cannot step to sigma = 0 (0 log 0): run_peer takes the limit x = D there",
+        _d("deis", "DEISMultistepScheduler(solver_order=3, logrho)", "deis", {"variable": "log_sigma"},
+           note="diffusers interpolates eps polynomially in log sigma (logrho; fewstep's default deis uses VP time, "
+                "tAB). diffusers cannot step to sigma = 0 (0 log 0): run_peer takes the limit x = D there",
            solver_order=3, lower_order_final=True),
         _d("ipndm", "IPNDMScheduler", "ipndm", {"order": 4},
            note="IPNDMScheduler takes a v-prediction (its sin/cos parameterisation); run_peer feeds it one"),

@@ -121,10 +121,10 @@ def source_solver(class_name: str | None, cfg: Mapping[str, Any]) -> SourceSolve
     if class_name == "DEISMultistepScheduler":
         if order > 3:
             refused["solver_order"], order = "fewstep's DEIS has orders 1 to 3; 3 runs", 3
-        if order > 1:
-            refused["solver_type"] = ("fewstep's deis is tAB (its polynomial in VP time), not diffusers' logrho "
-                                      "form; they agree at order 1 (docs/compat.md)")
-        return SourceSolver("deis", {"order": order, "lower_order_final": lower_final}, refused)
+        if get("solver_type", "logrho") != "logrho" or get("algorithm_type", "deis") != "deis":
+            refused["solver_type"] = "fewstep runs diffusers' only DEIS form, algorithm_type='deis' with 'logrho'"
+        return SourceSolver("deis", {"order": order, "lower_order_final": lower_final, "variable": "log_sigma"},
+                            refused)
     return SourceSolver(None)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from fewstep.diffusion.solvers._core import check_order, emit, lagrange_integrals, multistep_order, register
@@ -33,13 +35,50 @@ def _adams(D, x, sigmas, callback, order, lower_order_final, weights_fn):
     return x
 
 
-@register("deis", order=3, paper="Zhang & Chen, DEIS, arXiv 2204.13902 (tAB)",
-          notes="order = number of eps values used; the polynomial is in linear-beta VP time")
-def deis(D, x, sigmas, *, callback=None, order: int = 3, lower_order_final: bool = True):
-    """tAB: ``C_ij = int_{s_i}^{s_i+1} l_j(t(s)) ds``, with ``l_j`` the Lagrange basis on past VP times."""
+def log_sigma_weights(past, s: float, s_next: float) -> np.ndarray:
+    """``w_j = int_s^{s'} l_j(log sigma) dsigma`` for the Lagrange basis ``l_j`` on the past ``log sigma``, in
+    closed form, also for ``s' = 0``.
+
+    With ``u = log sigma - log s`` (scaled by ``c``, the largest ``|u_j|``), the moments
+    ``M_k = int_s^{s'} (u / c)^k dsigma`` follow from the antiderivative
+    ``F_k(sigma) = sigma sum_{i<=k} (-1)^(k-i) k!/i! u^i``, which vanishes at ``sigma = 0``; the weights solve
+    the Vandermonde system ``sum_j w_j (u_j / c)^k = M_k``. This is diffusers' ``DEISMultistepScheduler``
+    (``solver_type="logrho"``), whose antiderivatives are the same integrals written per order.
+    """
+    sig = np.asarray(past, dtype=np.float64)
+    u = np.log(sig / s)
+    n = u.size
+    c = float(np.abs(u).max()) or 1.0
+
+    def antiderivative(sigma: float) -> np.ndarray:
+        if sigma == 0:
+            return np.zeros(n)
+        v = math.log(sigma / s) / c
+        return np.array([sigma * sum((-1) ** (k - i) * math.factorial(k) / math.factorial(i) * v**i / c ** (k - i)
+                                     for i in range(k + 1)) for k in range(n)])
+
+    m = antiderivative(s_next) - antiderivative(s)
+    if n == 1:
+        return m
+    return np.linalg.solve((u / c)[None, :] ** np.arange(n)[:, None], m)
+
+
+DEIS_VARIABLES = ("vp_time", "log_sigma")
+
+
+@register("deis", order=3, paper="Zhang & Chen, DEIS, arXiv 2204.13902 (tAB; the log-sigma basis is diffusers' logrho)",
+          notes="order = number of eps values used; the polynomial is in linear-beta VP time (variable='vp_time') "
+                "or in log sigma (variable='log_sigma', diffusers' DEISMultistepScheduler)")
+def deis(D, x, sigmas, *, callback=None, order: int = 3, lower_order_final: bool = True, variable: str = "vp_time"):
+    """Adams in sigma on eps: ``C_ij = int_{s_i}^{s_i+1} l_j(u(s)) ds``, with ``l_j`` the Lagrange basis on the past
+    values of ``u``: the linear-beta VP time (tAB, the paper's choice) or ``log sigma`` (diffusers' ``logrho``)."""
     check_order("deis", order, 3)
+    if variable not in DEIS_VARIABLES:
+        raise ValueError(f"deis variable must be one of {', '.join(map(repr, DEIS_VARIABLES))}; got {variable!r}")
 
     def weights(past, s, s_next):
+        if variable == "log_sigma":
+            return log_sigma_weights(past, s, s_next)
         return lagrange_integrals(vp_time(np.array(past)), s, s_next, to_var=vp_time, n_quad=24)
 
     return _adams(D, x, sigmas, callback, order, lower_order_final, weights)
