@@ -12,6 +12,7 @@ import sys
 import time
 import warnings
 
+from fewstep.commands import sample_steer
 from fewstep.commands.args import (
     MAX_BATCH,
     MAX_CFG,
@@ -61,6 +62,7 @@ def add_parser(sub) -> None:
     p.add_argument("--cads", action="store_true", help="condition-annealed sampling (CADS) for diversity")
     p.add_argument("--guidance-interval", default=None, metavar="LO,HI", help="guide only for sigma in (LO, HI]")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    sample_steer.add_arguments(p)  # --reward, --steer, --particles, --temperature (docs/steering.md)
 
 
 def run(args) -> int:
@@ -83,9 +85,12 @@ def run(args) -> int:
     from fewstep.diffusion.sampling import plan, sample
     from fewstep.models import load_model
 
+    steering = sample_steer.check(args, DEFAULT_SOLVER)  # --steer: its checks and default solver, before the others
     student, student_kw = _student(args)  # --model PATH.json: a distilled student fixes its sampler, NFE and grid
     recipe = _resolve_recipe(args, recipe_file)
     model = CountingDenoiser(student or load_model(args.model))
+    if steering is not None:
+        steering.bind(model.inner)  # the reward, tried on the model's shape
     denoiser, cond_for = cli_conditioning(model, seeds, args.class_labels, args.cfg, args.cads,
                                           args.guidance_interval)
     kw = dict(solver=None if recipe else args.solver, nfe=args.nfe, schedule=args.schedule, recipe=recipe,
@@ -104,12 +109,15 @@ def run(args) -> int:
     with outputs, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="recipe mismatch")  # said once above
         t0 = time.perf_counter()
-        calls, samples = [], None
+        calls, samples, rows = [], None, model.samples
         bar = tqdm(total=len(seeds), desc="sample", unit="sample",
                    disable=args.no_progress or not main or len(seeds) <= args.batch)
         for start in range(0, len(seeds), args.batch):
             ids, before = seeds[start:start + args.batch], model.calls
-            x = sharded(lambda mine: sample(denoiser, seeds=mine, cond=cond_for(mine), **kw), ids)
+            if steering is None:
+                x = sharded(lambda mine: sample(denoiser, seeds=mine, cond=cond_for(mine), **kw), ids)
+            else:
+                x = sharded(lambda mine: steering.run(denoiser, mine, cond_for(mine), kw), ids)
             calls.append(model.calls - before)
             if x is not None:  # rank 0: the chunk's rows, in seed order
                 x = x.detach().cpu().numpy()
@@ -122,13 +130,18 @@ def run(args) -> int:
         if not main:
             return 0
         labels = {} if args.class_labels is None else {"class_labels": cond_for(seeds)["class_labels"].numpy()}
+        if steering is not None:  # the reward of each written sample, and the evaluations per sample
+            labels.update(steering.record(samples, (model.samples - rows) / len(seeds)))
         with outputs.open(npz) as fh:
             np.savez_compressed(fh, samples=samples, seeds=np.asarray(seeds), model=args.model, solver=args.solver,
                                 nfe=calls[0], **labels)
         outputs.write(png, _picture(samples))
         outputs.commit()
-    print(f"sampled {len(seeds)} x {args.model} with {args.solver} in {calls[0]} model evaluations "
-          f"(budget {args.nfe}) in {seconds:.2f} s")
+    if steering is None:
+        print(f"sampled {len(seeds)} x {args.model} with {args.solver} in {calls[0]} model evaluations "
+              f"(budget {args.nfe}) in {seconds:.2f} s")
+    else:
+        print(steering.report(len(seeds), args.model, args.solver, calls[0], args.nfe, seconds))
     print(f"wrote {png}")
     print(f"wrote {npz}")
     return 0

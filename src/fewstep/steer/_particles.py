@@ -89,6 +89,8 @@ class Particles:
     def __init__(self, model: Denoiser, K: int, *, seeds: Sequence[int] | None, batch: int | None, seed: int,
                  cond: Mapping[str, Any] | None, noise_type: str, dtype: torch.dtype | None, plan_args: dict,
                  need_stochastic: str | None = None):
+        """``need_stochastic``: why the method needs a stochastic solver (the start of the error for a
+        deterministic one), or ``None`` when any solver will do."""
         if not isinstance(model, Denoiser):
             raise TypeError(f"model must be a fewstep Denoiser (see fewstep.load_model); got {type(model).__name__}")
         if not model.shape:
@@ -101,8 +103,8 @@ class Particles:
         self.info = get_solver(self.plan.solver)
         if need_stochastic and not self.info.stochastic:
             names = sorted(n for n, i in SOLVERS.items() if i.stochastic and n != "restart")
-            raise ValueError(f"{need_stochastic} needs a stochastic solver (its candidates are the sampler's random "
-                             f"transitions); {self.plan.solver!r} is deterministic: choose one of {', '.join(names)}")
+            raise ValueError(f"{need_stochastic}; {self.plan.solver!r} is deterministic: choose one of "
+                             f"{', '.join(names)}")
         self.grid = as_list(self.plan.sigmas)
         self.index = {s: j for j, s in enumerate(self.grid)}
         self.model = _Cached(model)

@@ -60,9 +60,10 @@ def fk_steer(model: Denoiser, reward: Reward | Callable[[Tensor], Tensor], *, pa
 
     Args:
         model, solver, nfe, schedule, solver_options, schedule_options, seeds, batch, seed, cond, noise_type,
-            dtype: the base sampler, as in ``fewstep.sample``. The solver is restarted at each resampling point
-            when ``particles > 1`` (a multistep solver then restarts its history there); ``particles = 1`` is the
-            base sampler itself, bitwise.
+            dtype: the base sampler, as in ``fewstep.sample``; with ``particles > 1`` the solver must be stochastic
+            (Singhal et al. use SDE samplers: resampled copies must be able to part). The solver is restarted at
+            each resampling point when ``particles > 1`` (a multistep solver then restarts its history there);
+            ``particles = 1`` is the base sampler itself, bitwise.
         reward: a ``Reward`` or a callable ``[B, *shape] -> [B]``.
         particles: ``K``, particles per sample; the cost is ``K`` times the base sampler's evaluations.
         temperature: ``tau > 0``; the paper's ``lambda`` is ``1 / tau``.
@@ -86,7 +87,9 @@ def fk_steer(model: Denoiser, reward: Reward | Callable[[Tensor], Tensor], *, pa
     resample = get_resampler(resampler)
     r_fn = as_reward(reward)
     p = Particles(model, K, seeds=seeds, batch=batch, seed=seed, cond=cond, noise_type=noise_type, dtype=dtype,
-                  plan_args=_plan_args(solver, nfe, schedule, solver_options, schedule_options))
+                  plan_args=_plan_args(solver, nfe, schedule, solver_options, schedule_options),
+                  need_stochastic=None if K == 1 else "fk_steer with more than one particle needs a stochastic solver "
+                  "(under a deterministic one the copies that resampling makes follow one path)")
     B = p.B
     gens = [group_generator(s, _TAG_RESAMPLE) for s in p.seeds]
     log_w = torch.zeros(B, K, dtype=torch.float64)
@@ -166,7 +169,8 @@ def svdd(model: Denoiser, reward: Reward | Callable[[Tensor], Tensor], *, partic
         raise TypeError(f"value must be a callable (x_t, x0_hat, sigma) -> [B]; got {type(value).__name__}")
     p = Particles(model, M, seeds=seeds, batch=batch, seed=seed, cond=cond, noise_type=noise_type, dtype=dtype,
                   plan_args=_plan_args(solver, nfe, schedule, solver_options, schedule_options),
-                  need_stochastic="svdd")
+                  need_stochastic="svdd needs a stochastic solver (its candidates are the sampler's random "
+                  "transitions)")
     B = p.B
     gens = [group_generator(s, _TAG_SELECT) for s in p.seeds]
 
