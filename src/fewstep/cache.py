@@ -23,14 +23,29 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FEWSTEP_CACHE", Path.home() / ".cache" / "fewstep"))
 
 
+def _umask() -> int:
+    """The process's umask (read by setting and restoring it: there is no read-only call)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and an atomic rename."""
+    """Write ``data`` to ``path`` through a temporary file in the same directory and an atomic rename.
+
+    The file gets the mode a plain ``open(path, "wb")`` would give it (an existing file's own mode, else
+    ``0o666`` less the umask), not the ``0o600`` of the temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        mode = 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
