@@ -1,10 +1,11 @@
 """Property-based fuzzing of the command line (issue 18).
 
-Argument lists for every subcommand (sample, bench, tune, list, generate, bench-lm) mix valid values with hostile
-ones: huge, negative and empty numbers, unicode and undecodable bytes, paths to files, folders, devices, missing and
-overlong places, wrong types, unknown options. Recipe files come in every shape: wrong types, huge values, deep
-nesting, missing and unknown fields, foreign paths, bytes that are not JSON. Each call runs ``python -m fewstep`` in
-a subprocess (``HF_HUB_OFFLINE=1``, its own ``FEWSTEP_CACHE``, a fresh working folder) with a timeout, and fails on
+Argument lists for every subcommand (sample, bench, tune, list, generate, bench-lm, mcmc, distill) mix valid values
+with hostile ones: huge, negative and empty numbers, unicode and undecodable bytes, paths to files, folders,
+devices, missing and overlong places, wrong types, unknown options. Recipe files come in every shape: wrong types,
+huge values, deep nesting, missing and unknown fields, foreign paths, bytes that are not JSON. Each call runs
+``python -m fewstep`` in a subprocess (``HF_HUB_OFFLINE=1``, its own ``FEWSTEP_CACHE``, a fresh working folder) with
+a timeout, and fails on
 
 - a traceback, a hang (the timeout), or an exit code other than 0, 2 (bad input) and 130;
 - exit 2 whose last stderr line is not one ``fewstep ...: error: ...`` line;
@@ -94,12 +95,23 @@ OPTIONS = {
                   "--prompts": ints(1, 2), "--max-new-tokens": ints(1, 3), "--repeats": pick("1"),
                   "--threads": ints(1, 2), "--update-docs": pick("doc.md", "out/doc.md", "adir/doc.md")},
                  ["--json"], []),
+    "mcmc": ({"--target": pick("gaussian", "mixture:dim=2,modes=2", "banana", "funnel:dim=3", "student_t"),
+              "--sampler": pick("rwm", "mala", "nuts", "hmc:n_leapfrog=4", "polar_slice", "rdmc", "data_init"),
+              "--chains": ints(1, 3), "--draws": ints(4, 20), "--warmup": ints(0, 10), "--seed": ints(0, 5),
+              "--reference": ints(0, 50), "--threads": ints(1, 2), "--out": pick("m", "out/m", "adir/m")},
+             ["--force"], ["--target"]),
+    "distill": ({"--teacher": pick("gauss", "gmm2d", "digits-edm"), "--method": pick("sfd", "sfd-v", "progressive"),
+                 "--nfe": ints(1, 3), "--steps": ints(1, 3), "--batch": ints(1, 8), "--lr": pick("1e-3", "0.01"),
+                 "--seed": ints(0, 5), "--out": pick("st.json", "out/st.json"),
+                 "--option": pick("substeps=2", "rounds=1"), "--checkpoint-every": ints(1, 5), "--threads": ints(1, 2)},
+                ["--resume", "--force", "--no-progress"], ["--teacher", "--out"]),
 }
 # Options always given (a valid value, or a hostile one that is refused), so that a call stays small: the defaults
 # are real benchmarks (bench-lm's take minutes).
 BUDGET_OPTIONS = {"sample": ["--seeds"], "bench": ["--models", "--solvers", "--nfe", "--seeds"],
                   "tune": ["--nfe", "--seeds", "--eval-seeds"], "generate": ["--max-new-tokens"],
-                  "bench-lm": ["--prompts", "--batch", "--max-new-tokens", "--repeats"]}
+                  "bench-lm": ["--prompts", "--batch", "--max-new-tokens", "--repeats"],
+                  "mcmc": ["--draws", "--warmup", "--reference"], "distill": ["--steps", "--batch"]}
 # Options checked by argparse: in the bounded run a generate or bench-lm call always gets one of these wrong, so
 # that it stays quick (a valid call loads transformers and the models); the slow run has no such rule.
 GATES = {"generate": ["--gamma", "--num-drafts", "--max-new-tokens", "--samples", "--seed"],
@@ -108,7 +120,8 @@ GATES = {"generate": ["--gamma", "--num-drafts", "--max-new-tokens", "--samples"
 
 @st.composite
 def command_lines(draw, bounded: bool):
-    weights = ["sample"] * 4 + ["bench"] * 3 + ["tune"] * 2 + ["list", "generate", "generate", "bench-lm"]
+    weights = (["sample"] * 4 + ["bench"] * 3 + ["tune"] * 2
+               + ["list", "generate", "generate", "bench-lm", "mcmc", "mcmc", "distill", "distill"])
     command = draw(st.sampled_from(weights))
     options, flags, required = OPTIONS[command]
     budget = BUDGET_OPTIONS.get(command, [])
