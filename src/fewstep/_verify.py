@@ -26,6 +26,11 @@ BUNDLED_SHA256 = {
     "lm/data/draft/model.safetensors": "045da64be1caaab9e287fb1e97ddf3997553d5e6d383f49578ecf91c6a074e88",
     "lm/data/draft/config.json": "cc85bb3915c5fd753d9c5aebaf597e6b890142f0176a935cfc1950aa65de686d",
     "lm/data/draft/generation_config.json": "038b4132194845a39539953e314896b34db517bc1e71699d98281b36b6fb676d",
+    "lm/data/arith/model/config.json": "7c6c8d48baac684441ab7c1fddf84253de9956a1459a3d813f2035609415918e",
+    "lm/data/arith/model/generation_config.json": "038b4132194845a39539953e314896b34db517bc1e71699d98281b36b6fb676d",
+    "lm/data/arith/model/model.safetensors": "543716c0d6dbb485157524fc6aacfe82762c5bd532d3a7cfdc35e7cb03eee742",
+    "lm/data/arith/probes.safetensors": "812271e2f86a5698f9601da5405632a5d20f2b9e115c3f1e1dc67ffeb0f0216a",
+    "lm/data/arith/record.json": "39bb0e04d41e59efa5db10428523a18e3c3e40a40c7731c4f1281badb9396d64",
     "models/data/students/digits-edm-sfd-nfe2.json":
         "2e9ae595619dbac93288956914b79192d5de2e2be4f1c1a4ced43eb75ac8d9d1",
     "models/data/students/digits-edm-sfd-nfe2.safetensors":
@@ -39,6 +44,7 @@ _REBUILD = {"models/data/digits.npz": "scripts/export_digits.py",
             "models/data/digits_gmm.safetensors": "scripts/fit_digits_gmm.py",
             "metrics/data/digits_cnn.safetensors": "scripts/train_classifier.py",
             "models/data/students": "scripts/distill_students.py",
+            "lm/data/arith": "scripts/train_lm_arith.py",  # before "lm/data": the first matching prefix wins
             "lm/data": "scripts/train_lm.py"}
 
 

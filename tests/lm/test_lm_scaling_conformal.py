@@ -56,7 +56,8 @@ def trial_coverages(alpha: float, shift: float, trials: int = 60, n_cal: int = 1
 @pytest.mark.parametrize("alpha", [0.1, 0.2])
 def test_split_conformal_coverage_is_nominal_and_a_miscalibrated_threshold_fails(alpha):
     cov = trial_coverages(alpha, 0.0)
-    mean, se = sum(cov) / len(cov), (sum((c - sum(cov) / len(cov)) ** 2 for c in cov) / (len(cov) - 1) / len(cov)) ** 0.5
+    mean = sum(cov) / len(cov)
+    se = (sum((c - mean) ** 2 for c in cov) / (len(cov) - 1) / len(cov)) ** 0.5
     # expected coverage lies in [1 - alpha, 1 - alpha + 1 / (n + 1)]
     assert 1 - alpha - 3 * se <= mean <= 1 - alpha + 1 / 101 + 3 * se, (mean, se)
     bad = trial_coverages(alpha, alpha)  # calibrated at level 1 - 2 alpha

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from fewstep.commands import _generate_many
 from fewstep.commands.args import (
     MAX_DRAFTS,
     MAX_GAMMA,
@@ -52,6 +53,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int_in(0, MAX_SEED), default=0,
                    help=f"sample i uses seed + i; 0..{MAX_SEED:,} (2^63 - 1)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    _generate_many.add_arguments(p)  # --n, --verify, --vote, --method (issue 23)
 
 
 def load(name: str, vocab_size: int | None = None):
@@ -105,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
     from fewstep.lm.multidraft import DEFAULT
 
     quiet_transformers()
+    if _generate_many.requested(args):
+        return _generate_many.run(args, load)
 
     sampler = Sampler.parse(args.sampler, order=args.order)
     if args.seed + args.samples - 1 > MAX_SEED:

@@ -7,7 +7,10 @@
 Only torch is imported here; transformers loads when a transformers model is loaded.
 """
 
+from fewstep.lm.arith import load_arith
+from fewstep.lm.conformal import StoppingRule, calibrate, conformal_sample
 from fewstep.lm.decoding import Generation, generate
+from fewstep.lm.diverse import arithmetic_sample, priority_sample
 from fewstep.lm.metrics import DecodeStats
 from fewstep.lm.models import (
                                CausalLM,
@@ -20,6 +23,7 @@ from fewstep.lm.models import (
 )
 from fewstep.lm.multidraft import SELECTIONS, selection_law
 from fewstep.lm.processors import ORDERS, PROCESSORS, Sampler, epsilon, eta, min_p, temperature, top_k, top_p, typical
+from fewstep.lm.scaling import allocate, best_of_n_law, pass_at_k, sample_n, sample_with_restarts, vote
 from fewstep.lm.speculative import speculative_generate, verify
 
 __all__ = [
@@ -27,4 +31,6 @@ __all__ = [
     "bundled_token_counts", "count_tokens", "epsilon", "eta", "frequent_tokens", "generate", "load_bundled",
     "load_tokenizer", "min_p", "selection_law", "speculative_generate", "temperature", "top_k", "top_p",
     "typical", "verify",
+    "StoppingRule", "allocate", "arithmetic_sample", "best_of_n_law", "calibrate", "conformal_sample", "load_arith",
+    "pass_at_k", "priority_sample", "sample_n", "sample_with_restarts", "vote",
 ]
