@@ -61,7 +61,7 @@ def differences_table(model_name: str = "digits-gmm", steps: tuple[int, ...] = (
         "diffusers DEISMultistep order 3 (logrho; last step's limit at 0)":
             lambda g: run_peer("diffusers", "deis", model, x, g),
         "fewstep deis order 3 (tAB, default)": lambda g: solve(model, x, g, "deis"),
-        "fewstep deis order 3, variable='log_sigma' (diffusers' form; exact last step)":
+        "fewstep deis order 3, variable='log_sigma' (diffusers' form)":
             lambda g: solve(model, x, g, "deis", variable="log_sigma"),
         "diffusers UniPC bh1, final_sigmas_type='zero' (verbatim)":
             lambda g: run_peer("diffusers", "unipc_bh1", model, x, g, final_limit=False),
