@@ -1,4 +1,5 @@
-"""Langevin dynamics started from data: the data-based initialisation of Koehler and Vuong (arXiv 2310.01762).
+"""Unadjusted Langevin dynamics: the plain Langevin Monte Carlo chain (``ula``), and the data-based
+initialisation of Koehler and Vuong (arXiv 2310.01762).
 
 With samples of the target at hand (a data set), the Langevin diffusion with the vanilla score
 ``grad log pi``, started at the empirical distribution and stopped early, samples a mixture of log-concave
@@ -14,10 +15,42 @@ import math
 import torch
 
 from fewstep.limits import check_count
-from fewstep.mcmc._core import Result
+from fewstep.mcmc._core import Result, Run, _NonFinite
 from fewstep.mcmc.diffusion_mc import _finish, independent_run
 
 Tensor = torch.Tensor
+
+
+def ula(target, chains: int = 4, draws: int = 1000, warmup: int = 1000, seed=0, init: Tensor | None = None,
+        step_size: float = 0.01) -> Result:
+    """The unadjusted Langevin algorithm (Langevin Monte Carlo; Roberts and Tweedie 1996, doi:10.2307/3318418):
+    ``x <- x + h grad log pi(x) + sqrt(2h) xi`` with a fixed step ``h = step_size`` and no accept step.
+
+    It is biased: its stationary law is not ``pi``. On ``N(m, S)`` it is the Gaussian with the same mean and
+    covariance ``S (I - h S^-1 / 2)^-1`` (each eigenvalue ``l`` becomes ``l / (1 - h / (2 l))``; stable for
+    ``h < 2 l_min``), so its W2 distance to ``pi`` grows like ``sqrt(d) h`` in dimension ``d``: the ``sqrt(d)``
+    dimension dependence of Li, Zha and Tao (arXiv 2109.03839), measured in ``benchmarks/mcmc_lmc.py``. A fixed
+    step (no warm-up adaptation); one density and gradient evaluation per iteration. A chain that leaves the
+    support or diverges stops the run with ``NonFiniteDensityError`` (its draws so far kept).
+    """
+    if not (isinstance(step_size, (int, float)) and math.isfinite(step_size) and step_size > 0):
+        raise ValueError(f"step_size must be a positive number; got {step_size!r}")
+    run = Run("ula", target, chains, draws, warmup, seed, init)
+    h = float(step_size)
+    everyone = list(range(run.chains))
+    ones = torch.ones(run.chains, dtype=run.dtype)
+    with run:
+        x, lp, g = run.start(grad=True)
+        for i in run.iterations():
+            x = x + h * g + math.sqrt(2 * h) * run.rng.normal(everyone, run.dim)
+            lp, g = run.density.log_prob_grad(x, everyone)
+            gone = torch.isneginf(lp) | ~torch.isfinite(x).all(1)
+            if bool(gone.any()):  # no accept step to refuse the move: an unstable h ends up here
+                raise _NonFinite(gone.nonzero().flatten().tolist(),
+                                 f"-inf or an infinite point (the chain left the support or diverged: step_size {h:g} "
+                                 "is too large)")
+            run.record(i, x, lp, ones)
+    return run.result(step_size=torch.full((run.chains,), h, dtype=run.dtype))
 
 
 def data_init(target, chains: int = 4, draws: int = 100, warmup: int = 0, seed=0, init: Tensor | None = None,

@@ -30,6 +30,7 @@ class TargetInfo:
 SAMPLERS = {
     "rwm": (metropolis.rwm, SamplerInfo(False, True, False, "Metropolis et al. 1953; Roberts, Gelman, Gilks 1997")),
     "mala": (metropolis.mala, SamplerInfo(True, True, False, "Roberts and Tweedie 1996")),
+    "ula": (langevin.ula, SamplerInfo(True, False, False, "Roberts and Tweedie 1996; arXiv 2109.03839")),
     "hmc": (hamiltonian.hmc, SamplerInfo(True, True, False, "Duane et al. 1987; arXiv 1206.1901")),
     "nuts": (hamiltonian.nuts, SamplerInfo(True, True, False, "arXiv 1111.4246; arXiv 1701.02434")),
     "elliptical_slice": (slice.elliptical_slice, SamplerInfo(False, False, True, "arXiv 1001.0175")),
