@@ -7,6 +7,8 @@
 - ``sfd``: Simple and Fast Distillation (Zhou et al., arXiv 2409.19681), ``fewstep.distill.sfd``.
 - ``sfd-v``: SFD with the step count as a condition, one student for several NFEs (same paper, Sec. 4.3).
 - ``progressive``: progressive distillation (Salimans & Ho, arXiv 2202.00512), ``fewstep.distill.progressive``.
+- ``cd``, ``ct``: consistency distillation and consistency training (Song et al., arXiv 2303.01469) with the
+  improved techniques of iCT (Song & Dhariwal, arXiv 2310.14189), ``fewstep.distill.consistency``.
 
 The teacher is any ``Denoiser`` whose network is a ``torch.nn.Module`` (``EDMPrecond``, ``ModelDenoiser``,
 ``from_diffusers``); a student is saved for a bundled digits teacher or a diffusers ``UNet2DModel``.
@@ -24,6 +26,7 @@ import torch
 from fewstep.diffusion.denoiser import Denoiser, model_hash
 from fewstep.diffusion.from_diffusers import DiffusersDenoiser
 from fewstep.distill._loop import student_copy, train, trainable_net
+from fewstep.distill.consistency import Consistency
 from fewstep.distill.grids import student_grid, teacher_grid
 from fewstep.distill.progressive import Progressive
 from fewstep.distill.sfd import SFD
@@ -66,8 +69,17 @@ METHODS: dict[str, MethodInfo] = {
                    {"substeps": 4, "teacher_solver": "dpmpp_3m", "afs": True, "nfes": None}),
         MethodInfo("progressive", "Salimans & Ho, Progressive Distillation, arXiv 2202.00512", 1e-4, False,
                    {"rounds": 3}),
+        MethodInfo("cd", "Song et al., Consistency Models, arXiv 2303.01469 (CD), with Song & Dhariwal's improved "
+                   "techniques, arXiv 2310.14189", 1e-4, False,
+                   {"n": 18, "teacher_step": "heun", "schedule": "uniform", "p_mean": -1.1, "p_std": 2.0,
+                    "loss": "pseudo_huber", "sigma_data": 0.5}),
+        MethodInfo("ct", "Song & Dhariwal, Improved Techniques for Training Consistency Models (iCT), "
+                   "arXiv 2310.14189", 1e-4, False,
+                   {"s0": 10, "s1": 1280, "schedule": "lognormal", "p_mean": -1.1, "p_std": 2.0,
+                    "loss": "pseudo_huber", "sigma_data": 0.5}),
     )
 }
+CONSISTENCY = ("cd", "ct")
 
 
 def list_methods() -> dict[str, MethodInfo]:
@@ -120,13 +132,13 @@ def distill(teacher: Denoiser, method: str = "sfd", *, nfe: int = 2, iterations:
         iterations: training iterations (an SFD iteration is one batch of trajectories and one Adam update per
             trained student step).
         batch: trajectories (SFD) or training inputs (progressive) per iteration.
-        lr: Adam's learning rate (default: the method's); SFD divides it by 10 after half the iterations, as the
-            official code does.
+        lr: Adam's learning rate (default: the method's); every method but progressive divides it by 10 after half
+            the iterations (SFD's official code does; for the others it is our choice).
         seed: every iteration draws its noise from a generator seeded by ``(seed, iteration)``.
         options: the method's options (``list_methods()[method].options``).
         student: the network to train (default: a copy of the teacher's, or for SFD-v a step-conditioned copy).
-        data: training data ``[N, *shape]`` for progressive distillation (default for the bundled digits models:
-            the digits' train split).
+        data: training data ``[N, *shape]`` for progressive distillation and consistency distillation/training
+            (default for the bundled digits models: the digits' train split).
         out: save the student as ``out`` (``.json``) and its weights beside it; checkpoints go to ``out`` with the
             suffix ``.ckpt`` every ``checkpoint_every`` iterations, and ``resume`` continues from there.
         progress: show a progress bar with the time left.
@@ -185,26 +197,34 @@ def distill(teacher: Denoiser, method: str = "sfd", *, nfe: int = 2, iterations:
     identity = {"teacher": name, "teacher_sha256": digest, "method": method,
                 "nfes": list(nfes), "iterations": iterations, "batch": batch, "lr": lr, "seed": seed,
                 "options": {k: v for k, v in opts.items()}}
-    if method == "progressive":
-        if data is None and name in trained.SPECS:
-            data = digits_data("train")[0].reshape(-1, *teacher.shape)
+    if method in ("progressive", *CONSISTENCY) and data is None and name in trained.SPECS:
+        data = digits_data("train")[0].reshape(-1, *teacher.shape)
+    lr_at = None
+    if method in CONSISTENCY:
+        step = Consistency(teacher, student, mode=method, data=data, batch=batch, iterations=iterations,
+                           options={**METHODS["cd"].options, **METHODS["ct"].options, **opts})
+        extra = load_extra = None
+    elif method == "progressive":
         step = Progressive(teacher, student, net, nfe=nfe, rounds=int(opts["rounds"]), iterations=iterations,
                            batch=batch, data=data)
-        extra, load_extra, lr_at = step.extra_state, step.load_extra, None
+        extra, load_extra = step.extra_state, step.load_extra
     else:
         step = SFD(teacher, student, nfes=nfes, batch=batch, afs=afs, substeps=int(opts["substeps"]),
                    teacher_solver=str(opts["teacher_solver"]), step_condition=step_condition)
         extra = load_extra = None
-
-        def lr_at(i: int) -> float:
+    if method != "progressive":
+        def lr_at(i: int) -> float:  # SFD's official schedule; ours for the consistency methods
             return lr if i < iterations // 2 else lr / 10
     result = train(net, step, iterations=iterations, seed=seed, lr=lr, identity=identity, checkpoint=checkpoint,
                    checkpoint_every=checkpoint_every, resume=resume, progress=progress, extra_state=extra,
                    load_extra=load_extra, lr_at=lr_at, desc=f"distill {method}")
     net.eval().requires_grad_(False)
     grids = {n: student_grid(teacher, n + int(afs)) for n in nfes}
+    consistency = ({"sigma_min": step.sigma_min, "sigma_data": step.sigma_data} if method in CONSISTENCY
+                   else None)
     record = StudentRecord(teacher=name, teacher_sha256=identity["teacher_sha256"], method=method, nfe=nfe,
                            grids=grids, afs=afs, seed=seed, weights="unsaved", weights_sha256="unsaved",
+                           solver="consistency" if consistency else "euler", consistency=consistency,
                            step_condition=step_condition, diffusers=_diffusers_configs(teacher, teacher_net),
                            training={**identity, "final_loss": result["loss"],
                                      "cpu_seconds": round(result["cpu_seconds"], 2), "torch": torch.__version__,

@@ -2,10 +2,11 @@
 
 A student is a copy of its teacher's network, fine-tuned so that a few-step sampler on its own grid lands where
 the teacher's ODE does (``fewstep.distill``: SFD, Zhou et al., arXiv 2409.19681; progressive distillation,
-Salimans & Ho, arXiv 2202.00512). The record says what it is: the teacher and the SHA-256 of the teacher's
-weights, the method, the NFE (or, for a step-conditioned student, every NFE it was trained for) with the sigma grid
-of each, the sampler, the training seed and options, and the SHA-256 of the student's weights, which is checked
-before they are read (``fewstep._verify``).
+Salimans & Ho, arXiv 2202.00512; consistency distillation and training, Song et al., arXiv 2303.01469 and Song &
+Dhariwal, arXiv 2310.14189). The record says what it is: the teacher and the SHA-256 of the teacher's weights, the
+method, the NFE (or, for a step-conditioned student, every NFE it was trained for) with the sigma grid of each, the
+sampler, the training seed and options, and the SHA-256 of the student's weights, which is checked before they are
+read (``fewstep._verify``).
 
 ``load_student(path)`` (also ``fewstep.load_model(path)``) returns a ``Student``: a ``Denoiser`` that samples
 through the usual driver at its own NFE and grid, ``fewstep.sample(student, **student.sampling)``.
@@ -32,22 +33,42 @@ from torch import nn
 
 from fewstep._verify import ChecksumError, read_verified_bytes
 from fewstep.cache import atomic_write_bytes
-from fewstep.diffusion.denoiser import Denoiser
+from fewstep.diffusion.denoiser import Denoiser, bcast
 from fewstep.diffusion.from_diffusers import from_diffusers
 from fewstep.models import trained
 from fewstep.models.nets import DigitsUNet, SinusoidalEmbedding, UNetConfig
 
 __all__ = ["STUDENT_FORMAT", "METHODS", "StudentRecord", "Student", "StepDigitsUNet", "weights_digest",
-           "teacher_digest", "save_student", "load_student", "is_student_path", "build_network", "check_teacher"]
+           "teacher_digest", "save_student", "load_student", "is_student_path", "build_network", "check_teacher",
+           "consistency_function"]
 
 Tensor = torch.Tensor
 
 STUDENT_FORMAT = "fewstep-student"
 STUDENT_VERSION = 1
-METHODS = ("sfd", "sfd-v", "progressive")
-SOLVERS = ("euler",)  # the student's sampler: Euler in sigma (= DDIM), as the methods train it
+METHODS = ("sfd", "sfd-v", "progressive", "cd", "ct", "reflow")
+# The student's sampler, as the methods train it, and the ``fewstep.sample`` keywords that run it: Euler in sigma
+# (= DDIM); a consistency model's multistep sampler (Song et al., arXiv 2303.01469, Algorithm 1) jumps to the data,
+# x = f(x, s), then noises it afresh to the next sigma, x + s' z: ancestral Euler with all of the step's noise fresh
+# (eta = inf gives s_down = 0, s_up = s').
+SOLVERS = {"euler": ("euler", {}), "consistency": ("euler_ancestral", {"eta": math.inf})}
 MAX_RECORD_BYTES = 4 * 2**20  # a record is a few kB; the diffusers configs make it larger, never megabytes
 DIFFUSERS = "diffusers"  # the teacher field of a student of a user's diffusers UNet2DModel
+
+
+def consistency_function(d: Tensor, x: Tensor, sigma: Tensor, sigma_min: float, sigma_data: float) -> Tensor:
+    """The consistency model's boundary-condition parameterisation (Song et al., arXiv 2303.01469, Eq. 5 and
+    Appendix C): ``f(x, s) = c_skip(s) x + c_out(s) F(x, s)`` with ``c_skip = sd^2 / ((s - eps)^2 + sd^2)`` and
+    ``c_out = sd (s - eps) / sqrt(sd^2 + s^2)``, so that ``f(x, eps) = x`` exactly (``eps = sigma_min``).
+
+    ``F`` is the raw output of EDM's preconditioning that the denoiser ``d = D(x, s)`` implies,
+    ``F = (d - sd^2/(s^2 + sd^2) x) / (s sd / sqrt(s^2 + sd^2))`` (for an ``EDMPrecond`` network it is the network's
+    output), so ``c_out F = ((s - eps)/s) (d - sd^2/(s^2 + sd^2) x)``: any denoiser becomes a consistency function,
+    and at large ``s`` it is nearly the denoiser itself."""
+    s = bcast(sigma, x)
+    c_skip = sigma_data**2 / ((s - sigma_min) ** 2 + sigma_data**2)
+    c_skip_edm = sigma_data**2 / (s**2 + sigma_data**2)
+    return c_skip * x + (s - sigma_min) / s * (d - c_skip_edm * x)
 
 
 class StepDigitsUNet(DigitsUNet):
@@ -81,7 +102,8 @@ class StepDigitsUNet(DigitsUNet):
 class StudentRecord:
     """What a student is (its JSON file). ``grids`` maps each NFE it samples at to its sigma grid (ending in 0);
     ``nfe`` is the default among them; ``diffusers`` holds ``{"unet": config, "scheduler": config}`` for a student
-    of a user's diffusers model (``teacher == "diffusers"``)."""
+    of a user's diffusers model (``teacher == "diffusers"``); ``consistency`` holds ``{"sigma_min", "sigma_data"}``
+    of a consistency model, whose network output goes through ``consistency_function``."""
 
     teacher: str
     teacher_sha256: str
@@ -96,6 +118,7 @@ class StudentRecord:
     step_condition: bool = False
     training: dict[str, Any] = field(default_factory=dict)
     diffusers: dict[str, Any] | None = None
+    consistency: dict[str, float] | None = None
     format: str = STUDENT_FORMAT
     version: int = STUDENT_VERSION
 
@@ -107,6 +130,14 @@ class StudentRecord:
             raise ValueError(f"unknown distillation method {self.method!r}; known: {', '.join(METHODS)}")
         if self.solver not in SOLVERS:
             raise ValueError(f"unknown student sampler {self.solver!r}; known: {', '.join(SOLVERS)}")
+        if (self.method in ("cd", "ct")) != (self.consistency is not None):
+            raise ValueError("a consistency model (method cd or ct) stores its 'consistency' parameters "
+                             "{sigma_min, sigma_data}, and only it does")
+        if self.consistency is not None:
+            if set(self.consistency) != {"sigma_min", "sigma_data"} or not all(
+                    isinstance(v, (int, float)) and math.isfinite(v) and v > 0 for v in self.consistency.values()):
+                raise ValueError("the record's 'consistency' must be {\"sigma_min\": > 0, \"sigma_data\": > 0}; got "
+                                 f"{self.consistency!r}")
         for key in ("teacher", "teacher_sha256", "weights", "weights_sha256"):
             if not isinstance(getattr(self, key), str) or not getattr(self, key):
                 raise ValueError(f"the student record's {key!r} must be a non-empty string")
@@ -218,13 +249,17 @@ class Student(Denoiser):
     @property
     def sampling(self) -> dict[str, Any]:
         """``fewstep.sample(student, **student.sampling, seeds=...)`` samples as the student was trained."""
-        return {"solver": self.record.solver, "nfe": self.nfe, "schedule": "explicit",
+        solver, options = SOLVERS[self.record.solver]
+        return {"solver": solver, "nfe": self.nfe, "schedule": "explicit", "solver_options": dict(options),
                 "schedule_options": {"sigmas": list(self.sigmas)}, "afs": self.record.afs}
 
     def denoise(self, x, sigma, cond):
         if self.record.step_condition:
             cond = {**(cond or {}), "steps": self.nfe}
-        return self.inner.denoise(x, sigma, cond)
+        d = self.inner.denoise(x, sigma, cond)
+        if self.record.consistency is not None:
+            return consistency_function(d, x, sigma, **self.record.consistency)
+        return d
 
     def identity(self) -> dict[str, Any]:
         d = self.inner.identity()
