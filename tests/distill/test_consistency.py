@@ -172,8 +172,9 @@ def test_multistep_sampling_through_the_driver_draws_the_exact_law(cm, tmp_path)
     assert counter.calls == 3
     std = torch.sqrt(teacher.std.double() ** 2 + teacher.sigma_min**2)
     assert torch.allclose(x.std(0), std, rtol=0.05) and x.mean(0).abs().max() < 0.1, (x.std(0), std)
-    one_step = fewstep.sample(one, **{**one.sampling, "nfe": 1, "schedule_options": {"sigmas": [80.0, 0.0]}},
-                              noise=noise)
+    single = fewstep.models.student.Student(trained.inner, trained.net, trained.record, 1)
+    assert single.sigmas == (80.0, 0.0)
+    one_step = fewstep.sample(single, **single.sampling, noise=noise)
     assert torch.allclose(one_step.double(), exact_map, atol=1e-4)
 
 
@@ -200,6 +201,8 @@ def test_a_consistency_student_of_a_digits_model_saves_loads_and_samples(tmp_pat
     loaded = fewstep.load_model(str(path))
     assert loaded.record.consistency == {"sigma_min": teacher.sigma_min, "sigma_data": 0.5}
     assert loaded.record.solver == "consistency" and not loaded.record.afs
+    assert sorted(loaded.record.grids) == [1, 2, 3, 4]
+    assert fewstep.load_model(str(path), nfe=4).sampling["nfe"] == 4
     noise = seeded_noise(range(3), (1, 8, 8))
     a = fewstep.sample(made, **made.sampling, noise=noise, seeds=[0, 1, 2])
     b = fewstep.sample(loaded, **loaded.sampling, noise=noise, seeds=[0, 1, 2])

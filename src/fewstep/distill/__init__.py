@@ -128,7 +128,7 @@ def distill(teacher: Denoiser, method: str = "sfd", *, nfe: int = 2, iterations:
         teacher: a ``Denoiser`` around a ``torch.nn.Module`` (left unchanged).
         method: a name from ``list_methods()``.
         nfe: the student's evaluations per sample (SFD-v: its default one; ``options["nfes"]`` lists all,
-            default ``nfe .. nfe + 3``).
+            default ``nfe .. nfe + 3``; a consistency student also samples at NFE 1-4, ``load_model(path, nfe=n)``).
         iterations: training iterations (an SFD iteration is one batch of trajectories and one Adam update per
             trained student step).
         batch: trajectories (SFD) or training inputs (progressive) per iteration.
@@ -184,6 +184,8 @@ def distill(teacher: Denoiser, method: str = "sfd", *, nfe: int = 2, iterations:
         net = trainable_net(student, "student")
         net.requires_grad_(True)
     nfes = (nfe,)
+    if method in CONSISTENCY:  # one consistency function samples at every NFE: record the grids of 1-4 too
+        nfes = tuple(sorted({1, 2, 3, 4, nfe}))
     if step_condition:
         nfes = tuple(opts["nfes"] or range(nfe, nfe + 4))
         for n in nfes:

@@ -156,8 +156,9 @@ class StudentRecord:
             grids[n] = s
         if self.nfe not in grids:
             raise ValueError(f"the default NFE {self.nfe} has no grid; the record has {sorted(grids)}")
-        if len(grids) > 1 and not self.step_condition:
-            raise ValueError("only a step-conditioned student may hold grids for several NFEs")
+        if len(grids) > 1 and not (self.step_condition or self.consistency is not None):
+            raise ValueError("only a step-conditioned student or a consistency model may hold grids for several "
+                             "NFEs")
         if (self.teacher == DIFFUSERS) != (self.diffusers is not None):
             raise ValueError("a student of a diffusers model stores its configs under 'diffusers', and only it does")
         object.__setattr__(self, "grids", dict(sorted(grids.items())))
