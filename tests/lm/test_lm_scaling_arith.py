@@ -106,3 +106,15 @@ def test_cli_bad_input_is_one_line(capsys, args, message):
     assert main(["generate", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_bench_lm_scaling_rows(capsys):
+    assert main(["bench-lm", "--scaling", "--problems", "20", "--samples", "4", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    votes = [r for r in rows if r["part"] == "votes"]
+    assert [r["k"] for r in votes] == [1, 2, 4]
+    assert all(a["coverage_exact"] <= b["coverage_exact"] for a, b in zip(votes, votes[1:]))
+    diversity = {r["sampler"]: r for r in rows if r["part"] == "diversity"}
+    assert diversity["priority"]["distinct_answers"] == 4 and diversity["plain"]["batched_calls"] == 5
+    assert main(["bench-lm", "--scaling", "--update-docs", "x.md"]) == 2
+    assert "benchmarks/lm_scaling.py" in capsys.readouterr().err

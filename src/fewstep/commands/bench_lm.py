@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from fewstep.commands import _bench_lm_scaling
 from fewstep.commands.args import MAX_GAMMA, MAX_NEW_TOKENS, MAX_REPEATS, MAX_THREADS, int_in, output_path, subcommand
 
 PROMPTS = ("The for statement", "A class definition defines", "The import statement", "Exceptions can be raised",
@@ -44,6 +45,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object per configuration")
     p.add_argument("--update-docs", default=None, metavar="PATH",
                    help="rewrite the lm section of this markdown file, e.g. docs/benchmarks.md (default: none)")
+    _bench_lm_scaling.add_arguments(p)  # --scaling, --problems, --samples (issue 23)
 
 
 class Counter:
@@ -126,6 +128,8 @@ def _run_config(runner, encoded, batch, max_new_tokens):
 def run(args: argparse.Namespace) -> int:
     from fewstep.commands.outputs import Outputs
 
+    if args.scaling:
+        return _bench_lm_scaling.run(args)
     if args.prompts % args.batch:
         raise ValueError(f"--prompts must be a multiple of --batch, got {args.prompts} and {args.batch}")
     doc = None if args.update_docs is None else output_path(args.update_docs, "--update-docs")
