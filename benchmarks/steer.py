@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/steer.py            # the numbers in docs/steering.md, "Measured"
     .venv/bin/python benchmarks/steer.py --quick    # a smoke run (16 seeds, smaller sizes)
+    .venv/bin/python benchmarks/steer.py --part minority,compose   # only those parts (seconds)
 
 Part 1, digits: steer towards digit 3 with the reward log p(3 | x) of the bundled classifier at temperature 1,
 whose tilt p(x) p(3 | x) is the class-conditional distribution. Rows: each method at two sizes on digits-edm,
@@ -10,6 +11,10 @@ per step) at the same compute. Columns: model evaluations per sample (measured),
 classifier reads as 3, the Frechet distance (digits features) to the held-out 3s, and wall time.
 Part 2, exact: gmm2d steered by r(x) = x_1 (temperature 1): total-variation distance of the component histogram
 to the exact tilted mixture, against K; digits-gmm with a linear reward: error of the tilted mean.
+Part 3, minority: minority guidance (arXiv 2301.12334) on gmm2d's ring with mode 0 at a quarter of the others' weight:
+the share of mode 0 against the guidance strength w (and level 0, the majority).
+Part 4, compose: the product of two Gaussians (closed form) sampled by the summed-score reverse process with and
+without ULA / MALA / HMC correctors (arXiv 2302.11552): error of the mean and of the per-coordinate variance.
 """
 
 from __future__ import annotations
@@ -26,7 +31,21 @@ from fewstep.diffusion.sampling import sample
 from fewstep.metrics import digits_predict, fd_digits
 from fewstep.models import load_model
 from fewstep.models.digits_data import digits_data
-from fewstep.steer import best_of_n, digit_logprob, fk_steer, linear, noise_search, path_search, svdd
+from fewstep.models.exact import GMM, Gauss, ring_gmm
+from fewstep.steer import (
+    MinorityGuidance,
+    Product,
+    best_of_n,
+    compose_sample,
+    digit_logprob,
+    exact_log_density,
+    fit_minority_classifier,
+    fk_steer,
+    linear,
+    noise_search,
+    path_search,
+    svdd,
+)
 from fewstep.steer.exact import tilt_linear
 
 DIGIT = 3
@@ -108,25 +127,90 @@ def exact_rows(n_seeds: int, Ks: tuple[int, ...]) -> list[str]:
     return rows
 
 
+def minority_rows(n: int) -> list[str]:
+    """gmm2d's ring with mode 0 at weight 1/4 of the others' (3.4 %): mode 0's share of ``n`` samples (dpmpp_2m,
+    NFE 20) under minority guidance of strength w, towards the top level and (last row) level 0."""
+    ring = ring_gmm()
+    g = GMM(torch.tensor([0.25, 1, 1, 1, 1, 1, 1, 1]), ring.means, (0.01 * torch.eye(2)).expand(8, 2, 2),
+            name="gmm2d-unequal", chunk=1 << 16)
+    t0 = time.perf_counter()
+    clf = fit_minority_classifier(g, g.sample_data(8000, torch.Generator().manual_seed(0)), levels=10, steps=400,
+                                  batch=256, hidden=64)
+    fit = time.perf_counter() - t0
+    rows = []
+    for w, level in ((0.0, None), (0.5, None), (1.0, None), (2.0, None), (4.0, None), (2.0, 0)):
+        t0 = time.perf_counter()
+        x = sample(MinorityGuidance(g, clf, w, level=level), solver="dpmpp_2m", nfe=20, seeds=range(n))
+        share = float((((x[:, None, :].double() - g.means[None]) ** 2).sum(-1).argmin(1) == 0).double().mean())
+        rows.append(f"| {w:g} | {'0 (majority)' if level == 0 else '9 (top)'} | {float(g.log_w.exp()[0]):.3f} | "
+                    f"{share:.3f} | {time.perf_counter() - t0:.1f} |")
+        print(rows[-1], flush=True)
+    print(f"(classifier fit: {fit:.1f} s)")
+    return rows
+
+
+def compose_rows(n: int) -> list[str]:
+    """N([1, 0], I) x N([-1, 1], diag(1, 0.25)) = N([0, 0.8], diag(0.5, 0.2)), from n samples: the summed-score
+    reverse process (euler_ancestral, NFE 20 and compute-matched) against 4 corrector steps per grid point."""
+    g1 = Gauss(2, mean=torch.tensor([1.0, 0.0]), std=1.0, chunk=1 << 16)
+    g2 = Gauss(2, mean=torch.tensor([-1.0, 1.0]), std=torch.tensor([1.0, 0.5]), chunk=1 << 16)
+    var = 1 / (1 / g1.std**2 + 1 / g2.std**2)
+    mean = var * (g1.mean / g1.std**2 + g2.mean / g2.std**2)
+    model = Product([g1, g2])
+    runs = [("none", 20, {}), ("none", 100, {}), ("none", 250, {}),
+            ("ula", 20, dict(corrector="ula", step_size=1.0)), ("mala", 20, dict(corrector="mala", step_size=1.0)),
+            ("hmc", 20, dict(corrector="hmc", step_size=0.5, leapfrog=2)),
+            ("mala, energy of factor 1 only (negative control)", 20,
+             dict(corrector="mala", step_size=1.0, log_density=exact_log_density(g1)))]
+    rows = []
+    for name, nfe, kw in runs:
+        t0 = time.perf_counter()
+        res = compose_sample(model, corrector_steps=4, nfe=nfe, seeds=range(n), **({"corrector": None} | kw))
+        x = res.samples
+        acc = "" if res.info["accept"] is None else f"{res.info['accept']:.2f}"
+        rows.append(f"| {name} | {nfe} | {res.evaluations:.0f} | {float((x.mean(0) - mean).norm()):.3f} | "
+                    f"{', '.join(f'{v:.3f}' for v in x.var(0).tolist())} | "
+                    f"{float((x.mean(0) - mean).norm() + (x.var(0) - var).norm()):.3f} | {acc} | "
+                    f"{time.perf_counter() - t0:.1f} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
+PARTS = ("digits", "exact", "minority", "compose")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="16 seeds and smaller sizes (a smoke run)")
+    parser.add_argument("--part", default=",".join(PARTS), help=f"comma-separated parts: {', '.join(PARTS)}")
     args = parser.parse_args()
+    parts = [p.strip() for p in args.part.split(",") if p.strip()]
+    if not parts or any(p not in PARTS for p in parts):
+        parser.error(f"--part takes parts from {', '.join(PARTS)}; got {args.part!r}")
     torch.set_num_threads(1)
     seeds = list(range(16 if args.quick else 64))
     sizes = (4,) if args.quick else (4, 8)
     print(f"fewstep {fewstep.__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"1 thread; NFE {NFE} per particle; target digit {DIGIT}")
-    x_ref, y_ref = digits_data("heldout")
-    ref = x_ref[y_ref == DIGIT]
-    print("| model | method | size | evaluations / sample | mean log p(3 given x) | share read as 3 "
-          "| fd to held-out 3s "
-          "| wall s |\n|---|---|---|---|---|---|---|---|")
-    for name in ("digits-edm", "digits-flow", "digits-cond"):
-        digits_rows(name, seeds, sizes, ref)
-    cfg_rows(seeds, sizes, ref)
-    print("\n| exact model | K | FK | SVDD | best-of-K |\n|---|---|---|---|---|")
-    exact_rows(250 if args.quick else 1000, (1, 4) if args.quick else (1, 4, 16, 64))
+    if "digits" in parts:
+        x_ref, y_ref = digits_data("heldout")
+        ref = x_ref[y_ref == DIGIT]
+        print("| model | method | size | evaluations / sample | mean log p(3 given x) | share read as 3 "
+              "| fd to held-out 3s "
+              "| wall s |\n|---|---|---|---|---|---|---|---|")
+        for name in ("digits-edm", "digits-flow", "digits-cond"):
+            digits_rows(name, seeds, sizes, ref)
+        cfg_rows(seeds, sizes, ref)
+    if "exact" in parts:
+        print("\n| exact model | K | FK | SVDD | best-of-K |\n|---|---|---|---|---|")
+        exact_rows(250 if args.quick else 1000, (1, 4) if args.quick else (1, 4, 16, 64))
+    if "minority" in parts:
+        print("\n| w | level | weight of mode 0 | share of mode 0 | wall s |\n|---|---|---|---|---|")
+        minority_rows(500 if args.quick else 2000)
+    if "compose" in parts:
+        print("\n| corrector | NFE | evaluations / sample | mean error | variance (exact 0.5, 0.2) | mean + variance "
+              "error | acceptance | wall s |\n|---|---|---|---|---|---|---|---|")
+        compose_rows(500 if args.quick else 2000)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ contract (``fewstep.diffusion.sampling.solve``) and counts its model evaluations
 - Particles: ``fk_steer`` (Singhal et al., arXiv 2501.06848), ``svdd`` (Li et al., arXiv 2408.08252).
 - Minority guidance (Um et al., arXiv 2301.12334): ``minority_score``, ``fit_minority_classifier``,
   ``MinorityGuidance`` (a model wrapper for any solver).
+- Compositional generation with MCMC correctors (Du et al., arXiv 2302.11552): ``Product`` (summed scores),
+  ``compose_sample`` (ULA / MALA / HMC at each noise level), ``exact_log_density``.
 - Exact answers on Gaussian mixtures: ``fewstep.steer.exact``.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from fewstep.steer._particles import SteerResult
+from fewstep.steer.compose import CORRECTORS, Product, compose_sample, exact_log_density
 from fewstep.steer.minority import MinorityClassifier, MinorityGuidance, fit_minority_classifier, minority_score
 from fewstep.steer.resampling import RESAMPLERS, ess, multinomial, systematic
 from fewstep.steer.rewards import (
@@ -56,7 +59,8 @@ def list_methods() -> dict[str, dict[str, Any]]:
     return {name: dict(info) for name, (_, info) in METHODS.items()}
 
 
-__all__ = ["METHODS", "POTENTIALS", "RESAMPLERS", "REWARD_NAMES", "MinorityClassifier", "MinorityGuidance", "Reward",
-           "RewardError", "SteerResult", "as_reward", "best_of_n", "component_logpost", "digit_confidence",
-           "digit_logprob", "ess", "fit_minority_classifier", "fk_steer", "linear", "list_methods", "make_reward",
-           "minority_score", "multinomial", "noise_search", "path_search", "stroke_mass", "svdd", "systematic"]
+__all__ = ["CORRECTORS", "METHODS", "POTENTIALS", "RESAMPLERS", "REWARD_NAMES", "MinorityClassifier",
+           "MinorityGuidance", "Product", "Reward", "RewardError", "SteerResult", "as_reward", "best_of_n",
+           "component_logpost", "compose_sample", "digit_confidence", "digit_logprob", "ess", "exact_log_density",
+           "fit_minority_classifier", "fk_steer", "linear", "list_methods", "make_reward", "minority_score",
+           "multinomial", "noise_search", "path_search", "stroke_mass", "svdd", "systematic"]

@@ -18,7 +18,8 @@ from fewstep.models.exact import GMM
 
 Tensor = torch.Tensor
 
-__all__ = ["best_of_n_reward_cdf", "best_of_n_reward_mean", "soft_value_linear", "tilt_component", "tilt_linear"]
+__all__ = ["best_of_n_reward_cdf", "best_of_n_reward_mean", "product", "soft_value_linear", "tilt_component",
+           "tilt_linear"]
 
 
 def _covs(gmm: GMM) -> Tensor:
@@ -102,3 +103,26 @@ def soft_value_linear(gmm: GMM, a: Sequence[float] | Tensor, temperature: float)
         return tau * torch.logsumexp(log_pi + a_m / tau + a_S_a / (2 * tau**2), dim=1)
 
     return value
+
+
+def product(g1: GMM, g2: GMM) -> GMM:
+    """The normalised product ``p_1(x) p_2(x) / Z`` of two Gaussian mixtures, again a mixture (the ground truth of
+    compositional sampling, Du et al., arXiv 2302.11552): component ``(i, j)`` has covariance
+    ``C_ij = (C_i^-1 + C_j^-1)^-1``, mean ``C_ij (C_i^-1 mu_i + C_j^-1 mu_j)`` and weight
+    ``~ w_i w_j N(mu_i; mu_j, C_i + C_j)``. Both mixtures need positive-definite covariances."""
+    if g1.means.shape[1] != g2.means.shape[1]:
+        raise ValueError(f"the mixtures live in {g1.means.shape[1]} and {g2.means.shape[1]} dimensions")
+    C1, C2 = _covs(g1), _covs(g2)
+    if min(float(g1.lam.min()), float(g2.lam.min())) <= 0:
+        raise ValueError("product needs positive-definite covariances (a degenerate component has no inverse)")
+    P1, P2 = torch.linalg.inv(C1), torch.linalg.inv(C2)
+    C = torch.linalg.inv(P1[:, None] + P2[None])  # [I, J, d, d]
+    eta1, eta2 = torch.einsum("iab,ib->ia", P1, g1.means), torch.einsum("jab,jb->ja", P2, g2.means)
+    mean = torch.einsum("ijab,ijb->ija", C, eta1[:, None] + eta2[None])
+    S = C1[:, None] + C2[None]
+    diff = g1.means[:, None] - g2.means[None]
+    quad = torch.einsum("ija,ija->ij", diff, torch.linalg.solve(S, diff[..., None])[..., 0])
+    d = g1.means.shape[1]
+    log_w = g1.log_w[:, None] + g2.log_w[None] - 0.5 * (quad + torch.logdet(S) + d * math.log(2 * math.pi))
+    return GMM(torch.softmax(log_w.flatten(), 0), mean.reshape(-1, d), C.reshape(-1, d, d), shape=g1.shape,
+               name=f"{g1.name}*{g2.name}")
