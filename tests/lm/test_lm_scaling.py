@@ -163,3 +163,20 @@ def test_restarts_prune_by_the_predictor_and_count_attempts():
     assert keep_all.tokens == [row[0] for row in plain.tokens] and keep_all.attempts == [1] * 20
     with pytest.raises(ValueError, match="threshold must be a probability"):
         sample_with_restarts(model, [prompt], predictor, 1.5)
+
+
+def test_whole_answer_resampling_returns_the_best_scored_attempt():
+    """With after = the full length and a threshold nothing reaches, restarts are best-of-m by the predictor."""
+    model, prompts, m = TableLM(5), [[1], [2], [3, 1]], 4
+    reward = {s: float((2 * s[0] + 3 * s[1]) % 5) / 5 for s in itertools.product(range(4), repeat=2)}
+
+    def predictor(seqs):
+        return torch.tensor([reward[tuple(s[-2:])] for s in seqs])
+
+    out = sample_with_restarts(model, prompts * 20, predictor, 1.0, after=2, max_attempts=m, max_new_tokens=2, seed=9)
+    plain = sample_n(model, prompts * 20, m, max_new_tokens=2, seed=9)
+    for got, row in zip(out.tokens, plain.tokens):
+        assert tuple(got) == vote([tuple(t) for t in row], [reward[tuple(t)] for t in row], "best")
+    assert out.attempts == [m] * 60 and out.predictor_calls == m
+    accept_high = sample_with_restarts(model, prompts, predictor, 0.5, after=2, max_attempts=m, max_new_tokens=2)
+    assert all(reward[tuple(t)] >= 0.5 or n == m for t, n in zip(accept_high.tokens, accept_high.attempts))

@@ -254,9 +254,12 @@ def sample_with_restarts(model: CausalLM, prompts: Any, predictor: Callable[[lis
     Each attempt generates ``after`` tokens; ``predictor(prompt + prefix)`` estimates the probability
     that the finished sample will be right, and attempts below ``threshold`` are abandoned and restarted
     with a fresh sample (attempt ``a`` of prompt ``i`` is ``sample_seed(seed, i, a)``, so attempt 0 is
-    the plain sample of ``sample_n``). The last allowed attempt always runs to the end. The paper reads
-    the prediction off the model's own next-token probability after a fine-tuned prompt; here the
-    predictor is any callable, e.g. the bundled arithmetic model's ``restart`` probe.
+    the plain sample of ``sample_n``). The last allowed attempt always runs to the end. An attempt that
+    finished within ``after`` tokens and was rejected is kept as a candidate: with ``after`` at the full
+    length this is the paper's adaptive resampling, and the answer is the highest-scored finished attempt
+    (the first of ties), not the last one. The paper reads the prediction off the model's own next-token
+    probability after a fine-tuned prompt; here the predictor is any callable, e.g. the bundled arithmetic
+    model's ``restart`` probe or a verifier.
     """
     prompts = check_prompts(prompts, model.vocab_size)
     check_count("after", after)
@@ -264,6 +267,8 @@ def sample_with_restarts(model: CausalLM, prompts: Any, predictor: Callable[[lis
     if not 0 <= float(threshold) <= 1:
         raise ValueError(f"threshold must be a probability in [0, 1], got {threshold!r}")
     done: list[list[int] | None] = [None] * len(prompts)
+    candidates: dict[int, list[tuple[float, list[int]]]] = {}  # finished, rejected attempts and their scores
+    final_score: dict[int, float] = {}
     attempts = [0] * len(prompts)
     calls = pcalls = new = 0
     for a in range(max_attempts):
@@ -276,13 +281,22 @@ def sample_with_restarts(model: CausalLM, prompts: Any, predictor: Callable[[lis
         calls, new = calls + head.stats.target_calls, new + head.stats.new_tokens
         for i in rows:
             attempts[i] += 1
-        if a < max_attempts - 1:
-            score = predictor([prompts[i] + t for i, t in zip(rows, head.tokens)])
+        complete = [len(t) >= max_new_tokens or eos_token_id in t for t in head.tokens]
+        last = a == max_attempts - 1
+        scored = range(len(rows)) if not last else [r for r, i in enumerate(rows) if i in candidates]
+        score = {}
+        if scored:
+            score = dict(zip(scored, predictor([prompts[rows[r]] + head.tokens[r] for r in scored]).tolist()))
             pcalls += 1
-            keep = [r for r, s in enumerate(score.tolist()) if s >= threshold]
-        else:
+        if last:
             keep = list(range(len(rows)))
-        finished = [r for r in keep if len(head.tokens[r]) >= max_new_tokens or eos_token_id in head.tokens[r]]
+            final_score.update({rows[r]: v for r, v in score.items()})
+        else:
+            keep = [r for r in range(len(rows)) if score[r] >= threshold]
+            for r in range(len(rows)):
+                if complete[r] and score[r] < threshold:
+                    candidates.setdefault(rows[r], []).append((score[r], head.tokens[r]))
+        finished = [r for r in keep if complete[r]]
         for r in finished:
             done[rows[r]] = head.tokens[r]
         going = [r for r in keep if r not in finished]
@@ -293,4 +307,7 @@ def sample_with_restarts(model: CausalLM, prompts: Any, predictor: Callable[[lis
             calls, new = calls + tail.stats.target_calls, new + tail.stats.new_tokens
             for r, t in zip(going, tail.tokens):
                 done[rows[r]] = head.tokens[r] + t
+    for i, found in candidates.items():
+        if i in final_score:  # rejected up to the last attempt: the best finished one
+            done[i] = max([*found, (final_score[i], done[i])], key=lambda st: st[0])[1]  # the first of ties
     return Restarts([list(d) for d in done], attempts, calls, pcalls, new)  # type: ignore[arg-type]
