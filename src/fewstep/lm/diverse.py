@@ -119,11 +119,12 @@ def priority_sample(model: CausalLM, prompts: Any, k: int, sampler: str | Sample
     check_count("max_new_tokens", max_new_tokens)
     queues: list[list] = [[(-0.0, 0, [])] for _ in prompts]  # (-log p(prefix), tie-break counter, prefix)
     counter = 1
-    empty = [[] for _ in prompts]
-    result = PrioritySamples([[] for _ in prompts], [[] for _ in prompts], empty, [0] * len(prompts), 0, 0)
+    tokens: list[list[list[int]]] = [[] for _ in prompts]
+    priority: list[list[float]] = [[] for _ in prompts]
+    log_prob: list[list[float]] = [[] for _ in prompts]
     calls = new = 0
     for _ in range(k):
-        rows = [i for i, q in enumerate(queues) if q and len(result.tokens[i]) < k]
+        rows = [i for i, q in enumerate(queues) if q and len(tokens[i]) < k]
         if not rows:
             break
         popped = [heapq.heappop(queues[i]) for i in rows]
@@ -132,7 +133,7 @@ def priority_sample(model: CausalLM, prompts: Any, k: int, sampler: str | Sample
                                         [len(p[2]) > 0 and p[2][-1] == eos_token_id for p in popped], eos_token_id)
         calls += c
         for i, (key, _, prefix), tail, path in zip(rows, popped, completions, steps):
-            room = k - len(result.tokens[i]) - 1  # more branches than this can never be popped
+            room = k - len(tokens[i]) - 1  # more branches than this can never be popped
             logp = -key
             for s, (t, probs) in enumerate(zip(tail, path)):
                 for alt in _alternatives(probs, t, room):
@@ -140,12 +141,11 @@ def priority_sample(model: CausalLM, prompts: Any, k: int, sampler: str | Sample
                     heapq.heappush(queues[i], (-branch, counter, prefix + tail[:s] + [alt]))
                     counter += 1
                 logp += math.log(float(probs[t]))
-            result.tokens[i].append(prefix + tail)
-            result.priority[i].append(-key)
-            result.log_prob[i].append(logp)
-            result.decodes[i] += 1
+            tokens[i].append(prefix + tail)
+            priority[i].append(-key)
+            log_prob[i].append(logp)
             new += len(tail)
-    return PrioritySamples(result.tokens, result.priority, result.log_prob, result.decodes, calls, new)
+    return PrioritySamples(tokens, priority, log_prob, [len(t) for t in tokens], calls, new)
 
 
 def _alternatives(probs: torch.Tensor, taken: int, room: int) -> list[int]:
