@@ -9,6 +9,8 @@
 - ``progressive``: progressive distillation (Salimans & Ho, arXiv 2202.00512), ``fewstep.distill.progressive``.
 - ``cd``, ``ct``: consistency distillation and consistency training (Song et al., arXiv 2303.01469) with the
   improved techniques of iCT (Song & Dhariwal, arXiv 2310.14189), ``fewstep.distill.consistency``.
+- ``reflow``: rectified flow on the teacher's couplings (Liu et al., arXiv 2209.03003; Kim et al., arXiv
+  2410.07815), ``fewstep.distill.reflow``, with ``straightness`` to measure the result.
 
 The teacher is any ``Denoiser`` whose network is a ``torch.nn.Module`` (``EDMPrecond``, ``ModelDenoiser``,
 ``from_diffusers``); a student is saved for a bundled digits teacher or a diffusers ``UNet2DModel``.
@@ -25,10 +27,12 @@ import torch
 
 from fewstep.diffusion.denoiser import Denoiser, model_hash
 from fewstep.diffusion.from_diffusers import DiffusersDenoiser
+from fewstep.diffusion.schedules import start_sigma
 from fewstep.distill._loop import student_copy, train, trainable_net
 from fewstep.distill.consistency import Consistency
 from fewstep.distill.grids import student_grid, teacher_grid
 from fewstep.distill.progressive import Progressive
+from fewstep.distill.reflow import ReFlow, flow_time_grid, straightness
 from fewstep.distill.sfd import SFD
 from fewstep.limits import check_count
 from fewstep.models import trained
@@ -42,7 +46,8 @@ from fewstep.models.student import (
     teacher_digest,
 )
 
-__all__ = ["METHODS", "MethodInfo", "distill", "list_methods", "student_grid", "teacher_grid"]
+__all__ = ["METHODS", "MethodInfo", "distill", "list_methods", "student_grid", "teacher_grid", "flow_time_grid",
+           "straightness"]
 
 MAX_NFE = 16  # a distilled student is a few-step sampler
 MAX_ITERATIONS = 1_000_000
@@ -77,9 +82,13 @@ METHODS: dict[str, MethodInfo] = {
                    "arXiv 2310.14189", 1e-4, False,
                    {"s0": 10, "s1": 1280, "schedule": "lognormal", "p_mean": -1.1, "p_std": 2.0,
                     "loss": "pseudo_huber", "sigma_data": 0.5}),
+        MethodInfo("reflow", "Liu et al., Rectified Flow, arXiv 2209.03003; Kim et al., Simple ReFlow, "
+                   "arXiv 2410.07815", 1e-4, False,
+                   {"pairs": 2048, "teacher_solver": "dpmpp_3m", "teacher_steps": 32, "normalize": False}),
     )
 }
 CONSISTENCY = ("cd", "ct")
+ANY_NFE = (*CONSISTENCY, "reflow")  # one network samples at every NFE: the record holds the grids of NFE 1-4
 
 
 def list_methods() -> dict[str, MethodInfo]:
@@ -128,7 +137,8 @@ def distill(teacher: Denoiser, method: str = "sfd", *, nfe: int = 2, iterations:
         teacher: a ``Denoiser`` around a ``torch.nn.Module`` (left unchanged).
         method: a name from ``list_methods()``.
         nfe: the student's evaluations per sample (SFD-v: its default one; ``options["nfes"]`` lists all,
-            default ``nfe .. nfe + 3``; a consistency student also samples at NFE 1-4, ``load_model(path, nfe=n)``).
+            default ``nfe .. nfe + 3``; a consistency or ReFlow student also samples at NFE 1-4,
+            ``load_model(path, nfe=n)``).
         iterations: training iterations (an SFD iteration is one batch of trajectories and one Adam update per
             trained student step).
         batch: trajectories (SFD) or training inputs (progressive) per iteration.
@@ -184,7 +194,7 @@ def distill(teacher: Denoiser, method: str = "sfd", *, nfe: int = 2, iterations:
         net = trainable_net(student, "student")
         net.requires_grad_(True)
     nfes = (nfe,)
-    if method in CONSISTENCY:  # one consistency function samples at every NFE: record the grids of 1-4 too
+    if method in ANY_NFE:
         nfes = tuple(sorted({1, 2, 3, 4, nfe}))
     if step_condition:
         nfes = tuple(opts["nfes"] or range(nfe, nfe + 4))
@@ -206,6 +216,11 @@ def distill(teacher: Denoiser, method: str = "sfd", *, nfe: int = 2, iterations:
         step = Consistency(teacher, student, mode=method, data=data, batch=batch, iterations=iterations,
                            options={**METHODS["cd"].options, **METHODS["ct"].options, **opts})
         extra = load_extra = None
+    elif method == "reflow":
+        step = ReFlow(teacher, student, batch=batch, pairs=int(opts["pairs"]), seed=seed,
+                      teacher_solver=str(opts["teacher_solver"]), teacher_steps=int(opts["teacher_steps"]),
+                      normalize=bool(opts["normalize"]))
+        extra = load_extra = None
     elif method == "progressive":
         step = Progressive(teacher, student, net, nfe=nfe, rounds=int(opts["rounds"]), iterations=iterations,
                            batch=batch, data=data)
@@ -221,7 +236,8 @@ def distill(teacher: Denoiser, method: str = "sfd", *, nfe: int = 2, iterations:
                    checkpoint_every=checkpoint_every, resume=resume, progress=progress, extra_state=extra,
                    load_extra=load_extra, lr_at=lr_at, desc=f"distill {method}")
     net.eval().requires_grad_(False)
-    grids = {n: student_grid(teacher, n + int(afs)) for n in nfes}
+    grids = {n: (flow_time_grid(n, start_sigma(teacher)) if method == "reflow" else student_grid(teacher, n + int(afs)))
+             for n in nfes}
     consistency = ({"sigma_min": step.sigma_min, "sigma_data": step.sigma_data} if method in CONSISTENCY
                    else None)
     record = StudentRecord(teacher=name, teacher_sha256=identity["teacher_sha256"], method=method, nfe=nfe,

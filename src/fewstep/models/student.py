@@ -1,12 +1,12 @@
 """Distilled students as first-class models: a safetensors file of weights beside a small JSON record.
 
-A student is a copy of its teacher's network, fine-tuned so that a few-step sampler on its own grid lands where
-the teacher's ODE does (``fewstep.distill``: SFD, Zhou et al., arXiv 2409.19681; progressive distillation,
-Salimans & Ho, arXiv 2202.00512; consistency distillation and training, Song et al., arXiv 2303.01469 and Song &
-Dhariwal, arXiv 2310.14189). The record says what it is: the teacher and the SHA-256 of the teacher's weights, the
-method, the NFE (or, for a step-conditioned student, every NFE it was trained for) with the sigma grid of each, the
-sampler, the training seed and options, and the SHA-256 of the student's weights, which is checked before they are
-read (``fewstep._verify``).
+A student is a copy of its teacher's network, fine-tuned so that a few-step sampler on its own grid lands where the
+teacher's ODE does (``fewstep.distill``: SFD, Zhou et al., arXiv 2409.19681; progressive distillation, Salimans &
+Ho, arXiv 2202.00512; consistency distillation and training, Song et al., arXiv 2303.01469 and Song & Dhariwal,
+arXiv 2310.14189; ReFlow, Liu et al., arXiv 2209.03003). The record says what it is: the teacher and the SHA-256 of
+the teacher's weights, the method, the NFE (or, for a step-conditioned student, every NFE it was trained for) with
+the sigma grid of each, the sampler, the training seed and options, and the SHA-256 of the student's weights, which
+is checked before they are read (``fewstep._verify``).
 
 ``load_student(path)`` (also ``fewstep.load_model(path)``) returns a ``Student``: a ``Denoiser`` that samples
 through the usual driver at its own NFE and grid, ``fewstep.sample(student, **student.sampling)``.
@@ -156,9 +156,8 @@ class StudentRecord:
             grids[n] = s
         if self.nfe not in grids:
             raise ValueError(f"the default NFE {self.nfe} has no grid; the record has {sorted(grids)}")
-        if len(grids) > 1 and not (self.step_condition or self.consistency is not None):
-            raise ValueError("only a step-conditioned student or a consistency model may hold grids for several "
-                             "NFEs")
+        if len(grids) > 1 and not (self.step_condition or self.method in ("cd", "ct", "reflow")):
+            raise ValueError("only a step-conditioned, consistency or ReFlow student may hold grids for several NFEs")
         if (self.teacher == DIFFUSERS) != (self.diffusers is not None):
             raise ValueError("a student of a diffusers model stores its configs under 'diffusers', and only it does")
         object.__setattr__(self, "grids", dict(sorted(grids.items())))
