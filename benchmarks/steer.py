@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/steer.py            # the numbers in docs/steering.md, "Measured"
     .venv/bin/python benchmarks/steer.py --quick    # a smoke run (16 seeds, smaller sizes)
     .venv/bin/python benchmarks/steer.py --part minority,compose   # only those parts (seconds)
+    .venv/bin/python benchmarks/steer.py --part plots --img docs/img  # docs/img/steer_*.png
 
 Part 1, digits: steer towards digit 3 with the reward log p(3 | x) of the bundled classifier at temperature 1,
 whose tilt p(x) p(3 | x) is the class-conditional distribution. Rows: each method at two sizes on digits-edm,
@@ -15,6 +16,9 @@ Part 3, minority: minority guidance (arXiv 2301.12334) on gmm2d's ring with mode
 the share of mode 0 against the guidance strength w (and level 0, the majority).
 Part 4, compose: the product of two Gaussians (closed form) sampled by the summed-score reverse process with and
 without ULA / MALA / HMC correctors (arXiv 2302.11552): error of the mean and of the per-coordinate variance.
+Part 5, plots (with --img FOLDER): steer_reward_vs_compute.png (mean reward against evaluations per sample for every
+method on digits-edm, digits-flow and digits-cond, 32 seeds), steer_grid_METHOD.png (16 samples of digits-edm per
+method at 8 particles, seeds 0-15) and steer_gmm2d.png (gmm2d steered by r(x) = x_1: exact tilt, FK and best-of-16).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import platform
 import time
+from pathlib import Path
 
 import torch
 
@@ -176,15 +181,86 @@ def compose_rows(n: int) -> list[str]:
     return rows
 
 
-PARTS = ("digits", "exact", "minority", "compose")
+def methods_at(model, r, k: int, seeds: list[int], cond) -> dict:
+    """Every method at size ``k`` (as in the digits table; k = 1: the base sampler for each)."""
+    return {
+        "best_of_n": lambda: best_of_n(model, r, n=k, nfe=NFE, seeds=seeds, cond=cond),
+        "noise_search": lambda: noise_search(model, r, candidates=max(k - 1, 1), iterations=1 if k > 1 else 0,
+                                             nfe=NFE, seeds=seeds, cond=cond),
+        "path_search": lambda: path_search(model, r, width=max(k // 2, 1), branches=2 if k > 1 else 1, back=2,
+                                           forward=4, nfe=NFE, solver="euler", seeds=seeds, cond=cond),
+        "fk": lambda: fk_steer(model, r, particles=k, nfe=NFE, seeds=seeds, cond=cond),
+        "svdd": lambda: svdd(model, r, particles=k, temperature=1.0, nfe=NFE, seeds=seeds, cond=cond),
+    }
+
+
+def plots(folder: Path) -> None:
+    """The pictures of docs/steering.md (see the module docstring)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fewstep.bench.image import save_grid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    r = digit_logprob(DIGIT)
+    seeds = list(range(32))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True)
+    for ax, name in zip(axes, ("digits-edm", "digits-flow", "digits-cond"), strict=True):
+        model = load_model(name)
+        cond = {"class_labels": torch.full((len(seeds),), 10)} if name == "digits-cond" else None
+        curves: dict[str, list[tuple[float, float]]] = {}
+        for k in (1, 2, 4, 8):
+            for method, run in methods_at(model, r, k, seeds, cond).items():
+                res = run()
+                curves.setdefault(method, []).append((res.evaluations, float(res.rewards.mean())))
+                if name == "digits-edm" and k == 8:
+                    save_grid(res.samples[:16], folder / f"steer_grid_{method}.png", nrow=8)
+        for method, pts in curves.items():
+            ax.plot(*zip(*pts, strict=True), marker="o", label=method)
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_title(f"{name} (unconditional), towards 3")
+        ax.set_xlabel("model evaluations per sample")
+    axes[0].set_ylabel("mean log p(3 | x)")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(folder / "steer_reward_vs_compute.png", dpi=100)
+    plt.close(fig)
+    save_grid(fk_steer(load_model("digits-edm"), r, particles=1, nfe=NFE, seeds=list(range(16))).samples,
+              folder / "steer_grid_base.png", nrow=8)
+    g = load_model("gmm2d", chunk=1 << 16)
+    a = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    seeds = list(range(1000))
+    panels = [("exact tilt p(x) exp(x_1)", tilt_linear(g, a, 1.0).sample_data(1000, torch.Generator().manual_seed(0))),
+              ("FK steering, 16 particles", fk_steer(g, linear(a), particles=16, nfe=30, seeds=seeds).samples),
+              ("best-of-16", best_of_n(g, linear(a), n=16, nfe=30, solver="dpmpp_2m", seeds=seeds).samples)]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.8), sharex=True, sharey=True)
+    for ax, (title, x) in zip(axes, panels, strict=True):
+        ax.scatter(x[:, 0], x[:, 1], s=3, alpha=0.4)
+        ax.set_title(title)
+        ax.set_aspect("equal")
+    fig.tight_layout()
+    fig.savefig(folder / "steer_gmm2d.png", dpi=100)
+    plt.close(fig)
+    for p in sorted(folder.glob("steer_*.png")):
+        print(f"wrote {p}")
+
+
+PARTS = ("digits", "exact", "minority", "compose", "plots")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="16 seeds and smaller sizes (a smoke run)")
-    parser.add_argument("--part", default=",".join(PARTS), help=f"comma-separated parts: {', '.join(PARTS)}")
+    parser.add_argument("--part", default=",".join(PARTS[:4]),
+                        help=f"comma-separated parts: {', '.join(PARTS)} (default: all but plots)")
+    parser.add_argument("--img", default=None, metavar="FOLDER", help="where part plots writes steer_*.png")
     args = parser.parse_args()
     parts = [p.strip() for p in args.part.split(",") if p.strip()]
+    if "plots" in parts and args.img is None:
+        parser.error("--part plots needs --img FOLDER (docs/img for the documentation's pictures)")
     if not parts or any(p not in PARTS for p in parts):
         parser.error(f"--part takes parts from {', '.join(PARTS)}; got {args.part!r}")
     torch.set_num_threads(1)
@@ -211,6 +287,8 @@ def main() -> None:
         print("\n| corrector | NFE | evaluations / sample | mean error | variance (exact 0.5, 0.2) | mean + variance "
               "error | acceptance | wall s |\n|---|---|---|---|---|---|---|---|")
         compose_rows(500 if args.quick else 2000)
+    if "plots" in parts:
+        plots(Path(args.img))
 
 
 if __name__ == "__main__":
