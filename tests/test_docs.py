@@ -94,6 +94,11 @@ SLOW: dict[str, str] = {
     ".venv/bin/python benchmarks/tune_coefficients.py --models digits-edm --eval-seeds 128": "28 minutes",
     "python benchmarks/tuning_references.py": "reference solutions of the trained models at two tolerances",
     "python benchmarks/tuned.py": "hours (all methods on all models)",
+    # docs/steering.md and its section of docs/benchmarks.md
+    ".venv/bin/python benchmarks/steer.py": "every steering method on three digits models, the exact tilts (6 minutes)",
+    ".venv/bin/python benchmarks/steer.py --part minority,compose":
+        "40 s; the same claims run on every test run in tests/steer/test_minority.py and tests/steer/test_compose.py",
+    ".venv/bin/python benchmarks/steer.py --part plots --img docs/img": "the steer_*.png pictures (4 minutes)",
 }
 
 # Commands that are not run at all, with the reason.
