@@ -13,6 +13,7 @@ from scipy import stats
 from fewstep.lm import Sampler, generate
 from fewstep.lm.scaling import (
     allocate,
+    allocate_verified,
     allocation_coverage,
     best_of_n_law,
     coverage,
@@ -140,6 +141,22 @@ def test_held_out_coverage_is_pass_at_k_per_configuration():
     assert held_out_coverage([a], [2]) == pytest.approx(coverage(a, 2))
     assert held_out_coverage([a, b], [2, 1]) == pytest.approx((0.5 + 1) / 2)
     assert held_out_coverage([a, b], [0, 0]) == 0.0
+    with pytest.raises(ValueError, match="counts must give 0..n_c"):
+        held_out_coverage([a, b], [5, 1])
+
+
+def test_allocation_from_verified_samples_maximises_the_unbiased_estimate():
+    g = torch.Generator().manual_seed(1)
+    rates = torch.tensor([[0.6, 0.0, 0.2]] * 15 + [[0.0, 0.4, 0.2]] * 15, dtype=torch.float64)
+    tables = [torch.rand(30, 12, generator=g, dtype=torch.float64) < rates[:, c : c + 1] for c in range(3)]
+    for budget in (1, 2, 5, 12, 30):
+        n = allocate_verified(tables, budget)
+        assert sum(n) <= budget and all(k <= 12 for k in n)
+        got = held_out_coverage(tables, n)
+        singles = [held_out_coverage(tables, [min(budget, 12) if c == d else 0 for c in range(3)]) for d in range(3)]
+        assert got >= max(singles) - 1e-12
+        if budget >= 2:
+            assert n[0] > 0 and n[1] > 0  # the complementary configurations are mixed
 
 
 def test_restarts_prune_by_the_predictor_and_count_attempts():

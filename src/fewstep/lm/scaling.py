@@ -176,34 +176,65 @@ def allocate(success: torch.Tensor, budget: int, cost: Sequence[float] | None = 
     """OSCA (arXiv 2410.22480): samples per configuration maximising expected coverage within ``budget``.
 
     ``success[i, c]`` is the success rate of configuration ``c`` on training problem ``i``; a sample of
-    ``c`` costs ``cost[c]`` (default 1). Greedy by coverage gained per cost, then hill climbing (move one
-    sample from one configuration to another while coverage rises), and never worse on the training
-    problems than the best single configuration, which is among the candidates.
+    ``c`` costs ``cost[c]`` (default 1); the objective is ``allocation_coverage`` with the rates plugged in.
+    Greedy by coverage gained per cost, then hill climbing (move samples from one configuration to another
+    while coverage rises), and never worse on the training problems than the best single configuration,
+    which is among the candidates.
     """
     success = _table(success, "success").double()
-    configs = success.shape[1]
+    cost_t = _costs(cost, success.shape[1], budget)
+    return _climb(lambda n: allocation_coverage(success, n), cost_t, budget, [None] * success.shape[1])
+
+
+def allocate_verified(correct: Sequence[torch.Tensor], budget: int, cost: Sequence[float] | None = None) -> list[int]:
+    """OSCA from verified training samples: ``correct[c]`` is a boolean [problems, n_c] table of configuration c.
+
+    The objective is the unbiased coverage estimate of ``held_out_coverage`` on the training samples
+    (pass@k per configuration, so at most ``n_c`` samples of configuration c), which avoids the bias of
+    plugging estimated rates into ``1 - prod (1 - p)^n``; the search is that of ``allocate``.
+    """
+    tables = [_table(t, "correct") for t in correct]
+    miss = [_miss(t) for t in tables]
+    cost_t = _costs(cost, len(tables), budget)
+
+    def value(n: list[int]) -> float:
+        m = torch.ones(tables[0].shape[0], dtype=torch.float64)
+        for table, k in zip(miss, n):
+            m = m * table[:, k]
+        return float(1 - m.mean())
+
+    return _climb(value, cost_t, budget, [t.shape[1] for t in tables])
+
+
+def _costs(cost: Sequence[float] | None, configs: int, budget: float) -> torch.Tensor:
     cost_t = torch.ones(configs, dtype=torch.float64) if cost is None else torch.as_tensor(cost, dtype=torch.float64)
     if cost_t.shape != (configs,) or (cost_t <= 0).any():
         raise ValueError(f"cost must hold {configs} positive numbers, got {cost!r}")
-    if not isinstance(budget, (int, float)) or budget < float(cost_t.min()):
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget < float(cost_t.min()):
         raise ValueError(f"budget must afford at least one sample (>= {float(cost_t.min())}), got {budget!r}")
+    return cost_t
 
-    def value(n: list[int]) -> float:
-        return allocation_coverage(success, n)
 
-    def spent(n: list[int]) -> float:
-        return float((torch.tensor(n, dtype=torch.float64) * cost_t).sum())
+def _climb(value: Callable[[list[int]], float], cost: torch.Tensor, budget: float, caps: list[int | None]) -> list[int]:
+    """Greedy then hill climbing over sample counts within the budget (and ``caps``), and the best single config."""
+    configs = len(cost)
+
+    def fits(n: list[int]) -> bool:
+        under = all(cap is None or k <= cap for k, cap in zip(n, caps))
+        return under and float((torch.tensor(n, dtype=torch.float64) * cost).sum()) <= budget + 1e-9
+
+    def plus(n: list[int], c: int) -> list[int]:
+        return n[:c] + [n[c] + 1] + n[c + 1 :]
 
     n = [0] * configs
     while True:  # greedy: the sample that gains most coverage per cost
-        options = [c for c in range(configs) if spent(n) + float(cost_t[c]) <= budget + 1e-9]
+        options = [c for c in range(configs) if fits(plus(n, c))]
         if not options:
             break
         base = value(n)
-        c = max(options, key=lambda c: (value(n[:c] + [n[c] + 1] + n[c + 1 :]) - base) / float(cost_t[c]))
-        n[c] += 1
+        n = plus(n, max(options, key=lambda c: (value(plus(n, c)) - base) / float(cost[c])))
     improved = True
-    while improved:  # hill climbing over single moves
+    while improved:  # hill climbing: one sample out of a, as many into b as fit
         improved, base = False, value(n)
         for a in range(configs):
             for b in range(configs):
@@ -211,13 +242,26 @@ def allocate(success: torch.Tensor, budget: int, cost: Sequence[float] | None = 
                     continue
                 m = list(n)
                 m[a] -= 1
-                while spent(m) + float(cost_t[b]) <= budget + 1e-9:
-                    m[b] += 1
+                while fits(plus(m, b)):
+                    m = plus(m, b)
                     if value(m) > base + 1e-12:
                         n, base, improved = list(m), value(m), True
                         break
-    singles = [[int(budget // float(cost_t[c])) if c == d else 0 for c in range(configs)] for d in range(configs)]
+    singles = []
+    for d in range(configs):
+        k = int(budget // float(cost[d])) if caps[d] is None else min(int(budget // float(cost[d])), caps[d])
+        singles.append([k if c == d else 0 for c in range(configs)])
     return max([n, *singles], key=value)
+
+
+def _miss(table: torch.Tensor) -> torch.Tensor:
+    """``[problems, n + 1]``: column k is ``C(n - c, k) / C(n, k)``, the chance that k of the n samples
+    drawn without replacement all fail (c right ones per problem)."""
+    n = table.shape[1]
+    c = table.sum(1, dtype=torch.float64)[:, None]
+    j = torch.arange(n, dtype=torch.float64)[None, :]
+    ratios = (n - c - j).clamp(min=0) / (n - j)
+    return torch.cat([torch.ones_like(c), ratios.cumprod(1)], 1)
 
 
 def held_out_coverage(correct: Sequence[torch.Tensor], counts: Sequence[int]) -> float:
@@ -227,11 +271,12 @@ def held_out_coverage(correct: Sequence[torch.Tensor], counts: Sequence[int]) ->
     draws without replacement all fail: ``prod_c C(n_c - c_c, k_c) / C(n_c, k_c)`` (pass@k, arXiv 2107.03374).
     """
     tables = [_table(t, "correct") for t in correct]
+    if len(counts) != len(tables) or any(not 0 <= int(k) <= t.shape[1] for k, t in zip(counts, tables)):
+        raise ValueError(f"counts must give 0..n_c samples for each of the {len(tables)} configurations, got "
+                         f"{list(counts)} for n_c = {[t.shape[1] for t in tables]}")
     miss = torch.ones(tables[0].shape[0], dtype=torch.float64)
-    for table, k in zip(tables, counts, strict=True):
-        if k:
-            n = table.shape[1]
-            miss *= torch.tensor([1 - pass_at_k(n, int(c), int(k)) for c in table.sum(1).tolist()])
+    for table, k in zip(tables, counts):
+        miss = miss * _miss(table)[:, int(k)]
     return float(1 - miss.mean())
 
 
