@@ -11,6 +11,8 @@
   improved techniques of iCT (Song & Dhariwal, arXiv 2310.14189), ``fewstep.distill.consistency``.
 - ``reflow``: rectified flow on the teacher's couplings (Liu et al., arXiv 2209.03003; Kim et al., arXiv
   2410.07815), ``fewstep.distill.reflow``, with ``straightness`` to measure the result.
+- ``shortcut``: shortcut models (Frans et al., arXiv 2410.12557), step-size conditioning with the self-consistency
+  target, ``fewstep.distill.shortcut``.
 
 The teacher is any ``Denoiser`` whose network is a ``torch.nn.Module`` (``EDMPrecond``, ``ModelDenoiser``,
 ``from_diffusers``); a student is saved for a bundled digits teacher or a diffusers ``UNet2DModel``.
@@ -34,6 +36,7 @@ from fewstep.distill.grids import student_grid, teacher_grid
 from fewstep.distill.progressive import Progressive
 from fewstep.distill.reflow import ReFlow, flow_time_grid, straightness
 from fewstep.distill.sfd import SFD
+from fewstep.distill.shortcut import Shortcut, levels
 from fewstep.limits import check_count
 from fewstep.models import trained
 from fewstep.models.digits_data import digits_data
@@ -85,6 +88,8 @@ METHODS: dict[str, MethodInfo] = {
         MethodInfo("reflow", "Liu et al., Rectified Flow, arXiv 2209.03003; Kim et al., Simple ReFlow, "
                    "arXiv 2410.07815", 1e-4, False,
                    {"pairs": 2048, "teacher_solver": "dpmpp_3m", "teacher_steps": 32, "normalize": False}),
+        MethodInfo("shortcut", "Frans et al., One Step Diffusion via Shortcut Models, arXiv 2410.12557", 1e-4, False,
+                   {"max_steps": 128}),
     )
 }
 CONSISTENCY = ("cd", "ct")
@@ -147,8 +152,8 @@ def distill(teacher: Denoiser, method: str = "sfd", *, nfe: int = 2, iterations:
         seed: every iteration draws its noise from a generator seeded by ``(seed, iteration)``.
         options: the method's options (``list_methods()[method].options``).
         student: the network to train (default: a copy of the teacher's, or for SFD-v a step-conditioned copy).
-        data: training data ``[N, *shape]`` for progressive distillation and consistency distillation/training
-            (default for the bundled digits models: the digits' train split).
+        data: training data ``[N, *shape]`` for progressive distillation, consistency distillation/training and
+            shortcut models (default for the bundled digits models: the digits' train split).
         out: save the student as ``out`` (``.json``) and its weights beside it; checkpoints go to ``out`` with the
             suffix ``.ckpt`` every ``checkpoint_every`` iterations, and ``resume`` continues from there.
         progress: show a progress bar with the time left.
@@ -177,12 +182,13 @@ def distill(teacher: Denoiser, method: str = "sfd", *, nfe: int = 2, iterations:
         if name != DIFFUSERS and name not in trained.SPECS:
             raise ValueError(f"a student can be saved for a bundled trained model ({', '.join(trained.SPECS)}) or "
                              f"a diffusers UNet2DModel; {name!r} can be distilled but not saved (leave out out=)")
-    step_condition = method == "sfd-v"
+    step_condition = method in ("sfd-v", "shortcut")
     if student is None:
         if step_condition:
             if name not in trained.SPECS:
-                raise ValueError(f"sfd-v needs a network with a step input: a bundled digits model "
-                                 f"({', '.join(trained.SPECS)}); got {name!r} (use method 'sfd')")
+                raise ValueError(f"{method} needs a network with a step input: a bundled digits model "
+                                 f"({', '.join(trained.SPECS)}); got {name!r} (use method 'sfd', or pass "
+                                 "student= a Denoiser whose network takes steps=)")
             net, student = build_network(name, step_condition=True)
             missing = net.load_state_dict(teacher_net.state_dict(), strict=False).missing_keys
             if any(not k.startswith("step_mlp.") for k in missing):
@@ -196,7 +202,12 @@ def distill(teacher: Denoiser, method: str = "sfd", *, nfe: int = 2, iterations:
     nfes = (nfe,)
     if method in ANY_NFE:
         nfes = tuple(sorted({1, 2, 3, 4, nfe}))
-    if step_condition:
+    if method == "shortcut":  # the trained step counts up to 4 (powers of two) and the asked one
+        ladder = levels(opts["max_steps"])
+        if nfe not in ladder:
+            raise ValueError(f"a shortcut model samples at the trained step counts {sorted(ladder)}; got nfe={nfe}")
+        nfes = tuple(sorted({n for n in ladder if n <= 4} | {nfe}))
+    elif step_condition:
         nfes = tuple(opts["nfes"] or range(nfe, nfe + 4))
         for n in nfes:
             check_count("each of nfes", n, 1, MAX_NFE)
@@ -209,7 +220,7 @@ def distill(teacher: Denoiser, method: str = "sfd", *, nfe: int = 2, iterations:
     identity = {"teacher": name, "teacher_sha256": digest, "method": method,
                 "nfes": list(nfes), "iterations": iterations, "batch": batch, "lr": lr, "seed": seed,
                 "options": {k: v for k, v in opts.items()}}
-    if method in ("progressive", *CONSISTENCY) and data is None and name in trained.SPECS:
+    if method in ("progressive", "shortcut", *CONSISTENCY) and data is None and name in trained.SPECS:
         data = digits_data("train")[0].reshape(-1, *teacher.shape)
     lr_at = None
     if method in CONSISTENCY:
@@ -221,6 +232,9 @@ def distill(teacher: Denoiser, method: str = "sfd", *, nfe: int = 2, iterations:
                       teacher_solver=str(opts["teacher_solver"]), teacher_steps=int(opts["teacher_steps"]),
                       normalize=bool(opts["normalize"]))
         extra = load_extra = None
+    elif method == "shortcut":
+        step = Shortcut(teacher, student, data=data, batch=batch, max_steps=int(opts["max_steps"]))
+        extra = load_extra = None
     elif method == "progressive":
         step = Progressive(teacher, student, net, nfe=nfe, rounds=int(opts["rounds"]), iterations=iterations,
                            batch=batch, data=data)
@@ -230,14 +244,14 @@ def distill(teacher: Denoiser, method: str = "sfd", *, nfe: int = 2, iterations:
                    teacher_solver=str(opts["teacher_solver"]), step_condition=step_condition)
         extra = load_extra = None
     if method != "progressive":
-        def lr_at(i: int) -> float:  # SFD's official schedule; ours for the consistency methods
+        def lr_at(i: int) -> float:  # SFD's official schedule; ours for the other methods
             return lr if i < iterations // 2 else lr / 10
     result = train(net, step, iterations=iterations, seed=seed, lr=lr, identity=identity, checkpoint=checkpoint,
                    checkpoint_every=checkpoint_every, resume=resume, progress=progress, extra_state=extra,
                    load_extra=load_extra, lr_at=lr_at, desc=f"distill {method}")
     net.eval().requires_grad_(False)
-    grids = {n: (flow_time_grid(n, start_sigma(teacher)) if method == "reflow" else student_grid(teacher, n + int(afs)))
-             for n in nfes}
+    grids = {n: (flow_time_grid(n, start_sigma(teacher)) if method in ("reflow", "shortcut")
+                 else student_grid(teacher, n + int(afs))) for n in nfes}
     consistency = ({"sigma_min": step.sigma_min, "sigma_data": step.sigma_data} if method in CONSISTENCY
                    else None)
     record = StudentRecord(teacher=name, teacher_sha256=identity["teacher_sha256"], method=method, nfe=nfe,
