@@ -156,8 +156,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     data = Path(__file__).resolve().parents[1] / "src/fewstep/lm/data"
     parser.add_argument("--out", type=Path, default=data)
-    parser.add_argument("--target-steps", type=int, default=380)
-    parser.add_argument("--draft-steps", type=int, default=1200)
+    parser.add_argument("--target-steps", type=int, default=200)
+    parser.add_argument("--draft-steps", type=int, default=400)
     args = parser.parse_args()
 
     from tokenizers import Tokenizer

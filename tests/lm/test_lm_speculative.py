@@ -68,7 +68,7 @@ def test_plain_sampling_matches_target_too():
     assert total_variation(law, out.tokens) < 1.2 * expected_tv(law, N)
 
 
-def accept_everything(p, q, drafts, rng, selection="priority"):
+def accept_everything(p, q, drafts, rng, selection="priority", lengths=None):
     batch, _, gamma = drafts.shape
     return (torch.full((batch,), gamma), rng.sample(p[:, 0, gamma]), torch.zeros(batch, dtype=torch.long),
             torch.ones(batch, gamma, dtype=torch.bool))

@@ -141,7 +141,11 @@ def run(args: argparse.Namespace) -> int:
 
     quiet_transformers()
     sampler = Sampler.parse(args.sampler)
-    sampler.to_hf()  # raises unless transformers can apply the same chain
+    try:
+        sampler.to_hf()  # raises unless transformers can apply the same chain
+    except ValueError as exc:
+        raise ValueError(f"--sampler: {str(exc).split('; write')[0]}; write the steps in that order, "
+                         "e.g. 'temperature=0.8,top_p=0.9'") from None
     with outputs:
         rows, env = _measure(args, sampler)
         if doc is not None:

@@ -27,17 +27,25 @@ def add_parser(subparsers) -> None:
                     "with the draft and verifies them with the model; the output distribution is unchanged.")
     p.add_argument("--prompt", required=True, help=f"text to continue, at most {MAX_PROMPT_TOKENS:,} tokens")
     p.add_argument("--model", type=name, default="bundled",
-                   help="'bundled' or a local folder holding a transformers causal LM")
+                   help="'bundled' (the small pair's target), 'bundled-large' (the 10M target) or a local folder "
+                        "holding a transformers causal LM")
     p.add_argument("--sampler", default="temperature=1",
                    help="processor chain applied in the order written, e.g. 'temperature=0.8,min_p=0.05', "
-                        "or 'greedy'; names: temperature, top_k, top_p, typical, min_p, epsilon, eta")
+                        "or 'greedy'; names: temperature, top_k, top_p, typical, min_p, epsilon, eta, "
+                        "repetition_penalty, no_repeat_ngram_size, min_new_tokens")
+    p.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                   help="end a sample once its text holds TEXT (repeatable; the token that completes it is kept)")
     p.add_argument("--order", choices=("given", "hf", "llama.cpp"), default="given",
                    help="'hf' puts temperature first (transformers, vLLM), 'llama.cpp' puts it last")
     p.add_argument("--draft", type=name, default=None,
-                   help="'bundled' or a local folder holding a transformers causal LM: enables speculative "
-                        "sampling (default: none)")
+                   help="enables speculative sampling: 'bundled' (the small pair's draft), 'bundled-large' (the "
+                        "draft distilled from the 10M target), 'ngram' (prompt lookup, no second model), "
+                        "'early-exit' (the model's own lower layers) or a local folder holding a transformers "
+                        "causal LM (default: none)")
     p.add_argument("--gamma", type=int_in(1, MAX_GAMMA), default=4,
-                   help=f"draft tokens per verification round, 1..{MAX_GAMMA}")
+                   help=f"draft tokens per verification round, 1..{MAX_GAMMA} (the longest with --adaptive-gamma)")
+    p.add_argument("--adaptive-gamma", action="store_true",
+                   help="choose each sample's draft length per round from its running acceptance, up to --gamma")
     p.add_argument("--num-drafts", type=int_in(1, MAX_DRAFTS), default=1,
                    help=f"independent draft sequences per round, 1..{MAX_DRAFTS}")
     p.add_argument("--selection", type=name, default=None,
@@ -70,7 +78,9 @@ def load(name: str, vocab_size: int | None = None):
     except OSError:
         is_dir = False
     if not is_dir:
-        raise ValueError(f"{name!r} is neither 'bundled' nor a folder holding a transformers causal LM")
+        raise ValueError(f"{name!r} is neither 'bundled', 'bundled-large' nor a folder holding a transformers "
+                         "causal LM; hub names are not downloaded (fewstep runs offline): download the model "
+                         "and pass its folder")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -80,6 +90,27 @@ def load(name: str, vocab_size: int | None = None):
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ValueError(f"cannot load a transformers causal LM from {name}: {first}") from None
     return models.TransformersLM(model), tokenizer
+
+
+BUNDLED_NAMES = {"bundled": ("target", "draft"), "bundled-large": ("target-large", "draft-large")}
+
+
+def load_draft(name: str, vocab_size: int | None, target):
+    """The ``--draft``: a bundled draft, 'ngram', 'early-exit' (of ``target``) or a local transformers folder."""
+    from fewstep.lm import NGramDraft, early_exit
+
+    if name in ("ngram", "early-exit") and vocab_size is not None:
+        raise ValueError(f"--draft-vocab needs a bundled model draft, got --draft {name}")
+    if name == "ngram":
+        return NGramDraft()
+    if name == "early-exit":
+        return early_exit(target)
+    return load(BUNDLED_NAMES[name][1] if name in BUNDLED_NAMES else name, vocab_size)[0]
+
+
+def stop_options(stop: list[str] | None, tokenizer) -> dict:
+    """``stop`` and ``decode`` keywords for --stop strings."""
+    return {} if not stop else {"stop": list(stop), "decode": tokenizer.decode}
 
 
 def quiet_transformers() -> None:
@@ -103,7 +134,7 @@ def eos_id(tokenizer) -> int | None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from fewstep.lm import Sampler, generate, speculative_generate
+    from fewstep.lm import AdaptiveGamma, Sampler, generate, speculative_generate
     from fewstep.lm.multidraft import DEFAULT
 
     quiet_transformers()
@@ -115,19 +146,25 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--seed + --samples - 1 must be at most {MAX_SEED}; got {args.seed + args.samples - 1}")
     if args.draft is None and (args.draft_vocab is not None or args.num_drafts != 1 or args.selection is not None):
         raise ValueError("--draft-vocab, --num-drafts and --selection need --draft")
-    target, tokenizer = load("target" if args.model == "bundled" else args.model)
+    if args.draft is None and args.adaptive_gamma:
+        raise ValueError("--adaptive-gamma needs --draft")
+    if any(not text for text in args.stop or ()):
+        raise ValueError("--stop must not be empty")
+    target, tokenizer = load(BUNDLED_NAMES[args.model][0] if args.model in BUNDLED_NAMES else args.model)
     prompt = encode(tokenizer, args.prompt)
     if not prompt:
         raise ValueError("--prompt must not be empty")
     if len(prompt) > MAX_PROMPT_TOKENS:
         raise ValueError(f"--prompt must be at most {MAX_PROMPT_TOKENS:,} tokens; it has {len(prompt):,}")
     gens = [torch.Generator().manual_seed(args.seed + i) for i in range(args.samples)]
-    common = dict(max_new_tokens=args.max_new_tokens, generator=gens, eos_token_id=eos_id(tokenizer))
+    common = dict(max_new_tokens=args.max_new_tokens, generator=gens, eos_token_id=eos_id(tokenizer),
+                  **stop_options(args.stop, tokenizer))
     if args.draft is None:
         result = generate(target, [prompt] * args.samples, sampler, **common)
     else:
-        draft, _ = load("draft" if args.draft == "bundled" else args.draft, args.draft_vocab)
-        result = speculative_generate(target, draft, [prompt] * args.samples, sampler, gamma=args.gamma,
+        draft = load_draft(args.draft, args.draft_vocab, target)
+        gamma = AdaptiveGamma(max_gamma=args.gamma) if args.adaptive_gamma else args.gamma
+        result = speculative_generate(target, draft, [prompt] * args.samples, sampler, gamma=gamma,
                                       num_drafts=args.num_drafts, selection=args.selection or DEFAULT, **common)
     texts = [tokenizer.decode(prompt + tokens) for tokens in result.tokens]
     stats = result.stats.to_dict()

@@ -22,6 +22,9 @@ class DecodeStats:
     draft_tokens: int = 0
     accepted_tokens: int = 0
     accepted_per_position: tuple[int, ...] = ()
+    drafted_per_position: tuple[int, ...] = ()  # rounds that proposed an i-th token (all of them at a fixed gamma)
+    target_seconds: float = 0.0  # inside the target's forward calls
+    draft_seconds: float = 0.0  # inside the draft's forward calls (or the n-gram lookup)
 
     @property
     def acceptance_rate(self) -> float | None:
@@ -35,8 +38,21 @@ class DecodeStats:
 
     @property
     def acceptance_per_position(self) -> tuple[float, ...]:
-        """For each draft position i, the share of rounds that accepted the i-th draft token."""
+        """For each draft position i, the share of rounds proposing an i-th draft token that accepted it."""
+        if self.drafted_per_position:
+            return tuple(a / d if d else float("nan")
+                         for a, d in zip(self.accepted_per_position, self.drafted_per_position))
         return tuple(a / self.drafts for a in self.accepted_per_position) if self.drafts else ()
+
+    @property
+    def mean_draft_length(self) -> float | None:
+        """Draft tokens proposed per round (``gamma`` when fixed; the adaptive choice's mean otherwise)."""
+        return self.draft_tokens / self.drafts if self.drafts else None
+
+    @property
+    def overhead_seconds(self) -> float:
+        """Wall time outside the models' forward calls: sampling, verification, cache bookkeeping."""
+        return self.seconds - self.target_seconds - self.draft_seconds
 
     @property
     def target_calls_per_token(self) -> float:
@@ -47,6 +63,6 @@ class DecodeStats:
         return self.new_tokens / self.seconds if self.seconds > 0 else float("nan")
 
     def to_dict(self) -> dict:
-        derived = ("acceptance_rate", "mean_acceptance_length", "acceptance_per_position",
-                   "target_calls_per_token", "tokens_per_second")
+        derived = ("acceptance_rate", "mean_acceptance_length", "acceptance_per_position", "mean_draft_length",
+                   "overhead_seconds", "target_calls_per_token", "tokens_per_second")
         return {**asdict(self), **{name: getattr(self, name) for name in derived}}

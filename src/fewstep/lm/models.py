@@ -19,7 +19,7 @@ import torch
 from fewstep._verify import read_bundled, verify_bundled
 
 DATA = Path(__file__).parent / "data"
-BUNDLED = ("target", "draft")
+BUNDLED = ("target", "draft", "target-large", "draft-large")
 
 
 @runtime_checkable
@@ -69,6 +69,10 @@ class TransformersLM:
         self.vocab_size = int(head.out_features)
         self.vocab_ids = None if vocab_ids is None else _check_ids(vocab_ids, self.vocab_size)
         self._head = head
+        eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        # end-of-sequence ids from the model's generation_config, as transformers' generate reads them
+        self.eos_token_ids: tuple[int, ...] = () if eos is None else tuple([eos] if isinstance(eos, int) else eos)
+        self.max_positions: int | None = getattr(model.config, "max_position_embeddings", None)
         self._cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     def _new_cache(self) -> Any:
@@ -135,7 +139,12 @@ def frequent_tokens(counts: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def load_bundled(name: str = "target", vocab_size: int | None = None) -> TransformersLM:
-    """The bundled Llama-architecture ``"target"`` or ``"draft"``, trained by ``scripts/train_lm.py``.
+    """A bundled Llama-architecture model, all on the same tokenizer.
+
+    ``"target"`` (~1.1M parameters) and ``"draft"`` (~0.05M), trained by ``scripts/train_lm.py``: the
+    small pair for fast tests. ``"target-large"`` (~10.2M parameters, 8 layers, an early-exit layer for
+    ``fewstep.lm.early_exit``, EOS in its generation_config) and ``"draft-large"`` (~0.5M, distilled from
+    it), trained by ``scripts/train_lm_large.py``: the pair on which speculative sampling is meant to pay.
 
     ``vocab_size`` restricts the LM head to that many most frequent tokens of the training corpus.
     Loads offline from safetensors (no pickle); needs ``transformers``.
