@@ -50,6 +50,28 @@ def test_every_method_runs_and_raises_the_reward(tmp_path, capsys, method):
     assert str(z["solver"]) == (sample_steer.default_solver(method) or "unipc")
 
 
+def test_every_solver_of_the_command_steers_where_the_method_allows(tmp_path, capsys):
+    """Stochastic solvers carry FK's particles (restart cannot stop at a grid point: refused); deterministic ones
+    carry best-of-n, and FK with more than one particle refuses them naming the stochastic ones."""
+    from fewstep.diffusion.solvers import SOLVERS
+
+    for solver, info in sorted(SOLVERS.items()):
+        method = "fk" if info.stochastic else "best_of_n"
+        code, out = _run(tmp_path, "--solver", solver, "--nfe", "12", "--seeds", "0-1", "--reward", "linear:1,0",
+                         "--steer", method, "--particles", "2", "--force", out=solver)
+        err = capsys.readouterr().err
+        if solver == "restart":
+            assert code == 2 and "cannot stop and restart" in err, err
+            continue
+        assert code == 0, (solver, err)
+        assert np.load(out.with_suffix(".npz"))["samples"].shape == (2, 2)
+        if not info.stochastic:
+            assert _run(tmp_path, "--solver", solver, "--nfe", "12", "--seeds", "0", "--reward", "linear:1,0",
+                        "--steer", "fk", "--particles", "2", out="refused")[0] == 2
+            refusal = capsys.readouterr().err
+            assert "needs a stochastic solver" in refusal and "euler_ancestral" in refusal, refusal
+
+
 def test_one_particle_is_plain_sample(tmp_path):
     assert _run(tmp_path, "--solver", "ddpm", "--nfe", "8", "--seeds", "3-9", out="plain")[0] == 0
     assert _run(tmp_path, "--solver", "ddpm", "--nfe", "8", "--seeds", "3-9", "--reward", "linear:0,1", "--steer",

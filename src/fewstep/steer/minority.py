@@ -151,6 +151,8 @@ class MinorityGuidance(Wrapper):
             return d
         finite = torch.isfinite(sigma)
         s = torch.where(finite, sigma, torch.ones_like(sigma))
+        if isinstance(self.classifier, torch.nn.Module):
+            self.classifier.to(x.device)
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             log_p = torch.log_softmax(self.classifier(xg, s), dim=1)[:, self.level].sum()
