@@ -83,7 +83,9 @@ class Steering:
         import numpy as np
         import torch
 
-        rewards = self.reward(torch.from_numpy(samples), "the written samples").numpy()
+        x = torch.from_numpy(samples)
+        rewards = torch.cat([self.reward(x[i:i + 4096], "the written samples")  # in chunks: memory stays bounded
+                             for i in range(0, x.shape[0], 4096)]).numpy()
         self.stats = (float(rewards.mean()), float(rewards.std()), float(rewards.min()), float(rewards.max()),
                       float(evaluations))
         return {"rewards": rewards, "reward": self.spec, "steer": self.method, "particles": self.particles,
