@@ -86,6 +86,10 @@ SLOW: dict[str, str] = {
     # docs/design.md, docs/guidance.md, docs/lm.md, docs/models.md, docs/solvers.md, docs/tuning.md
     ".venv/bin/python benchmarks/multidraft.py": "36 s of exact acceptance computations",
     ".venv/bin/python scripts/train_lm.py": "trains the bundled LM pair (10 minutes)",
+    # docs/lm_scaling.md
+    ".venv/bin/python scripts/train_lm_arith.py": "trains the bundled addition model and its probes (3 minutes)",
+    ".venv/bin/python benchmarks/lm_scaling.py --write docs/benchmarks.md":
+        "the inference-time compute benchmark (133 CPU-seconds, 5 minutes on a loaded machine)",
     ".venv/bin/python scripts/train_digits.py digits-edm digits-flow digits-vp-eps":
         "trains the three digits nets (15-50 minutes)",
     ".venv/bin/python scripts/make_model_grids.py --n 1000": "1000 samples of 59 evaluations per model (8 minutes)",
