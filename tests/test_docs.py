@@ -98,6 +98,8 @@ SLOW: dict[str, str] = {
     ".venv/bin/python benchmarks/tune_coefficients.py --models digits-edm --eval-seeds 128": "28 minutes",
     "python benchmarks/tuning_references.py": "reference solutions of the trained models at two tolerances",
     "python benchmarks/tuned.py": "hours (all methods on all models)",
+    # docs/mcmc.md
+    ".venv/bin/python benchmarks/mcmc_lmc.py": "ULA at d = 4 ... 256, 1000 chains each (2 minutes)",
     # docs/steering.md and its section of docs/benchmarks.md
     ".venv/bin/python benchmarks/steer.py": "every steering method on three digits models, the exact tilts (6 minutes)",
     ".venv/bin/python benchmarks/steer.py --part minority,compose":
