@@ -26,18 +26,21 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
-# Bundled models, and the exact models rebased onto the flow and discrete-VP processes (``NAME@flow``,
-# ``NAME@vp``): in sigma space the exact denoiser is the same, only the family's grids and peers' defaults differ.
+# Bundled models, and the exact models rebased onto the flow, discrete-VP and continuous (linear-beta) VP processes
+# (``NAME@flow``, ``NAME@vp``, ``NAME@vpc``): in sigma space the exact denoiser is the same, only the family's grids
+# and peers' defaults differ. No bundled net is continuous VP, so that family is chosen on exact models only.
 MODELS = ["gmm2d", "digits-gmm", "digits-empirical", "digits-edm",
           "gmm2d@flow", "digits-gmm@flow", "digits-flow",
-          "gmm2d@vp", "digits-gmm@vp", "digits-vp-eps"]
+          "gmm2d@vp", "digits-gmm@vp", "digits-vp-eps",
+          "gmm2d@vpc", "digits-gmm@vpc", "digits-empirical@vpc"]
 HELD_OUT = {"ve": "digits-edm"}  # the model that the choice never sees (its family has three others)
 NFES = list(range(3, 11))
 # (solver, solver options) candidates; each also runs with the analytic first step (AFS, ``afs=True``).
 SOLVERS: list[tuple[str, dict]] = [
     ("unipc", {}), ("unipc", {"variant": "bh1"}), ("unipc", {"order": 3}), ("dpmpp_2m", {}), ("dpmpp_3m", {}),
     ("ipndm", {}), ("ipndm", {"order": 3}), ("ipndm_v", {}), ("ipndm_v", {"order": 3}), ("deis", {}),
-    ("deis", {"order": 2}), ("dpm_solver_v3", {}),
+    ("deis", {"order": 2}), ("deis", {"variable": "log_sigma"}), ("deis", {"variable": "log_sigma", "order": 2}),
+    ("dpm_solver_v3", {}),
 ]
 AFS = (False, True)
 CAP = 80.0  # SIGMA_CAP: where k-diffusion-style sigma grids start on a flow model
@@ -47,6 +50,7 @@ _SIGMA_GRIDS = [("karras", {}), ("karras", {"rho": 5.0}), ("karras", {"rho": 3.0
 SCHEDULES = {
     "ve": _SIGMA_GRIDS,
     "vp_discrete": _SIGMA_GRIDS + [("discrete", {}), ("discrete", {"spacing": "linspace"})],
+    "vp_continuous": _SIGMA_GRIDS,
     "flow": [(s, {**o, "sigma_max": CAP}) for s, o in _SIGMA_GRIDS if s in ("karras", "logsnr")]
             + [("time_uniform", {}), ("time_quadratic", {}), ("flow_shift", {"shift": 2.0}),
                ("flow_shift", {"shift": 3.0}), ("flow_shift", {"sigma_max": CAP}),
@@ -76,23 +80,44 @@ def peer_grids(model, nfe: int):
 
 
 def load(name: str):
-    """A bundled model, or ``EXACT@flow`` / ``EXACT@vp``: the exact model on the rectified-flow process or on the
-    1000-step linear-beta discrete VP process (the one digits-vp-eps was trained on)."""
+    """A bundled model, or ``EXACT@flow`` / ``EXACT@vp`` / ``EXACT@vpc``: the exact model on the rectified-flow
+    process, on the 1000-step linear-beta discrete VP process (the one digits-vp-eps was trained on), or on the
+    continuous linear-beta VP SDE (beta 0.1 to 20, t in [1e-3, 1])."""
     import copy
 
-    from fewstep.diffusion.processes import Flow, VPDiscrete
+    from fewstep.diffusion.processes import Flow, VPContinuous, VPDiscrete
     from fewstep.models import load_model
 
     base, _, rebase = name.partition("@")
     model = load_model(base)
     if rebase:
         model = copy.copy(model)
-        model.process = {"flow": Flow, "vp": VPDiscrete.from_betas}[rebase]()
+        model.process = {"flow": Flow, "vp": VPDiscrete.from_betas, "vpc": VPContinuous}[rebase]()
         model.name = name
     return model
 
 
-def measure(name: str, seeds, rtol: float, out: Path) -> None:
+def parse_candidate(text: str) -> tuple[str, dict]:
+    """``SOLVER[:KEY=VALUE,...]`` (values read as JSON where they parse, else strings): one of ``SOLVERS``."""
+    solver, _, rest = text.partition(":")
+    options = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise SystemExit(f"--only: expected KEY=VALUE in {text!r}, got {item!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    if (solver, options) not in SOLVERS:
+        raise SystemExit(f"--only: {text!r} is not a candidate; the candidates are "
+                         + ", ".join(s + (":" + ",".join(f"{k}={v}" for k, v in o.items()) if o else "")
+                                     for s, o in SOLVERS))
+    return solver, options
+
+
+def measure(name: str, seeds, rtol: float, out: Path, only: list[tuple[str, dict]] | None = None) -> None:
+    """Score the candidates (``only``: those, and no peer, into ``NAME.only.json`` beside the full run's file)."""
     import torch
 
     from fewstep.bench.peers import run_peer
@@ -116,7 +141,7 @@ def measure(name: str, seeds, rtol: float, out: Path) -> None:
         return refs[top]
 
     rows = []
-    for solver, solver_options in SOLVERS:
+    for solver, solver_options in only or SOLVERS:
         for afs in AFS:
             for schedule, options in SCHEDULES[family]:
                 for nfe in NFES:
@@ -134,7 +159,7 @@ def measure(name: str, seeds, rtol: float, out: Path) -> None:
                         continue
                     rows.append({**row, "nfe": model.calls, "top": top, "rmse_ref": rmse(x.double(), ref(top))})
     noise = seeded_noise(seeds, model.shape, dtype=torch.float64)
-    for peer, sampler in PEER_SAMPLERS:
+    for peer, sampler in [] if only else PEER_SAMPLERS:
         for nfe in NFES:
             for grid_name, sigmas, default_grid in peer_grids(model, nfe):
                 row = {"model": name, "family": family, "source": peer, "solver": f"{peer}:{sampler}",
@@ -150,7 +175,12 @@ def measure(name: str, seeds, rtol: float, out: Path) -> None:
                     continue
                 rows.append({**row, "nfe": model.calls, "top": top, "rmse_ref": rmse(x.double(), ref(top))})
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(rows, indent=1))
+    path = out / f"{name}{'.only' if only else ''}.json"
+    if only and path.exists():  # earlier --only runs of other candidates stay
+        keep = {(r["solver"], json.dumps(r["solver_options"], sort_keys=True)) for r in rows}
+        rows = [r for r in json.loads(path.read_text())
+                if (r["solver"], json.dumps(r["solver_options"], sort_keys=True)) not in keep] + rows
+    path.write_text(json.dumps(rows, indent=1))
     print(f"{name}: {len(rows)} rows", flush=True)
 
 
@@ -219,8 +249,10 @@ def report(out: Path, seeds: int, write: bool) -> None:
     md = [f"Made by benchmarks/defaults.py (its measure command on each model, then report --write; see its "
           f"docstring); {seeds} seeds, rmse_ref against the adaptive float64 reference ODE solution from the same "
           "noise and the same starting sigma (a grid is scored against the reference from its own first sigma). "
-          "`NAME@flow` and `NAME@vp` are the exact models on the rectified-flow process and on the 1000-step "
-          "linear-beta discrete VP process: the same data and denoiser, the family's grids and peers. fewstep's "
+          "`NAME@flow`, `NAME@vp` and `NAME@vpc` are the exact models on the rectified-flow process, on the 1000-step "
+          "linear-beta discrete VP process and on the continuous linear-beta VP SDE (no bundled net is continuous VP, "
+          "so that family is chosen on exact models only): the same data and denoiser, the family's grids and peers. "
+          "fewstep's "
           "default is the table in `src/fewstep/diffusion/defaults.py`, chosen per family and NFE over the models in "
           "*chosen on*: first the smallest worst ratio to the best peer default (so that it never loses to one where "
           "a candidate can avoid it), then the smallest worst miss of the whole target, then the best typical ratio "
@@ -280,10 +312,14 @@ def main() -> None:
     ap.add_argument("--rtol", type=float, default=1e-4, help="tolerance of the reference ODE solutions")
     ap.add_argument("--out", type=Path, default=Path("/tmp/fewstep-defaults"), help="where the rows go")
     ap.add_argument("--write", action="store_true", help="write the section of docs/benchmarks.md")
+    ap.add_argument("--only", action="append", default=None, metavar="SOLVER[:KEY=VALUE,...]",
+                    help="measure: only these candidates (repeatable), no peers, into NAME.only.json; for a "
+                         "candidate added after a full run")
     args = ap.parse_args()
     if args.what == "measure":
         for name in args.models or MODELS:
-            measure(name, list(range(args.seeds)), args.rtol, args.out)
+            measure(name, list(range(args.seeds)), args.rtol, args.out,
+                    [parse_candidate(c) for c in args.only] if args.only else None)
     else:
         report(args.out, args.seeds, args.write)
 
