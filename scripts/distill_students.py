@@ -1,13 +1,15 @@
-"""Make the bundled distilled students (issue 19): SFD (arXiv 2409.19681) and progressive distillation
-(arXiv 2202.00512) of digits-edm and digits-flow at NFE 2.
+"""Make the bundled distilled students (issue 19): SFD (arXiv 2409.19681), progressive distillation
+(arXiv 2202.00512) and consistency distillation (arXiv 2303.01469, with iCT's techniques, arXiv 2310.14189) of
+digits-edm and digits-flow, named for NFE 2 (a consistency student also samples at NFE 1, 3 and 4).
 
     .venv/bin/python scripts/distill_students.py digits-edm:sfd digits-flow:sfd digits-edm:progressive \
-        digits-flow:progressive
+        digits-flow:progressive digits-edm:cd digits-flow:cd
 
 Each job writes ``<out>/<model>-<method>-nfe<N>.json`` and ``.safetensors`` (default ``--out``: the package's
 ``models/data/students``) and prints the SHA-256 of both. Deterministic from ``--seed``: one thread, deterministic
 algorithms, and every iteration's noise from a generator seeded by (seed, iteration); the same torch build on the
-same CPU writes the same bytes. Jobs run one after another in this process; run several processes for several
+same CPU writes the same weights (the record also holds the CPU time, which differs between runs). Jobs run one
+after another in this process; run several processes for several
 cores.
 """
 
@@ -24,11 +26,12 @@ import fewstep
 from fewstep.distill import distill
 
 OUT = Path(fewstep.__file__).resolve().parent / "models" / "data" / "students"
-# The committed settings per method: the iterations fit the time box of the session that made them (SFD: about
-# 4 CPU-minutes per model here); more iterations help, see docs/distill.md.
+# The committed settings per method: the iterations fit the time box of the session that made them (SFD 2.2,
+# progressive 3.4-3.9, CD 2.1-2.2 CPU-minutes per model here); more iterations help, see docs/distill.md.
 SETTINGS = {
     "sfd": {"iterations": 240, "batch": 64, "lr": 2e-4},
     "progressive": {"iterations": 600, "batch": 64, "lr": 1e-4, "options": {"rounds": 3}},
+    "cd": {"iterations": 600, "batch": 64, "lr": 2e-4},
 }
 
 

@@ -39,6 +39,22 @@ BUNDLED_SHA256 = {
         "5a77cede50aceabe3c78a83210c2e6aca87e949f2a59cca96e27d56c530d3ac6",
     "models/data/students/digits-flow-sfd-nfe2.safetensors":
         "b55fc31e847a3dae3095306902f518fe17d19c221b0c1b21ee5846f7f0a18c11",
+    "models/data/students/digits-edm-progressive-nfe2.json":
+        "3fb23a64db0b65472ece8e80bbb9910add8368db975c2b4b1ba66158fdac7e68",
+    "models/data/students/digits-edm-progressive-nfe2.safetensors":
+        "b7f7335970c124ecc8dc9168e00ff83d10252ed8da0d2310f6677c49f0bd3713",
+    "models/data/students/digits-flow-progressive-nfe2.json":
+        "f282a457521d1224af693a1b5fb6d1d0fbfdfeaabab6351f1adac3a2e56b7320",
+    "models/data/students/digits-flow-progressive-nfe2.safetensors":
+        "c99e2bf53bfa84b40137d13aa3e8ba7b0c5f35c605612f675b55a72b33f15ee1",
+    "models/data/students/digits-edm-cd-nfe2.json":
+        "92cfe727cd063f6d4d37bd7a659127c9c9a9cbeccfea90f6dfa17c978f7f499a",
+    "models/data/students/digits-edm-cd-nfe2.safetensors":
+        "68245f61bf7228099c5aace7bb11e3a7ae9568ced0968e204563db0810ddc5ca",
+    "models/data/students/digits-flow-cd-nfe2.json":
+        "798800a5d7f7dc664c8ffe4c00478f3bac972e29b6bb46777642f1de0cdd426b",
+    "models/data/students/digits-flow-cd-nfe2.safetensors":
+        "a20cb4c45636887f5d9e62f9eedbb4ad1c06e19e6a47d69271699f63b8c9930c",
 }
 _REBUILD = {"models/data/digits.npz": "scripts/export_digits.py",
             "models/data/digits_gmm.safetensors": "scripts/fit_digits_gmm.py",
