@@ -9,8 +9,7 @@ Each job writes ``<out>/<model>-<method>-nfe<N>.json`` and ``.safetensors`` (def
 ``models/data/students``) and prints the SHA-256 of both. Deterministic from ``--seed``: one thread, deterministic
 algorithms, and every iteration's noise from a generator seeded by (seed, iteration); the same torch build on the
 same CPU writes the same weights (the record also holds the CPU time, which differs between runs). Jobs run one
-after another in this process; run several processes for several
-cores.
+after another in this process; run several processes for several cores.
 """
 
 from __future__ import annotations
