@@ -1,33 +1,46 @@
-"""The bundled distilled students against the best untuned solver at the same NFE (issue 19).
+"""The distilled students against the training-free samplers at the same NFE (issue 19).
 
-    .venv/bin/python benchmarks/distill.py                      # every student under --students
-    .venv/bin/python benchmarks/distill.py --ref-seeds 0-63 --fd-seeds 0-511
+    .venv/bin/python benchmarks/distill.py --models digits-edm --json fewstep-out/distill-digits-edm.json
+    .venv/bin/python benchmarks/distill.py --models digits-flow --json fewstep-out/distill-digits-flow.json
+    .venv/bin/python benchmarks/distill.py --from-json fewstep-out/distill-digits-edm.json,\
+fewstep-out/distill-digits-flow.json --update-docs docs/benchmarks.md
+    .venv/bin/python benchmarks/distill.py --grids docs/img                           # the PNG grids
 
-For each student (``fewstep.load_model(PATH.json)``) and its teacher, on the same seeds and from the same start
-sigma (80):
+For each model (``--models``) and NFE (``--nfes``), on the same seeds and from the same start sigma (80):
 
+- the students under ``--students`` of that teacher that sample at that NFE (``fewstep.load_model(PATH, nfe=N)``);
+- tuned recipes (``--tuned``: ld3, GITS, S3), fitted here on the tuning seeds ``--tune-seeds`` (disjoint from the
+  measured ones) with the reduced settings of ``TUNE_OPTIONS`` (this machine's time; ``benchmarks/tuned.py``
+  uses larger ones at NFE 4-8); a tuner that cannot run at an NFE is listed with its reason;
+- the best untuned solver: every (solver, schedule, AFS) of ``CANDIDATES``, chosen by rmse_ref;
 - ``rmse_ref``: RMSE to the teacher's reference ODE solution (``fewstep.evaluation.reference_samples``, adaptive
-  float64, rtol ``--rtol``) on ``--ref-seeds``;
+  float64 at rtol ``--rtol``) on ``--ref-seeds``;
 - ``fd``: Frechet distance in the digits classifier's features (``fewstep.metrics.frechet.fd_digits``) to the 359
-  held-out digits, on ``--fd-seeds``; the floor is the teacher's own fd with a 32-evaluation DPM-Solver++(3M) run
-  (its references for that many seeds would take hours here), and the noise is the spread of fd between the two
-  halves of the seeds;
-- the best untuned solver at the same NFE: every (solver, schedule, AFS) of ``CANDIDATES``, chosen by rmse_ref;
-- the fine-tuning cost: the CPU-minutes the student's record holds (``time.process_time`` of its training).
+  held-out digits on ``--fd-seeds``, with its noise: how much the fd of the two halves of the seeds differ. The
+  floor is the teacher's own fd with 32 evaluations of DPM-Solver++(3M), whose rmse_ref is given too (its exact
+  solutions for 512 seeds would take an hour here; at that rmse_ref the two are the same samples for fd);
+- the fine-tuning cost: a student's CPU-minutes from its record (``time.process_time`` of its training), a
+  recipe's tuning seconds as measured here (wall time, one thread).
 
-Prints one markdown table (one torch thread).
+``--json`` stores every row (``--resume`` keeps the (model, NFE) cells already there); ``--from-json`` prints the
+table, and with ``--update-docs`` writes it into its section of the file. ``--grids DIR`` writes one PNG per
+method and NFE: for each model, a row of the teacher's 32-evaluation samples over a row of the student's, on the
+same 16 seeds (``distill_<method>_nfe<N>.png``).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import itertools
+import json
 import time
 from pathlib import Path
 
 import torch
 
 import fewstep
+from fewstep.bench.image import save_grid
 from fewstep.evaluation import reference_samples
 from fewstep.metrics.frechet import fd_digits
 from fewstep.metrics.paired import rmse
@@ -38,62 +51,178 @@ STUDENTS = Path(fewstep.__file__).resolve().parent / "models" / "data" / "studen
 TOP = 80.0
 CANDIDATES = list(itertools.product(("euler", "dpmpp_2m", "unipc", "deis", "ipndm"), ("karras", "logsnr"),
                                     (False, True)))
+TUNERS = {"ld3": "best", "gits": "ipndm", "s3": "unipc"}  # method -> solver, as benchmarks/tuned.py
+TUNE_OPTIONS = {"ld3": {"steps": 20, "patience": 3, "precondition": 8},
+                "gits": {},
+                "s3": {"batch": 32, "population": 6, "generations": 3, "children": 4}}
+START, END = "<!-- distill:start -->", "<!-- distill:end -->"
 
 
 def _sample(model, seeds, **kw):
     return fewstep.sample(model, seeds=list(seeds), **kw).double()
 
 
+def _students(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.json"))
+
+
+def measure(args) -> list[dict]:
+    ref_seeds, fd_seeds, tune_seeds = (parse_seeds(s) for s in (args.ref_seeds, args.fd_seeds, args.tune_seeds))
+    held = digits_data("heldout")[0].reshape(-1, 1, 8, 8).double()
+    half = len(fd_seeds) // 2
+    rows = json.loads(args.json.read_text()) if args.resume and args.json.is_file() else []
+    done = {(r["model"], r["nfe"]) for r in rows}
+
+    def fd_pair(x):
+        return round(fd_digits(x, held), 3), round(abs(fd_digits(x[:half], held) - fd_digits(x[half:], held)), 3)
+
+    def add(**row):
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(rows, indent=1))
+
+    for name in args.models.split(","):
+        teacher = fewstep.load_model(name)
+        ref, tol = None, None
+        for n in (int(v) for v in args.nfes.split(",")):
+            if (name, n) in done:
+                continue
+            if ref is None:
+                ref, tol = reference_samples(teacher, ref_seeds, sigma_max=TOP, rtol=args.rtol)
+                ref = ref.double()
+                floor = dict(solver="dpmpp_3m", nfe=32, schedule="karras", schedule_options={"sigma_max": TOP})
+                add(model=name, nfe=32, kind="teacher", label="teacher: dpmpp_3m, karras, NFE 32",
+                    rmse_ref=rmse(_sample(teacher, ref_seeds, **floor), ref), fd=fd_pair(_sample(teacher, fd_seeds,
+                                                                                                **floor)),
+                    ref_tolerance=tol)
+            best = None
+            for solver, schedule, afs in CANDIDATES:
+                kw = dict(solver=solver, nfe=n, schedule=schedule, schedule_options={"sigma_max": TOP}, afs=afs)
+                try:
+                    err = rmse(_sample(teacher, ref_seeds, **kw), ref)
+                except ValueError:  # the solver cannot run at this NFE (with AFS)
+                    continue
+                if best is None or err < best[0]:
+                    best = (err, kw)
+            kw = best[1]
+            label = f"{kw['solver']}, {kw['schedule']}{', AFS' if kw['afs'] else ''}"
+            add(model=name, nfe=n, kind="untuned", label=label, rmse_ref=best[0],
+                fd=fd_pair(_sample(teacher, fd_seeds, **kw)))
+            for method in args.tuned.split(",") if args.tuned else []:
+                tuner = importlib.import_module(f"fewstep.diffusion.tune.{method}")
+                t0 = time.perf_counter()
+                try:
+                    recipe = tuner.tune(teacher, solver=TUNERS[method], nfe=n, seeds=tune_seeds, eval_seeds=None,
+                                        progress=False, **TUNE_OPTIONS[method])
+                except ValueError as exc:
+                    add(model=name, nfe=n, kind="tuned", label=method, error=str(exc).splitlines()[0][:160])
+                    continue
+                seconds = time.perf_counter() - t0
+                add(model=name, nfe=n, kind="tuned", label=f"{method} ({recipe.solver})",
+                    rmse_ref=rmse(_sample(teacher, ref_seeds, recipe=recipe), ref),
+                    fd=fd_pair(_sample(teacher, fd_seeds, recipe=recipe)), tune_seconds=round(seconds, 1))
+            for path in _students(args.students):
+                student = fewstep.load_model(str(path))
+                if student.record.teacher != name or n not in student.record.grids:
+                    continue
+                student = fewstep.load_model(str(path), nfe=n)
+                training = student.record.training
+                add(model=name, nfe=n, kind="student", label=f"{path.stem} ({student.record.method})",
+                    method=student.record.method, rmse_ref=rmse(_sample(student, ref_seeds, **student.sampling), ref),
+                    fd=fd_pair(_sample(student, fd_seeds, **student.sampling)),
+                    cpu_minutes=round(training.get("cpu_seconds", float("nan")) / 60, 2),
+                    iterations=training.get("iterations"))
+    return rows
+
+
+def table(rows: list[dict], command: str) -> str:
+    """The markdown section: one table per model, rows grouped by NFE."""
+    lines = [f"Made by `{command}` (one torch thread, on the 2 shared cores of the machine that trained the "
+             "students), then `--from-json ... --update-docs docs/benchmarks.md`. See `benchmarks/distill.py` "
+             "for what each column measures; the teacher row is the fd floor.", ""]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        lines += [f"**{model}**", "",
+                  "| NFE | sampler | kind | rmse_ref | fd (halves differ by) | cost |", "|---:|---|---|---:|---:|---:|"]
+        for r in sorted((r for r in rows if r["model"] == model), key=lambda r: (r["nfe"], r["kind"] != "teacher")):
+            if "error" in r:
+                lines.append(f"| {r['nfe']} | {r['label']} | {r['kind']} | n/a: {r['error']} | | |")
+                continue
+            cost = (f"{r['cpu_minutes']:.1f} CPU-min" if "cpu_minutes" in r
+                    else f"{r['tune_seconds']:.0f} s tuning" if "tune_seconds" in r else "")
+            lines.append(f"| {r['nfe']} | {r['label']} | {r['kind']} | {r['rmse_ref']:.4f} | "
+                         f"{r['fd'][0]:.2f} ({r['fd'][1]:.2f}) | {cost} |")
+        tol = next((r["ref_tolerance"] for r in rows if r["model"] == model and "ref_tolerance" in r), None)
+        if tol is not None:
+            lines += ["", f"Reference tolerance check (rtol vs rtol/2): {tol:.1e}."]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def update_docs(path: Path, text: str) -> None:
+    doc = path.read_text()
+    if START not in doc or END not in doc:
+        raise SystemExit(f"{path} has no {START} ... {END} section")
+    head, rest = doc.split(START, 1)
+    _, tail = rest.split(END, 1)
+    path.write_text(f"{head}{START}\n{text}\n{END}{tail}")
+
+
+def grids(args) -> None:
+    seeds = list(range(16))
+    teachers = {}
+    pictures: dict[tuple[str, int], list[torch.Tensor]] = {}
+    for path in _students(args.students):
+        record = fewstep.load_model(str(path)).record
+        name = record.teacher
+        if name not in args.models.split(","):
+            continue
+        if name not in teachers:
+            teachers[name] = _sample(fewstep.load_model(name), seeds, solver="dpmpp_3m", nfe=32, schedule="karras",
+                                     schedule_options={"sigma_max": TOP})
+        for n in record.grids:
+            if str(n) not in args.nfes.split(","):
+                continue
+            student = fewstep.load_model(str(path), nfe=n)
+            pictures.setdefault((record.method, n), []).extend([teachers[name], _sample(student, seeds,
+                                                                                          **student.sampling)])
+    for (method, n), rows in sorted(pictures.items()):
+        out = save_grid(torch.cat(rows), args.grids / f"distill_{method}_nfe{n}.png", nrow=len(seeds))
+        print(f"wrote {out}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--students", type=Path, default=STUDENTS)
+    p.add_argument("--models", default="digits-edm,digits-flow")
+    p.add_argument("--nfes", default="1,2,3,4")
     p.add_argument("--ref-seeds", default="0-63")
     p.add_argument("--fd-seeds", default="0-511")
-    p.add_argument("--rtol", type=float, default=1e-6)
+    p.add_argument("--tune-seeds", default="100000-100063")
+    p.add_argument("--tuned", default="ld3,gits,s3", help="tuning methods to fit and measure ('' for none)")
+    p.add_argument("--rtol", type=float, default=1e-5)
+    p.add_argument("--json", type=Path, default=None, help="write the rows here (and read them with --resume)")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--from-json", default=None, help="print the table of the rows in these files (comma-separated), "
+                   "measure nothing")
+    p.add_argument("--update-docs", type=Path, default=None, help="with --from-json: write the section here")
+    p.add_argument("--grids", type=Path, default=None, help="write the PNG grids to this folder, measure nothing")
     args = p.parse_args()
     torch.set_num_threads(1)
-    ref_seeds, fd_seeds = parse_seeds(args.ref_seeds), parse_seeds(args.fd_seeds)
-    held = digits_data("heldout")[0].reshape(-1, 1, 8, 8).double()
-    half = len(fd_seeds) // 2
-
-    def fd_pair(x):
-        return fd_digits(x, held), abs(fd_digits(x[:half], held) - fd_digits(x[half:], held))
-
-    print("| student | NFE | rmse_ref | fd (halves differ by) | best untuned at the same NFE | its rmse_ref | its fd "
-          "| teacher fd, NFE 32 | fine-tuning CPU-min |")
-    print("|---|---:|---:|---:|---|---:|---:|---:|---:|")
-    teachers = {}
-    for path in sorted(args.students.glob("*.json")):
-        student = fewstep.load_model(str(path))
-        name = student.record.teacher
-        if name not in teachers:
-            teacher = fewstep.load_model(name)
-            t0 = time.time()
-            ref, tol = reference_samples(teacher, ref_seeds, sigma_max=TOP, rtol=args.rtol)
-            teacher_fd = fd_pair(_sample(teacher, fd_seeds, solver="dpmpp_3m", nfe=32, schedule="karras",
-                                         schedule_options={"sigma_max": TOP}))
-            teachers[name] = teacher, ref.double(), tol, teacher_fd, time.time() - t0
-        teacher, ref, tol, teacher_fd, _ = teachers[name]
-        n = student.nfe
-        s_rmse = rmse(_sample(student, ref_seeds, **student.sampling), ref)
-        s_fd = fd_pair(_sample(student, fd_seeds, **student.sampling))
-        best = None
-        for solver, schedule, afs in CANDIDATES:
-            kw = dict(solver=solver, nfe=n, schedule=schedule, schedule_options={"sigma_max": TOP}, afs=afs)
-            try:
-                err = rmse(_sample(teacher, ref_seeds, **kw), ref)
-            except ValueError:  # the solver cannot run at this NFE (with AFS)
-                continue
-            if best is None or err < best[0]:
-                best = (err, kw)
-        b_fd = fd_pair(_sample(teacher, fd_seeds, **best[1]))
-        kw = best[1]
-        label = f"{kw['solver']}, {kw['schedule']}{', AFS' if kw['afs'] else ''}"
-        cpu = student.record.training.get("cpu_seconds", float("nan")) / 60
-        print(f"| {path.stem} | {n} | {s_rmse:.4f} | {s_fd[0]:.2f} ({s_fd[1]:.2f}) | {label} | {best[0]:.4f} "
-              f"| {b_fd[0]:.2f} ({b_fd[1]:.2f}) | {teacher_fd[0]:.2f} ({teacher_fd[1]:.2f}) | {cpu:.1f} |", flush=True)
-    for name, (_, _, tol, _, _) in teachers.items():
-        print(f"\n{name}: reference tolerance check (rtol vs rtol/2) {tol:.1e}")
+    if args.grids is not None:
+        grids(args)
+        return
+    command = ".venv/bin/python benchmarks/distill.py --models MODEL --json fewstep-out/distill-MODEL.json"
+    if args.from_json is not None:
+        rows = [r for f in args.from_json.split(",") for r in json.loads(Path(f).read_text())]
+    else:
+        rows = measure(args)
+    text = table(rows, command)
+    print(text)
+    if args.update_docs is not None:
+        update_docs(args.update_docs, text)
+        print(f"wrote {args.update_docs}")
 
 
 if __name__ == "__main__":
