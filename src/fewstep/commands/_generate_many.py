@@ -36,13 +36,16 @@ def requested(args: argparse.Namespace) -> bool:
 
 
 def run(args: argparse.Namespace, load: Callable) -> int:
-    """Sample, verify and vote; ``load(name)`` is generate's loader of a (model, tokenizer) pair."""
+    """Sample, verify and vote; ``load(name)`` is generate's loader of a (model, tokenizer) pair by --model name."""
     from fewstep.lm import Sampler, arith
     from fewstep.lm.diverse import arithmetic_sample, priority_sample
     from fewstep.lm.scaling import sample_n, vote
 
     if args.draft is not None:
         raise ValueError("--n, --verify, --vote and --method sample without a draft; drop --draft")
+    for flag, attr in (("--stop", "stop"), ("--adaptive-gamma", "adaptive_gamma")):
+        if getattr(args, attr, None):
+            raise ValueError(f"{flag} is not supported with --n, --verify, --vote, --method or --model arith")
     if args.samples != 1:
         raise ValueError("--samples is the batch of plain generation; with --n give the number of samples as --n")
     k, method, how = args.n or 1, args.method or "plain", args.vote or "majority"
@@ -59,7 +62,7 @@ def run(args: argparse.Namespace, load: Callable) -> int:
         arith.parse_prompt(args.prompt)  # a clear error for anything but 'a+b='
         eos = arith.EOS
     else:
-        model, tokenizer = load("target" if args.model == "bundled" else args.model)
+        model, tokenizer = load(args.model)
         ids = tokenizer.encode(args.prompt)
         prompt = list(getattr(ids, "ids", ids))
         eos = tokenizer.token_to_id("<|endoftext|>") if hasattr(tokenizer, "token_to_id") else tokenizer.eos_token_id

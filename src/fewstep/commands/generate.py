@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
 
     quiet_transformers()
     if _generate_many.requested(args):
-        return _generate_many.run(args, load)
+        return _generate_many.run(args, lambda name: load(BUNDLED_NAMES.get(name, (name,))[0]))
 
     sampler = Sampler.parse(args.sampler, order=args.order)
     if args.seed + args.samples - 1 > MAX_SEED:
