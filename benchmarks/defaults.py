@@ -267,7 +267,7 @@ def report(out: Path, seeds: int, write: bool) -> None:
           "| model | family | chosen on | NFE | fewstep default | rmse_ref | best peer default | rmse_ref | "
           "ratio | best peer untuned | rmse_ref | ratio | target | best fewstep | ratio |",
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    misses, cells = [], 0
+    misses, missed, cells = [], [], 0
     for m in models:
         fam = family[m]
         for nfe in NFES:
@@ -279,6 +279,7 @@ def report(out: Path, seeds: int, write: bool) -> None:
             fe, fl = best["fewstep"][(m, nfe)]
             ok = miss(m, nfe, e) <= 1
             if not ok:
+                missed.append((m, nfe))
                 misses.append(f"{m} NFE {nfe}: {e:.4g} against the peer default {pe:.4g} ({e / pe:.2f}x) and the "
                               f"best peer untuned {ae:.4g} ({e / ae:.2f}x)")
             held = "held out" if m == HELD_OUT.get(fam) else ("itself" if chosen_on[fam] == [m] else "yes")
@@ -288,6 +289,16 @@ def report(out: Path, seeds: int, write: bool) -> None:
            "of the best peer untuned configuration on every model) "
            + (f"holds in all {cells} cells." if not misses else f"misses {len(misses)} of {cells} cells:"), ""]
     md += [f"- {line}" for line in misses]
+    why = _why_not(missed, table, score, chosen_on, miss, best, peer_any)
+    if why:
+        md += ["", "Why not: for each family and NFE with a miss, the best that any single candidate reaches on "
+               "all the models it is chosen on (its worst miss; 1.00 or less would hold everywhere), and fewstep's "
+               "own best configuration per model against the best peer untuned (an oracle that picks per model; "
+               "at most 1.00 means fewstep has a configuration as good as every peer's on that model):", ""]
+        md += [f"- {line}" for line in why]
+    if any(m == HELD_OUT.get(family[m]) for m, _ in missed):
+        md += ["", f"The held-out models ({', '.join(HELD_OUT.values())}) are never chosen on: their misses measure how "
+               "the choice carries over to a model it has not seen."]
     missing = [m for m in MODELS if m not in models]
     if missing:
         md += ["", f"Not measured in this run: {', '.join(missing)}. A family without table entries keeps the usual "
@@ -302,6 +313,27 @@ def report(out: Path, seeds: int, write: bool) -> None:
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         mod.write_section(DOC, "defaults", body)
+
+
+def _why_not(missed, table, score, chosen_on, miss, best, peer_any) -> list[str]:
+    """Per family and NFE with a missed cell: the smallest worst miss any one candidate has over the models it is
+    chosen on (so no fixed choice can hold there when it is above 1), and the per-model oracle's ratio to the best
+    peer untuned."""
+    lines = []
+    family_of = {m: fam for fam, ms in chosen_on.items() for m in ms}
+    for fam, nfe in sorted({(family_of.get(m), nfe) for m, nfe in missed if m in family_of}):
+        pick = chosen_on[fam]
+        keys = {k for (m, n, k) in score if n == nfe and m in pick}
+        full = [k for k in keys if all((m, nfe, k) in score for m in pick)]
+        if not full:
+            continue
+        worst = {k: max(miss(m, nfe, score[(m, nfe, k)]) for m in pick) for k in full}
+        k = min(full, key=worst.get)
+        oracle = ", ".join(f"{m} {best['fewstep'][(m, nfe)][0] / peer_any[(m, nfe)][0]:.2f}" for m in pick)
+        note = " (the table's choice)" if table.get((fam, nfe)) == k else ""
+        lines.append(f"{fam} NFE {nfe}: best single candidate {_label(k)}{note}, worst miss {worst[k]:.2f}x over "
+                     f"{', '.join(pick)}; fewstep's best per model against the best peer untuned: {oracle}")
+    return lines
 
 
 def main() -> None:
