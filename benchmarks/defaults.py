@@ -297,8 +297,8 @@ def report(out: Path, seeds: int, write: bool) -> None:
                "at most 1.00 means fewstep has a configuration as good as every peer's on that model):", ""]
         md += [f"- {line}" for line in why]
     if any(m == HELD_OUT.get(family[m]) for m, _ in missed):
-        md += ["", f"The held-out models ({', '.join(HELD_OUT.values())}) are never chosen on: their misses measure how "
-               "the choice carries over to a model it has not seen."]
+        md += ["", f"The held-out models ({', '.join(HELD_OUT.values())}) are never chosen on: their misses "
+               "measure how the choice carries over to a model it has not seen."]
     missing = [m for m in MODELS if m not in models]
     if missing:
         md += ["", f"Not measured in this run: {', '.join(missing)}. A family without table entries keeps the usual "
