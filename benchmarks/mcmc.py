@@ -232,8 +232,8 @@ def fewstep_rows(target, reference, seed: int) -> list[dict]:
     rows.append(_row("fewstep nuts", target, nuts.draws, budget, seconds, reference, grad=True))
     per_chain = budget // CHAINS
     for name, (_, info) in mcmc.SAMPLERS.items():
-        if name == "nuts" or (info.needs_prior and target.prior is None):
-            continue
+        if name in ("nuts", "ula") or (info.needs_prior and target.prior is None):
+            continue  # ula is biased by design (a fixed step, no accept step): benchmarks/mcmc_lmc.py measures it
         if info.independent:
             kw = dict(INDEPENDENT[name])
             if name == "data_init" and not target.has_exact:
