@@ -96,7 +96,8 @@ def run(args: argparse.Namespace, load: Callable) -> int:
         score = "" if scores is None else f"  {args.verify} score {scores[i]:.3f}"
         print(f"{i:3d}  {text!r}{score}")
     right = f" ({'right' if result['correct'] else 'wrong'})" if "correct" in result else ""
-    print(f"\n{how} vote over {len(texts)} samples ({len(set(texts))} distinct, {calls} model calls): "
+    plural = "s" if len(texts) != 1 else ""
+    print(f"\n{how} vote over {len(texts)} sample{plural} ({len(set(texts))} distinct, {calls} batched model calls): "
           f"{chosen!r}{right}")
     return 0
 
