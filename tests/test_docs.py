@@ -105,6 +105,19 @@ SLOW: dict[str, str] = {
     ".venv/bin/python benchmarks/steer.py --part minority,compose":
         "40 s; the same claims run on every test run in tests/steer/test_minority.py and tests/steer/test_compose.py",
     ".venv/bin/python benchmarks/steer.py --part plots --img docs/img": "the steer_*.png pictures (4 minutes)",
+    # docs/distill.md
+    ".venv/bin/python scripts/distill_students.py digits-edm:sfd digits-flow:sfd": "trains two students (5 CPU-min)",
+    ".venv/bin/python scripts/distill_students.py digits-edm:progressive digits-flow:progressive":
+        "trains two students (7 CPU-min)",
+    ".venv/bin/python scripts/distill_students.py digits-edm:cd digits-flow:cd": "trains two students (4 CPU-min)",
+    ".venv/bin/python benchmarks/distill.py --models digits-edm --json fewstep-out/distill-digits-edm.json":
+        "fits ld3/GITS/S3 at NFE 1-4 and measures every sampler (about 15 CPU-min)",
+    ".venv/bin/python benchmarks/distill.py --models digits-flow --json fewstep-out/distill-digits-flow.json":
+        "fits ld3/GITS/S3 at NFE 1-4 and measures every sampler (about 15 CPU-min)",
+    ".venv/bin/python benchmarks/distill.py --from-json "
+    "fewstep-out/distill-digits-edm.json,fewstep-out/distill-digits-flow.json --update-docs docs/benchmarks.md":
+        "needs the two JSON files of the slow lines above it",
+    ".venv/bin/python benchmarks/distill.py --grids docs/img": "samples every bundled student (30 s)",
 }
 
 # Commands that are not run at all, with the reason.
@@ -117,6 +130,10 @@ NOT_RUN: dict[str, str] = {
 SLOW_EXTRA_ARGS: dict[str, list[str]] = {
     # its default --out is the installed package's data folder, i.e. the checkout's src/ for an editable install
     ".venv/bin/python scripts/train_digits.py digits-edm digits-flow digits-vp-eps": ["--out", "{scratch}/weights"],
+    ".venv/bin/python scripts/distill_students.py digits-edm:sfd digits-flow:sfd": ["--out", "{scratch}/students"],
+    ".venv/bin/python scripts/distill_students.py digits-edm:progressive digits-flow:progressive":
+        ["--out", "{scratch}/students"],
+    ".venv/bin/python scripts/distill_students.py digits-edm:cd digits-flow:cd": ["--out", "{scratch}/students"],
 }
 
 # Pages whose snippets are known not to run, with the reason; strict, so the entry must go once they run.
