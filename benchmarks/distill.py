@@ -139,9 +139,12 @@ def measure(args) -> list[dict]:
 
 def table(rows: list[dict], command: str) -> str:
     """The markdown section: one table per model, rows grouped by NFE."""
-    lines = [f"Made by `{command}` (one torch thread, on the 2 shared cores of the machine that trained the "
-             "students), then `--from-json ... --update-docs docs/benchmarks.md`. See `benchmarks/distill.py` "
-             "for what each column measures; the teacher row is the fd floor.", ""]
+    lines = [f"Made by {command} (one torch thread per model, on the 2 shared cores of the machine that trained "
+             "the students; the commands are in [distill.md](distill.md#measured)). rmse_ref: to the teacher's "
+             "reference ODE solution on seeds 0-63; fd: to the held-out digits on seeds 0-511, in brackets how much "
+             "the two halves' fd differ; the teacher row (NFE 32) is the fd floor. Tuned recipes were fitted with "
+             "the reduced settings of `benchmarks/distill.py` (`TUNE_OPTIONS`); cost: a student's fine-tuning "
+             "CPU-minutes, a recipe's tuning wall seconds.", ""]
     for model in dict.fromkeys(r["model"] for r in rows):
         lines += [f"**{model}**", "",
                   "| NFE | sampler | kind | rmse_ref | fd (halves differ by) | cost |", "|---:|---|---|---:|---:|---:|"]
@@ -213,7 +216,7 @@ def main() -> None:
     if args.grids is not None:
         grids(args)
         return
-    command = ".venv/bin/python benchmarks/distill.py --models MODEL --json fewstep-out/distill-MODEL.json"
+    command = "`benchmarks/distill.py`, once per model"
     if args.from_json is not None:
         rows = [r for f in args.from_json.split(",") for r in json.loads(Path(f).read_text())]
     else:
