@@ -81,20 +81,13 @@ def part_scaling(model, prompts, samples, correct, learned, exact) -> dict:
 
 
 def part_restarts(model, prompts, correct, learned) -> list[dict]:
-    probe = arith.load_probe("restart")
-
-    def predictor(seqs):
-        return probe(arith.answer_features(model, [s[:-1] for s in seqs], [s[-1:] for s in seqs]))
-
+    predictor, whole = arith.predictor(model, "restart"), arith.predictor(model, "learned")
     out = [{"method": "one sample", "accuracy": float(correct[:, 0].double().mean()), "samples": 1.0}]
     pick = learned[:, :2].argmax(1)
     out.append({"method": "best-of-2, learned verifier", "samples": 2.0,
                 "accuracy": float(correct[:, :2].gather(1, pick[:, None]).double().mean())})
-    def whole(seqs):  # the learned verifier on whole samples: prompts are 9 tokens long
-        return check([s[:9] for s in seqs], [s[9:] for s in seqs])
-
-    check = arith.verifier("learned", model)
-    runs = [(f"restart after the first digit below {t} (restart probe)", predictor, 1, t) for t in (0.3, 0.4, 0.5)]
+    runs = [(f"restart after two digits below {t} (restart probe)", predictor, arith.RESTART_AFTER, t)
+            for t in (0.3, 0.4, 0.5)]
     runs += [(f"resample whole answers below {t} (learned verifier)", whole, MAX_NEW, t) for t in (0.5, 0.7)]
     for name, pred, after, threshold in runs:
         r = sample_with_restarts(model, prompts, pred, threshold, after=after, max_attempts=4, sampler="temperature=1",
@@ -259,7 +252,7 @@ def section(res: dict) -> str:
     lines += ["", f"The learned verifier accepts (score >= 0.5) with precision {sc['learned_precision']:.3f} and "
               f"recall {sc['learned_recall']:.3f} on these samples.", "",
               "**Restarts** (Adaptive Inference-Time Compute): a sample is abandoned and restarted when a predictor "
-              "scores it below a threshold, mid-generation (the `restart` probe after the first answer digit) or "
+              "scores it below a threshold, mid-generation (the `restart` probe after two answer digits) or "
               "at the end (the learned verifier); the last attempt always runs to the end, and a problem rejected "
               "up to its last attempt keeps its best-scored finished attempt:", "",
               "| method | accuracy | samples started per problem | new tokens per problem |", "|---|---|---|---|"]

@@ -8,7 +8,7 @@
 2. The model samples 4 answers at temperature 1 for each of 2,000 probe-training problems; the exact
    verifier labels them. Two logistic-regression probes on ``fewstep.lm.arith.answer_features`` (hidden
    states and answer log-probabilities) are fitted: ``learned`` on the whole answer (a deliberately
-   imperfect verifier) and ``restart`` after the first answer token (the mid-generation restart
+   imperfect verifier) and ``restart`` after the first two answer tokens (the mid-generation restart
    predictor). Both are evaluated on 1,000 other problems.
 
 Writes ``src/fewstep/lm/data/arith/{model/, probes.safetensors, record.json}`` and prints the SHA-256 of
@@ -31,6 +31,7 @@ from fewstep.lm import generate
 from fewstep.lm.arith import (
     DIGITS,
     EOS,
+    RESTART_AFTER,
     TOKENIZER,
     VOCAB,
     answer_features,
@@ -107,8 +108,8 @@ def probe_data(lm: TransformersLM, n: int, seed: int, samples: int = 4):
     gens = [torch.Generator().manual_seed(seed * 10**6 + i) for i in range(len(prompts))]
     out = generate(lm, prompts, "temperature=1", max_new_tokens=DIGITS + 2, generator=gens, eos_token_id=EOS)
     labels = torch.tensor([float(is_correct(p, t)) for p, t in zip(prompts, out.tokens)], dtype=torch.float64)
-    firsts = [t[:1] for t in out.tokens]
-    return answer_features(lm, prompts, out.tokens), answer_features(lm, prompts, firsts), labels
+    heads = [t[:RESTART_AFTER] for t in out.tokens]
+    return answer_features(lm, prompts, out.tokens), answer_features(lm, prompts, heads), labels
 
 
 def rates(scores: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -139,10 +140,10 @@ def main() -> None:
     sample_acc, greedy_acc = accuracy(lm, 1000), accuracy(lm, 1000, "greedy")
     print(f"held-out accuracy: one sample at temperature 1 {sample_acc:.3f}, greedy {greedy_acc:.3f}", flush=True)
 
-    end_tr, first_tr, y_tr = probe_data(lm, 2000, PROBE_TRAIN_SEED)
-    end_te, first_te, y_te = probe_data(lm, 1000, PROBE_TEST_SEED)
-    learned, restart = fit_probe(end_tr, y_tr), fit_probe(first_tr, y_tr)
-    probes = {"learned": rates(learned(end_te), y_te), "restart": rates(restart(first_te), y_te)}
+    end_tr, head_tr, y_tr = probe_data(lm, 2000, PROBE_TRAIN_SEED)
+    end_te, head_te, y_te = probe_data(lm, 1000, PROBE_TEST_SEED)
+    learned, restart = fit_probe(end_tr, y_tr), fit_probe(head_tr, y_tr)
+    probes = {"learned": rates(learned(end_te), y_te), "restart": rates(restart(head_te), y_te)}
     print(f"probes on held-out samples: {json.dumps(probes)}", flush=True)
 
     from safetensors.torch import save_file

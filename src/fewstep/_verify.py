@@ -29,8 +29,8 @@ BUNDLED_SHA256 = {
     "lm/data/arith/model/config.json": "7c6c8d48baac684441ab7c1fddf84253de9956a1459a3d813f2035609415918e",
     "lm/data/arith/model/generation_config.json": "038b4132194845a39539953e314896b34db517bc1e71699d98281b36b6fb676d",
     "lm/data/arith/model/model.safetensors": "543716c0d6dbb485157524fc6aacfe82762c5bd532d3a7cfdc35e7cb03eee742",
-    "lm/data/arith/probes.safetensors": "812271e2f86a5698f9601da5405632a5d20f2b9e115c3f1e1dc67ffeb0f0216a",
-    "lm/data/arith/record.json": "39bb0e04d41e59efa5db10428523a18e3c3e40a40c7731c4f1281badb9396d64",
+    "lm/data/arith/probes.safetensors": "8030a6ed4473a523b34654af03c4d28887ba9d5afd8a6384e49e5d6500284d14",
+    "lm/data/arith/record.json": "0c528bdf58b8b2deb45a0c5005c8ec73b27763ec8a4c38b402e69963e3fca815",
     "models/data/students/digits-edm-sfd-nfe2.json":
         "2e9ae595619dbac93288956914b79192d5de2e2be4f1c1a4ced43eb75ac8d9d1",
     "models/data/students/digits-edm-sfd-nfe2.safetensors":

@@ -69,13 +69,13 @@ def test_learned_verifier_is_informative_but_imperfect(model):
 
 
 def test_restart_probe_runs_mid_generation(model):
-    probe = arith.load_probe("restart")
     prompts = [arith.prompt_ids(p) for p in arith.problems(60, 13)]
-
-    def predictor(seqs):
-        return probe(arith.answer_features(model, [s[:-1] for s in seqs], [s[-1:] for s in seqs]))
-
-    out = sample_with_restarts(model, prompts, predictor, 0.5, after=1, max_attempts=3, sampler="temperature=1",
+    predictor = arith.predictor(model, "restart")
+    head = [arith.TOKENIZER.encode("6")]
+    direct = arith.load_probe("restart")(arith.answer_features(model, prompts[:1], head))
+    assert torch.allclose(predictor([prompts[0] + head[0]]), direct)  # split after '='
+    out = sample_with_restarts(model, prompts, predictor, 0.5, after=arith.RESTART_AFTER, max_attempts=3,
+                               sampler="temperature=1",
                                max_new_tokens=5, eos_token_id=arith.EOS)
     assert len(out.tokens) == 60 and max(out.attempts) <= 3 and out.predictor_calls == 2
     assert all(arith.EOS in t or len(t) == 5 for t in out.tokens)

@@ -10,9 +10,10 @@ arXiv 2407.21787). Two verifiers ship with it:
   (``answer_features``), trained on the model's own samples: deliberately imperfect, with its
   false-positive and false-negative rates measured on held-out problems and stored in ``record.json``.
 
-A third probe, ``restart``, reads the same features after the first answer token and predicts whether
-the sample will end correct: the learned mid-generation restart decision of ``fewstep.lm.scaling``
-(Adaptive Inference-Time Compute, arXiv 2410.02725).
+A third probe, ``restart``, reads the same features after the first ``RESTART_AFTER`` = 2 answer tokens
+(mid-generation: answers have 3-4 digits) and predicts whether the sample will end correct: the learned
+mid-generation restart decision of ``fewstep.lm.scaling`` (Adaptive Inference-Time Compute, arXiv 2410.02725);
+``predictor(lm, name)`` wraps a probe for ``scaling.sample_with_restarts``.
 
 Sequences are ``<eos> a + b = answer <eos>``: the end-of-sequence token also starts every prompt.
 """
@@ -34,6 +35,7 @@ DATA = Path(__file__).parent / "data" / "arith"
 VOCAB = ("<eos>", *"0123456789+=")
 EOS = 0
 DIGITS = 3
+RESTART_AFTER = 2  # answer tokens the restart probe reads
 VERIFIERS = ("exact", "learned")
 
 
@@ -176,7 +178,7 @@ def fit_probe(features: torch.Tensor, labels: torch.Tensor, l2: float = 1e-2, st
 
 
 def load_probe(name: str) -> Probe:
-    """The bundled probe ``"learned"`` (end-of-answer verifier) or ``"restart"`` (after the first answer token)."""
+    """The bundled probe ``"learned"`` (whole answers) or ``"restart"`` (after ``RESTART_AFTER`` answer tokens)."""
     if name not in ("learned", "restart"):
         raise ValueError(f"probe must be 'learned' or 'restart', got {name!r}")
     from safetensors.torch import load
@@ -199,6 +201,19 @@ class LearnedVerifier:
     def __call__(self, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]]) -> torch.Tensor:
         self.calls += -(-len(prompts) // 512)
         return self.probe(answer_features(self.lm, prompts, completions))
+
+
+def predictor(lm: TransformersLM, probe: str = "restart"):
+    """``predictor(sequences)`` for ``scaling.sample_with_restarts``: a bundled probe (``"restart"`` or
+    ``"learned"``) on each ``prompt + prefix``, split after its ``=``."""
+    p = load_probe(probe)
+    equals = VOCAB.index("=")
+
+    def predict(seqs: Sequence[Sequence[int]]) -> torch.Tensor:
+        cut = [list(s).index(equals) + 1 for s in seqs]
+        return p(answer_features(lm, [s[:c] for s, c in zip(seqs, cut)], [s[c:] for s, c in zip(seqs, cut)]))
+
+    return predict
 
 
 def _through_eos(tokens: Sequence[int]) -> list[int]:
