@@ -4,20 +4,21 @@ draft distilled from it. Deterministic (one thread, fixed seeds), CPU only.
 Corpus and tokenizer: the same as ``scripts/train_lm.py`` (CPython's ``pydoc_data`` help topics, every
 20th document held out; the bundled 1024-token BPE tokenizer is reused, so both pairs share token ids).
 
-1. ``target-large``: a Llama with 8 layers of width 320 (~10.2M parameters), trained on random
+1. ``target-large``: a Llama with 8 layers of width 192 (~3.7M parameters), trained on random
    128-token windows. An auxiliary loss reads the output of layer ``EXIT`` through the model's own final
    norm and tied LM head (the LayerSkip recipe, arXiv 2404.16710), so that the first ``EXIT`` layers are a
    usable early-exit draft (EESD, arXiv 2406.03853); ``config.json`` records the layer as
    ``fewstep_early_exit``. Its ``generation_config.json`` names ``<|endoftext|>`` (id 0) as EOS.
-2. ``draft-large``: a 2-layer Llama of width 128 (~0.5M parameters), distilled from the target
+2. ``draft-large``: a 1-layer Llama of width 96 (~0.2M parameters), distilled from the target
    (DistillSpec, arXiv 2310.08461): forward KL ``KL(p_target || q_draft)`` per token, on the target's own
    samples (temperature 1, continuing 16-token prefixes of the training text) and on training windows,
    with the target's full next-token distributions as soft labels.
 
 Writes ``src/fewstep/lm/data/{target-large,draft-large}/`` (float16 safetensors) and prints the
 validation losses, the draft's agreement with the target (``sum min(p, q)``, the acceptance of
-speculative sampling at temperature 1 on the validation text) and the run time. Budget: about 25
-CPU-minutes on one core (the run that made the committed weights printed its time; see docs/lm.md).
+speculative sampling at temperature 1 on the validation text) and the run time. Budget: under 10
+CPU-minutes on one core (the machine was shared by five jobs; the run printed its CPU time, docs/lm.md).
+The issue asked for 20-40M parameters; that would not train on this machine's share within the session.
 
     nice -n 5 .venv/bin/python scripts/train_lm_large.py [--out DIR] [--target-steps N] [--draft-steps N]
 """
@@ -38,11 +39,11 @@ from train_lm import BATCH, EOS, SEED, WINDOW, corpus, stream  # noqa: E402  (th
 
 EXIT = 2  # early-exit layer
 EXIT_WEIGHT = 0.3
-TARGET = dict(hidden_size=320, intermediate_size=864, num_hidden_layers=8, num_attention_heads=5, lr=2e-3)
-DRAFT = dict(hidden_size=128, intermediate_size=344, num_hidden_layers=2, num_attention_heads=4, lr=4e-3)
+TARGET = dict(hidden_size=192, intermediate_size=512, num_hidden_layers=8, num_attention_heads=3, lr=3e-3)
+DRAFT = dict(hidden_size=96, intermediate_size=256, num_hidden_layers=1, num_attention_heads=2, lr=6e-3)
 TARGET_BATCH = 16
-SAMPLES, PREFIX = 512, 16  # target samples for distillation, each continuing a PREFIX-token window
-DATA_WINDOWS = 256  # training windows scored by the target, mixed with its samples
+SAMPLES, PREFIX = 192, 16  # target samples for distillation, each continuing a PREFIX-token window
+DATA_WINDOWS = 128  # training windows scored by the target, mixed with its samples
 
 
 def make_model(vocab_size: int, eos: int | None, hidden_size, intermediate_size, num_hidden_layers,
@@ -156,8 +157,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     data = Path(__file__).resolve().parents[1] / "src/fewstep/lm/data"
     parser.add_argument("--out", type=Path, default=data)
-    parser.add_argument("--target-steps", type=int, default=200)
-    parser.add_argument("--draft-steps", type=int, default=400)
+    parser.add_argument("--target-steps", type=int, default=160)
+    parser.add_argument("--draft-steps", type=int, default=300)
     args = parser.parse_args()
 
     from tokenizers import Tokenizer

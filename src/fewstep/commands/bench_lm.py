@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from fewstep.commands import _bench_lm_scaling
+from fewstep.commands import _bench_lm_pairs, _bench_lm_scaling
 from fewstep.commands.args import MAX_GAMMA, MAX_NEW_TOKENS, MAX_REPEATS, MAX_THREADS, int_in, output_path, subcommand
 
 PROMPTS = ("The for statement", "A class definition defines", "The import statement", "Exceptions can be raised",
@@ -46,6 +46,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--update-docs", default=None, metavar="PATH",
                    help="rewrite the lm section of this markdown file, e.g. docs/benchmarks.md (default: none)")
     _bench_lm_scaling.add_arguments(p)  # --scaling, --problems, --samples (issue 23)
+    _bench_lm_pairs.add_arguments(p)  # --pair, --batches (issue 22)
 
 
 class Counter:
@@ -130,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.scaling:
         return _bench_lm_scaling.run(args)
+    if _bench_lm_pairs.requested(args):
+        return _bench_lm_pairs.run(args)
     if args.prompts % args.batch:
         raise ValueError(f"--prompts must be a multiple of --batch, got {args.prompts} and {args.batch}")
     doc = None if args.update_docs is None else output_path(args.update_docs, "--update-docs")
@@ -211,6 +214,9 @@ def _measure(args, sampler):
     env = dict(load=f"{load_start:.1f} -> {os.getloadavg()[0]:.1f}", torch=torch.__version__,
                transformers=transformers.__version__, python=platform.python_version(),
                machine=platform.machine(), threads=args.threads, command="fewstep " + " ".join(sys.argv[1:]))
+    spec, assisted = results[2]["seconds"], results[3]["seconds"]  # the same repeats, interleaved
+    env["fewstep_vs_assisted"] = (_bench_lm_pairs._spread(assisted, spec) if spec and len(spec) == len(assisted)
+                                  else None)
     return rows, env
 
 
@@ -267,6 +273,11 @@ def _updated_docs(text: str | None, rows, env, args) -> str:
         "", _table(rows), "",
         f"Acceptance per draft position (fewstep, batch 1, gamma={args.gamma}): {per_position}.",
         "transformers' acceptance rate is derived from call counts: (tokens - target calls) / draft calls.",
+        *([] if not env.get("fewstep_vs_assisted") else [
+            f"fewstep speculative gamma={args.gamma} against transformers' assisted generation (batch 1): "
+            f"{env['fewstep_vs_assisted'][0]:.2f}x, min {env['fewstep_vs_assisted'][1]:.2f}x, max "
+            f"{env['fewstep_vs_assisted'][2]:.2f}x over {args.repeats} repeats (a ratio per repeat; the machine "
+            "is shared, so one run's ratio is not the answer)."]),
         END])
     text = "# Benchmarks\n" if text is None else text
     if BEGIN in text and END in text.split(BEGIN, 1)[1]:

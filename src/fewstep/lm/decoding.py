@@ -57,16 +57,25 @@ class Rng:
                             for g, m in zip(self.gens, lengths.tolist())])
 
     def sample(self, probs: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
-        """One token per row from unnormalised probabilities ``[rows, vocab]``.
+        """One token per row from unnormalised probabilities ``[rows, vocab]``, by inverting the CDF.
 
-        With per-row generators, rows where ``active`` is False draw nothing and get token 0.
+        One uniform per row (from the row's own generator, if any), then one vectorised search over the
+        float64 cumulative sums: no per-row ``multinomial`` call. With per-row generators, rows where
+        ``active`` is False draw nothing and get token 0.
         """
+        rows = probs.shape[0]
         if self.gens is None:
-            return torch.multinomial(probs, 1, generator=self.shared).squeeze(1)
-        if active is None:
-            return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, self.gens)])
-        return torch.cat([torch.multinomial(p, 1, generator=g) if a else torch.zeros(1, dtype=torch.long)
-                          for p, g, a in zip(probs, self.gens, active.tolist())])
+            u = torch.rand(rows, 1, generator=self.shared, dtype=torch.float64)
+        elif active is None:
+            u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in self.gens])[:, None]
+        else:
+            u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) if a else torch.zeros(1, dtype=torch.float64)
+                           for g, a in zip(self.gens, active.tolist())])[:, None]
+        cdf = probs.double().cumsum(-1)
+        token = torch.searchsorted(cdf, u * cdf[:, -1:], right=True)[:, 0]
+        last = probs.shape[-1] - 1 - (probs > 0).flip(-1).to(torch.int8).argmax(-1)  # rounding at the top end
+        token = torch.minimum(token, last)
+        return token if active is None else torch.where(active, token, 0)
 
 
 class Stream:
@@ -79,11 +88,14 @@ class Stream:
     def __init__(self, model: CausalLM, rows: int) -> None:
         self.model, self.cache, self.calls, self.seconds = model, None, 0, 0.0
         self.mask = torch.zeros(rows, 0, dtype=torch.bool)
+        self.length = torch.zeros(rows, dtype=torch.long)  # real tokens per row (the next position id)
 
     def feed(self, tokens: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """Append ``tokens`` [rows, T] (``valid`` False = padding) and return their logits [rows, T, V']."""
         valid = torch.ones_like(tokens, dtype=torch.bool) if valid is None else valid
-        positions = (self.mask.sum(1, keepdim=True) + valid.cumsum(1) - 1).clamp(min=0)
+        counts = valid.cumsum(1)
+        positions = (self.length[:, None] + counts - 1).clamp(min=0)
+        self.length = self.length + counts[:, -1]
         self.mask = torch.cat([self.mask, valid], 1)
         start = time.perf_counter()
         logits, self.cache = self.model.logits(tokens, self.mask, positions, self.cache)
@@ -94,7 +106,9 @@ class Stream:
     def drop(self, n: torch.Tensor) -> None:
         """Forget the last ``n[r]`` slots of row ``r``; columns that became holes in every row are cropped."""
         length = self.mask.shape[1]
-        self.mask = self.mask & (torch.arange(length) < (length - n)[:, None])
+        dropped = self.mask & (torch.arange(length) >= (length - n)[:, None])
+        self.length = self.length - dropped.sum(1)
+        self.mask = self.mask & ~dropped
         keep = length - int(n.min())
         if keep < length:
             self.mask = self.mask[:, :keep]
@@ -102,7 +116,7 @@ class Stream:
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep or repeat rows (a 1-D index tensor)."""
-        self.mask = self.mask[rows]
+        self.mask, self.length = self.mask[rows], self.length[rows]
         if self.cache is not None:
             self.cache = self.model.select(self.cache, rows)
 
@@ -190,6 +204,8 @@ MODEL = "model"  # eos_token_id: read the end-of-sequence ids from the model (it
 
 def eos_ids(eos_token_id: Any, model: Any = None) -> tuple[int, ...]:
     """End-of-sequence ids: ``"model"`` = the model's ``eos_token_ids`` (none if it has no such attribute)."""
+    if isinstance(eos_token_id, tuple) and all(type(i) is int for i in eos_token_id):
+        return eos_token_id
     if eos_token_id == MODEL:
         return tuple(getattr(model, "eos_token_ids", ()) or ())
     if eos_token_id is None:
