@@ -61,7 +61,7 @@ class Product(Denoiser):
             raise ValueError(f"weights must be {len(items)} finite numbers, one per factor; got {weights!r}")
         super().__init__(first.process)
         self.factors, self.weights = items, w
-        self.shape, self.prediction = first.shape, "x0"
+        self.shape, self.prediction = first.shape, first.prediction
         self.name = " * ".join(m.name for m, _ in items)
 
     def denoise(self, x: Tensor, sigma: Tensor, cond) -> Tensor:
@@ -119,7 +119,8 @@ def compose_sample(model: Denoiser, *, corrector: Corrector | None = "ula", corr
     sigma_j^2``; ``corrector=None`` is the uncorrected reverse process.
 
     - ``ula``: ``x += h s(x) + sqrt(2 h) z``, ``h = step_size sigma_j^2`` (no accept test; biased by ``O(h)``).
-    - ``mala``: the same proposal with a Metropolis-Hastings test on ``log_density`` (exact at every step size).
+    - ``mala``: the same proposal with a Metropolis-Hastings test on ``log_density`` (its stationary law is the
+      level's target at any step size).
     - ``hmc``: ``leapfrog`` steps of size ``eps = sqrt(step_size) sigma_j`` with unit mass and a Metropolis-Hastings
       test on the total energy.
 
