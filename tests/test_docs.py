@@ -103,7 +103,7 @@ SLOW: dict[str, str] = {
     # docs/steering.md and its section of docs/benchmarks.md
     ".venv/bin/python benchmarks/steer.py": "every steering method on three digits models, the exact tilts (6 minutes)",
     ".venv/bin/python benchmarks/steer.py --part minority,compose":
-        "40 s; the same claims run on every test run in tests/steer/test_minority.py and tests/steer/test_compose.py",
+        "90 s; the same claims run on every test run in tests/steer/test_minority.py and tests/steer/test_compose.py",
     ".venv/bin/python benchmarks/steer.py --part plots --img docs/img": "the steer_*.png pictures (4 minutes)",
     # docs/distill.md
     ".venv/bin/python scripts/distill_students.py digits-edm:sfd digits-flow:sfd": "trains two students (5 CPU-min)",
