@@ -89,7 +89,7 @@ SLOW: dict[str, str] = {
     # docs/lm_scaling.md
     ".venv/bin/python scripts/train_lm_arith.py": "trains the bundled addition model and its probes (3 minutes)",
     ".venv/bin/python benchmarks/lm_scaling.py --write docs/benchmarks.md":
-        "the inference-time compute benchmark (133 CPU-seconds, 5 minutes on a loaded machine)",
+        "the inference-time compute benchmark (about 2 CPU-minutes, 5 minutes on a loaded machine)",
     ".venv/bin/python scripts/train_digits.py digits-edm digits-flow digits-vp-eps":
         "trains the three digits nets (15-50 minutes)",
     ".venv/bin/python scripts/make_model_grids.py --n 1000": "1000 samples of 59 evaluations per model (8 minutes)",
