@@ -51,8 +51,11 @@ def test_guidance_raises_the_minor_share_and_strength_zero_keeps_the_weight(uneq
     off = sample(MinorityGuidance(unequal, classifier, 0.0), **kw)
     assert torch.equal(off, base)
     assert abs(minor_share(unequal, off) - weight) < 4 * sd
-    guided = minor_share(unequal, sample(MinorityGuidance(unequal, classifier, 2.0), **kw))
+    x = sample(MinorityGuidance(unequal, classifier, 2.0), **kw)
+    guided = minor_share(unequal, x)
     assert guided > 4 * weight, guided
+    alone = sample(MinorityGuidance(unequal, classifier, 2.0), solver="dpmpp_2m", nfe=20, seeds=[17])
+    assert torch.equal(x[17:18], alone)  # a seed's sample does not depend on the batch
     majority = minor_share(unequal, sample(MinorityGuidance(unequal, classifier, 2.0, level=0), **kw))
     assert majority < weight - 4 * sd, majority
 

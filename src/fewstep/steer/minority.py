@@ -22,10 +22,12 @@ from typing import Any
 
 import torch
 
+from fewstep.diffusion.adapters import call_net
 from fewstep.diffusion.corrections import Wrapper, check_number
 from fewstep.diffusion.denoiser import Denoiser, bcast
 
 Tensor = torch.Tensor
+_BLOCK = 16  # rows per classifier call: a row's gradient then rounds the same at every batch size
 
 __all__ = ["MinorityClassifier", "MinorityGuidance", "fit_minority_classifier", "minority_score"]
 
@@ -145,6 +147,14 @@ class MinorityGuidance(Wrapper):
     def settings(self) -> dict[str, Any]:
         return {"scale": self.scale, "level": self.level}
 
+    def _grad_log_p(self, x: Tensor, sigma: Tensor) -> Tensor:
+        """``grad_x log p_psi(level | x, sigma)`` of one block of rows."""
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            log_p = torch.log_softmax(self.classifier(xg, sigma), dim=1)[:, self.level].sum()
+            (grad,) = torch.autograd.grad(log_p, xg)
+        return grad
+
     def denoise(self, x: Tensor, sigma: Tensor, cond) -> Tensor:
         d = self.model(x, sigma, cond)
         if self.scale == 0:
@@ -153,9 +163,6 @@ class MinorityGuidance(Wrapper):
         s = torch.where(finite, sigma, torch.ones_like(sigma))
         if isinstance(self.classifier, torch.nn.Module):
             self.classifier.to(x.device)
-        with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
-            log_p = torch.log_softmax(self.classifier(xg, s), dim=1)[:, self.level].sum()
-            (grad,) = torch.autograd.grad(log_p, xg)
+        grad = call_net(self._grad_log_p, x, s, None, x.dtype, chunk=_BLOCK)
         step = self.scale * bcast(s**2, x) * grad.to(x.dtype)
         return d + torch.where(bcast(finite, x), step, torch.zeros_like(step))
