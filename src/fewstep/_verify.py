@@ -26,6 +26,12 @@ BUNDLED_SHA256 = {
     "lm/data/draft/model.safetensors": "045da64be1caaab9e287fb1e97ddf3997553d5e6d383f49578ecf91c6a074e88",
     "lm/data/draft/config.json": "cc85bb3915c5fd753d9c5aebaf597e6b890142f0176a935cfc1950aa65de686d",
     "lm/data/draft/generation_config.json": "038b4132194845a39539953e314896b34db517bc1e71699d98281b36b6fb676d",
+    "lm/data/draft-large/generation_config.json": "a3a3409b262255c6be98a5c2132767de0e86c6021e703be2c72e419d38776b96",
+    "lm/data/draft-large/config.json": "110080491c253e9c0bad07941cd34d48aed33a4cc7a02b2428b9cd82522af12a",
+    "lm/data/draft-large/model.safetensors": "e6cbc72e5cb65b712c4b26c76efbc1f00435076ed05c0d840f0a2a2c7c02bd54",
+    "lm/data/target-large/generation_config.json": "a3a3409b262255c6be98a5c2132767de0e86c6021e703be2c72e419d38776b96",
+    "lm/data/target-large/config.json": "6936b00bc3459591857321a8a3fb36d1a4762fbdd089668a9947edf9eba28782",
+    "lm/data/target-large/model.safetensors": "0eb22c271bba3d01ea3c6456a43d5b048e8378b95289e87dd33f7d90b513e8b6",
     "lm/data/arith/model/config.json": "7c6c8d48baac684441ab7c1fddf84253de9956a1459a3d813f2035609415918e",
     "lm/data/arith/model/generation_config.json": "038b4132194845a39539953e314896b34db517bc1e71699d98281b36b6fb676d",
     "lm/data/arith/model/model.safetensors": "543716c0d6dbb485157524fc6aacfe82762c5bd532d3a7cfdc35e7cb03eee742",
@@ -61,6 +67,8 @@ _REBUILD = {"models/data/digits.npz": "scripts/export_digits.py",
             "metrics/data/digits_cnn.safetensors": "scripts/train_classifier.py",
             "models/data/students": "scripts/distill_students.py",
             "lm/data/arith": "scripts/train_lm_arith.py",  # before "lm/data": the first matching prefix wins
+            "lm/data/target-large": "scripts/train_lm_large.py",
+            "lm/data/draft-large": "scripts/train_lm_large.py",
             "lm/data": "scripts/train_lm.py"}
 
 
