@@ -37,6 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_lm import BATCH, EOS, SEED, WINDOW, corpus, stream  # noqa: E402  (the shared corpus)
 
+THREADS = 1
 EXIT = 2  # early-exit layer
 EXIT_WEIGHT = 0.3
 TARGET = dict(hidden_size=192, intermediate_size=512, num_hidden_layers=8, num_attention_heads=3, lr=3e-3)
@@ -163,7 +164,7 @@ def main() -> None:
 
     from tokenizers import Tokenizer
 
-    torch.set_num_threads(1)  # deterministic reductions
+    torch.set_num_threads(THREADS)  # a fixed thread count: the same reductions on every run
     torch.use_deterministic_algorithms(True)
     start, cpu = time.perf_counter(), time.process_time()
     tok = Tokenizer.from_file(str(data / "tokenizer.json"))
