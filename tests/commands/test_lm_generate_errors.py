@@ -16,6 +16,8 @@ pytest.importorskip("transformers")
     (["--seed", "-1"], "argument --seed: must be an integer in 0.."),
     (["--sampler", "repetition_penalty=0"], "repetition_penalty must be in (0, inf)"),
     (["--stop", ""], "--stop must not be empty"),
+    (["--draft", "early-exit"], "--draft early-exit needs a model trained with an exit layer"),
+    (["--adaptive-gamma"], "--adaptive-gamma needs --draft"),
 ])
 def test_generate_refuses_in_one_line(capsys, monkeypatch, args, message):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -39,3 +41,12 @@ def test_generate_history_processors_and_stop_strings(capsys):
     text = out["texts"][0][len("The for statement"):]
     assert "." not in text or text.index(".") >= len(text) - 8  # ends with the token that made the first "."
     assert out["sampler"] == "repetition_penalty=1.3,no_repeat_ngram_size=2,temperature=1"
+
+
+@pytest.mark.parametrize("draft", ["early-exit", "ngram", "bundled-large"])
+def test_generate_with_the_large_pair_and_adaptive_gamma(capsys, draft):
+    args = ["generate", "--prompt", "The import statement", "--model", "bundled-large", "--draft", draft,
+            "--adaptive-gamma", "--gamma", "6", "--max-new-tokens", "10", "--json"]
+    assert main(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["new_tokens"] <= 10 and 0 <= out["mean_draft_length"] <= 6  # EOS may end it early

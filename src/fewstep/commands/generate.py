@@ -104,6 +104,9 @@ def load_draft(name: str, vocab_size: int | None, target):
     if name == "ngram":
         return NGramDraft()
     if name == "early-exit":
+        if getattr(getattr(getattr(target, "model", None), "config", None), "fewstep_early_exit", None) is None:
+            raise ValueError("--draft early-exit needs a model trained with an exit layer (its config names "
+                             "fewstep_early_exit), e.g. --model bundled-large")
         return early_exit(target)
     return load(BUNDLED_NAMES[name][1] if name in BUNDLED_NAMES else name, vocab_size)[0]
 
