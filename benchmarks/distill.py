@@ -22,7 +22,8 @@ For each model (``--models``) and NFE (``--nfes``), on the same seeds and from t
 - the fine-tuning cost: a student's CPU-minutes from its record (``time.process_time`` of its training), a
   recipe's tuning seconds as measured here (wall time, one thread).
 
-``--json`` stores every row (``--resume`` keeps the (model, NFE) cells already there); ``--from-json`` prints the
+``--json`` stores every row (``--resume`` keeps the (model, NFE) cells already there, but those of the NFEs in
+``--redo``, e.g. after a student was retrained); ``--from-json`` prints the
 table, and with ``--update-docs`` writes it into its section of the file. ``--grids DIR`` writes one PNG per
 method and NFE: for each model, a row of the teacher's 32-evaluation samples over a row of the student's, on the
 same 16 seeds (``distill_<method>_nfe<N>.png``).
@@ -71,6 +72,8 @@ def measure(args) -> list[dict]:
     held = digits_data("heldout")[0].reshape(-1, 1, 8, 8).double()
     half = len(fd_seeds) // 2
     rows = json.loads(args.json.read_text()) if args.resume and args.json.is_file() else []
+    redo = {int(v) for v in args.redo.split(",")} if args.redo else set()
+    rows = [r for r in rows if r["nfe"] not in redo]  # the teacher row (NFE 32) stays
     done = {(r["model"], r["nfe"]) for r in rows}
 
     def fd_pair(x):
@@ -89,6 +92,9 @@ def measure(args) -> list[dict]:
         for n in (int(v) for v in args.nfes.split(",")):
             if (name, n) in done:
                 continue
+            if ref is None and any(r["model"] == name and r["kind"] == "teacher" for r in rows):
+                ref, tol = reference_samples(teacher, ref_seeds, sigma_max=TOP, rtol=args.rtol)
+                ref = ref.double()
             if ref is None:
                 ref, tol = reference_samples(teacher, ref_seeds, sigma_max=TOP, rtol=args.rtol)
                 ref = ref.double()
@@ -207,6 +213,7 @@ def main() -> None:
     p.add_argument("--rtol", type=float, default=1e-5)
     p.add_argument("--json", type=Path, default=None, help="write the rows here (and read them with --resume)")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--redo", default="", help="with --resume: measure the cells of these NFEs again (e.g. 2)")
     p.add_argument("--from-json", default=None, help="print the table of the rows in these files (comma-separated), "
                    "measure nothing")
     p.add_argument("--update-docs", type=Path, default=None, help="with --from-json: write the section here")
