@@ -100,6 +100,7 @@ SLOW: dict[str, str] = {
     "python benchmarks/tuned.py": "hours (all methods on all models)",
     # docs/mcmc.md
     ".venv/bin/python benchmarks/mcmc_lmc.py": "ULA at d = 4 ... 256, 1000 chains each (2 minutes)",
+    ".venv/bin/python benchmarks/mcmc_banana_adaptation.py": "NUTS on banana, 4 chains x 600 iterations (2 minutes)",
     # docs/steering.md and its section of docs/benchmarks.md
     ".venv/bin/python benchmarks/steer.py": "every steering method on three digits models, the exact tilts (6 minutes)",
     ".venv/bin/python benchmarks/steer.py --part minority,compose":
