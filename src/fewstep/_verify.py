@@ -38,13 +38,13 @@ BUNDLED_SHA256 = {
     "lm/data/arith/probes.safetensors": "8030a6ed4473a523b34654af03c4d28887ba9d5afd8a6384e49e5d6500284d14",
     "lm/data/arith/record.json": "0c528bdf58b8b2deb45a0c5005c8ec73b27763ec8a4c38b402e69963e3fca815",
     "models/data/students/digits-edm-sfd-nfe2.json":
-        "2e9ae595619dbac93288956914b79192d5de2e2be4f1c1a4ced43eb75ac8d9d1",
+        "4b4d36db665990e46a1ccc31ac91b9e4bd46892b604ffa87b19096c8b53c8ece",
     "models/data/students/digits-edm-sfd-nfe2.safetensors":
-        "fa8847ec8cc2757ef18721db3c8852ac83d1acf8d1feda8055504a20ccaf7afe",
+        "b5c2694569863c1f1351cd54e6f2f748aba9bc8a4a3a990994065c071a81dc48",
     "models/data/students/digits-flow-sfd-nfe2.json":
-        "5a77cede50aceabe3c78a83210c2e6aca87e949f2a59cca96e27d56c530d3ac6",
+        "94fe921d84d6ae85d60b80d5efd4f9c829fbc948db165dcf2b7af570afff50cb",
     "models/data/students/digits-flow-sfd-nfe2.safetensors":
-        "b55fc31e847a3dae3095306902f518fe17d19c221b0c1b21ee5846f7f0a18c11",
+        "dad1f47649b029b70dcf451147c43f6544058cb66a55b436e17222ce357481ef",
     "models/data/students/digits-edm-progressive-nfe2.json":
         "3fb23a64db0b65472ece8e80bbb9910add8368db975c2b4b1ba66158fdac7e68",
     "models/data/students/digits-edm-progressive-nfe2.safetensors":
