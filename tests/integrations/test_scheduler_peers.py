@@ -109,9 +109,10 @@ def test_same_algorithm_same_result(name, config, solver, inpaint):
     torch.testing.assert_close(b, a, **TOL)
 
 
-@pytest.mark.parametrize("config", [dict(SD, lower_order_final=False), dict(SD, timestep_spacing="trailing"),
-                                    dict(SD, solver_order=2, timestep_spacing="leading", steps_offset=1, lower_order_final=False)],
-                         ids=["order3", "trailing", "leading2"])
+@pytest.mark.parametrize("config", [
+    dict(SD, lower_order_final=False), dict(SD, timestep_spacing="trailing"),
+    dict(SD, solver_order=2, timestep_spacing="leading", steps_offset=1, lower_order_final=False),
+], ids=["order3", "trailing", "leading2"])
 def test_deis_above_order_one_is_diffusers_logrho(monkeypatch, config):
     """DEISMultistepScheduler at orders 2 and 3 is deis(variable="log_sigma"). diffusers keeps its sigmas in
     float32, and its log-sigma coefficients (up to ~30 in size, with cancellation) carry that round-off: the two
