@@ -75,8 +75,11 @@ SLOW: dict[str, str] = {
     "python tests/integrations/test_scheduler_peers.py": "the pipeline comparisons behind docs/compat.md (a minute)",
     # docs/benchmarks.md (the commands that made its tables)
     "python benchmarks/tuned.py --models digits-gmm,digits-edm,digits-flow,digits-vp-eps": "hours",
-    "fewstep bench-lm --prompts 8 --batch 4 --max-new-tokens 96 --repeats 3 --json --update-docs docs/benchmarks.md":
+    "fewstep bench-lm --prompts 8 --batch 4 --max-new-tokens 96 --repeats 3 --update-docs docs/benchmarks.md":
         "minutes",
+    "fewstep bench-lm --pair large --repeats 3 --update-docs docs/benchmarks.md": "the larger LM pair (5-10 minutes)",
+    "fewstep bench-lm --pair large --sampler top_p=0.9 --repeats 3 --update-docs docs/benchmarks.md":
+        "the larger LM pair (5-10 minutes)",
     ".venv/bin/python benchmarks/ld3_variants.py digits-flow 8 512 steps=100 threads=2": "about 5 minutes",
     ".venv/bin/python benchmarks/ld3_variants.py digits-vp-eps 8 512 steps=200 optimizer=lbfgs patience=null "
     "precondition=null threads=2": "about 10 minutes",
@@ -86,6 +89,8 @@ SLOW: dict[str, str] = {
     # docs/design.md, docs/guidance.md, docs/lm.md, docs/models.md, docs/solvers.md, docs/tuning.md
     ".venv/bin/python benchmarks/multidraft.py": "36 s of exact acceptance computations",
     ".venv/bin/python scripts/train_lm.py": "trains the bundled LM pair (10 minutes)",
+    ".venv/bin/python scripts/train_lm_large.py":
+        "trains the larger LM pair (4-5 CPU-minutes, 15 minutes on a loaded machine)",
     # docs/lm_scaling.md
     ".venv/bin/python scripts/train_lm_arith.py": "trains the bundled addition model and its probes (3 minutes)",
     ".venv/bin/python benchmarks/lm_scaling.py --write docs/benchmarks.md":
@@ -135,6 +140,7 @@ SLOW_EXTRA_ARGS: dict[str, list[str]] = {
     ".venv/bin/python scripts/distill_students.py digits-edm:progressive digits-flow:progressive":
         ["--out", "{scratch}/students"],
     ".venv/bin/python scripts/distill_students.py digits-edm:cd digits-flow:cd": ["--out", "{scratch}/students"],
+    ".venv/bin/python scripts/train_lm_large.py": ["--out", "{scratch}/lm"],
 }
 
 # Pages whose snippets are known not to run, with the reason; strict, so the entry must go once they run.
