@@ -62,8 +62,8 @@ def test_sizes_have_documented_limits(argv, message, capsys, tmp_path, monkeypat
 
 def test_generate_refuses_a_model_that_is_not_a_folder_and_an_overlong_prompt(capsys, tmp_path):
     pytest.importorskip("transformers")
-    _refused(["generate", "--prompt", "x", "--model", str(tmp_path / "none")], "is neither 'bundled' nor a folder",
-             capsys)
+    _refused(["generate", "--prompt", "x", "--model", str(tmp_path / "none")],
+             "is neither 'bundled', 'bundled-large' nor a folder", capsys)
     _refused(["generate", "--prompt", "x", "--model", str(tmp_path)], "cannot load a transformers causal LM from",
              capsys)
     _refused(["generate", "--prompt", "word " * 3000], "--prompt must be at most 2,048 tokens", capsys)
