@@ -140,3 +140,19 @@ def test_the_bundled_students_load_verified_and_sample_at_their_nfe():
         counter = fewstep.diffusion.denoiser.CountingDenoiser(student)
         x = fewstep.sample(counter, **student.sampling, batch=2)
         assert counter.calls == student.nfe and torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("nfe", [1, 2])
+def test_the_command_line_samples_a_student_with_its_own_solver_options(tmp_path, nfe):
+    """A consistency student's multistep sampler is euler_ancestral with eta = inf (its record's solver options):
+    ``fewstep sample --model CD.json`` draws what ``fewstep.sample(student, **student.sampling)`` draws."""
+    import numpy as np
+
+    path = Path(fewstep.models.student.__file__).parent / "data" / "students" / "digits-flow-cd-nfe2.json"
+    student = load_student(path, nfe=nfe)
+    assert student.sampling["solver_options"] or nfe == 1
+    out = tmp_path / "cd"
+    assert main(["sample", "--model", str(path), "--nfe", str(nfe), "--seeds", "0-3", "--out", str(out),
+                 "--no-progress"]) == 0
+    expected = fewstep.sample(student, **student.sampling, seeds=[0, 1, 2, 3])
+    np.testing.assert_allclose(np.load(out.with_suffix(".npz"))["samples"], expected.numpy(), rtol=0, atol=1e-6)

@@ -163,7 +163,8 @@ def _student(args):
     student = load_student(path, nfe=args.nfe)
     plan = student.sampling
     args.solver, args.nfe, args.schedule = plan["solver"], plan["nfe"], plan["schedule"]
-    return student, {"schedule_options": plan["schedule_options"], "afs": plan["afs"]}
+    return student, {"solver_options": plan["solver_options"], "schedule_options": plan["schedule_options"],
+                     "afs": plan["afs"]}
 
 
 def _resolve_recipe(args, path):
