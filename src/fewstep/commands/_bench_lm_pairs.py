@@ -18,8 +18,8 @@ import os
 import platform
 import statistics
 import sys
-import time
 
+from fewstep.commands._lm_timing import Counter, hf_generate, run_timed
 from fewstep.commands.args import output_path
 
 
@@ -53,37 +53,6 @@ def _batches(text: str, prompts: int) -> list[int]:
     return sizes
 
 
-class Counter:
-    """Counts forward calls of a module through a pre-hook."""
-
-    def __init__(self, module) -> None:
-        self.calls = 0
-        module.register_forward_pre_hook(self._hook)
-
-    def _hook(self, *_) -> None:
-        self.calls += 1
-
-
-def _hf(model, prompts, sampler, gens, assistant=None, gamma=None, lookup=None):
-    """transformers' generate: plain, assisted (constant ``gamma``) or prompt lookup, seeded per call."""
-    import torch
-
-    from fewstep.lm.decoding import left_pad
-
-    tokens, valid = left_pad(prompts)
-    kwargs = dict(max_new_tokens=gens["max_new_tokens"], pad_token_id=0, **sampler.to_hf())
-    if assistant is not None:
-        config = assistant.generation_config
-        config.num_assistant_tokens, config.num_assistant_tokens_schedule = gamma, "constant"
-        config.assistant_confidence_threshold = 0.0
-        kwargs["assistant_model"] = assistant
-    if lookup is not None:
-        kwargs["prompt_lookup_num_tokens"] = lookup
-    torch.manual_seed(gens["generator"][0].initial_seed())
-    out = model.generate(input_ids=tokens, attention_mask=valid.long(), **kwargs)
-    return out[:, tokens.shape[1]:].tolist()
-
-
 def _configs(args, target, draft, exit_draft, sampler):
     from fewstep.lm import AdaptiveGamma, NGramDraft, generate, speculative_generate
 
@@ -97,31 +66,16 @@ def _configs(args, target, draft, exit_draft, sampler):
 
     return [
         ("fewstep", "plain", lambda p, gens: generate(target, p, sampler, **gens, **common)),
-        ("transformers", "plain", lambda p, gens: _hf(hf_t, p, sampler, gens)),
+        ("transformers", "plain", lambda p, gens: hf_generate(hf_t, p, sampler, gens)),
         ("fewstep", f"speculative gamma={g}, distilled draft", spec(draft, g)),
         ("fewstep", f"speculative adaptive gamma<={2 * g}, distilled draft", spec(draft, adaptive)),
         ("transformers", f"assisted gamma={g} constant, distilled draft",
-         lambda p, gens: _hf(hf_t, p, sampler, gens, assistant=hf_d, gamma=g)),
+         lambda p, gens: hf_generate(hf_t, p, sampler, gens, assistant=hf_d, gamma=g)),
         ("fewstep", f"n-gram lookup gamma={g}", spec(NGramDraft(), g)),
-        ("transformers", f"prompt lookup {g} tokens", lambda p, gens: _hf(hf_t, p, sampler, gens, lookup=g)),
+        ("transformers", f"prompt lookup {g} tokens", lambda p, gens: hf_generate(hf_t, p, sampler, gens, lookup=g)),
         ("fewstep", f"early exit (layers 1-{exit_draft.model.config.num_hidden_layers}) adaptive gamma<={2 * g}",
          spec(exit_draft, adaptive)),
     ]
-
-
-def _run(runner, encoded, batch, max_new_tokens):
-    import torch
-
-    stats, start, cpu = [], time.perf_counter(), time.process_time()
-    tokens = 0
-    for i in range(0, len(encoded), batch):
-        gens = [torch.Generator().manual_seed(i + j) for j in range(batch)]
-        result = runner(encoded[i : i + batch], {"generator": gens, "max_new_tokens": max_new_tokens})
-        rows = result if isinstance(result, list) else result.tokens
-        tokens += sum(map(len, rows))
-        if not isinstance(result, list):
-            stats.append(result.stats)
-    return tokens, time.perf_counter() - start, time.process_time() - cpu, stats
 
 
 def _measure(args, sampler, batches):
@@ -151,7 +105,7 @@ def _measure(args, sampler, batches):
                 continue
             before = {name: c.calls for name, c in counters.items()}
             try:
-                tokens, seconds, cpu, stats = _run(configs[i][2], encoded if repeat else encoded[:b], b,
+                tokens, seconds, cpu, stats = run_timed(configs[i][2], encoded if repeat else encoded[:b], b,
                                                    args.max_new_tokens if repeat else 4)
             except ValueError as exc:  # transformers refuses assisted generation / prompt lookup at batch > 1
                 refused[cell] = str(exc).strip().splitlines()[0]

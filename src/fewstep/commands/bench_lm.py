@@ -15,10 +15,10 @@ import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 from fewstep.commands import _bench_lm_pairs, _bench_lm_scaling
+from fewstep.commands._lm_timing import Counter, hf_generate, run_timed
 from fewstep.commands.args import MAX_GAMMA, MAX_NEW_TOKENS, MAX_REPEATS, MAX_THREADS, int_in, output_path, subcommand
 
 PROMPTS = ("The for statement", "A class definition defines", "The import statement", "Exceptions can be raised",
@@ -49,17 +49,6 @@ def add_parser(subparsers) -> None:
     _bench_lm_pairs.add_arguments(p)  # --pair, --batches (issue 22)
 
 
-class Counter:
-    """Counts forward calls of a module through a pre-hook."""
-
-    def __init__(self, module) -> None:
-        self.calls = 0
-        module.register_forward_pre_hook(self._hook)
-
-    def _hook(self, *_) -> None:
-        self.calls += 1
-
-
 def _configs(args, target, draft, fr_draft, hf_target, hf_draft, sampler):
     from fewstep.lm import generate, speculative_generate
 
@@ -70,14 +59,15 @@ def _configs(args, target, draft, fr_draft, hf_target, hf_draft, sampler):
         return speculative_generate(target, draft, p, **spec, **gens)
 
     def assisted(p, gens):
-        return _hf(hf_target, hf_draft, p, sampler, gens, g)
+        return hf_generate(hf_target, p, sampler, gens, assistant=hf_draft, gamma=g, fixed_length=True)
 
     return [
         ("fewstep", "plain", 1, lambda p, gens: generate(target, p, sampler, **gens)),
-        ("transformers", "plain", 1, lambda p, gens: _hf(hf_target, None, p, sampler, gens)),
+        ("transformers", "plain", 1, lambda p, gens: hf_generate(hf_target, p, sampler, gens, fixed_length=True)),
         ("fewstep", f"speculative gamma={g}", 1, speculative),
         ("transformers", f"assisted gamma={g} constant", 1, assisted),
-        ("transformers", "assisted (defaults)", 1, lambda p, gens: _hf(hf_target, hf_draft, p, sampler, gens)),
+        ("transformers", "assisted (defaults)", 1,
+         lambda p, gens: hf_generate(hf_target, p, sampler, gens, assistant=hf_draft, fixed_length=True)),
         ("fewstep", f"speculative gamma={g} k=2 drafts", 1,
          lambda p, gens: speculative_generate(target, draft, p, **spec, num_drafts=2, **gens)),
         ("fewstep", f"speculative gamma={g} k=2 drafts first_accept", 1,
@@ -89,41 +79,6 @@ def _configs(args, target, draft, fr_draft, hf_target, hf_draft, sampler):
         ("fewstep", f"speculative gamma={g}", b, speculative),
         ("transformers", f"assisted gamma={g} constant", b, assisted),
     ]
-
-
-def _hf(model, assistant, prompts, sampler, gens, gamma=None):
-    """transformers' generate (assisted when ``assistant`` is given), same sampler, seeded per call."""
-    import torch
-
-    from fewstep.lm.decoding import left_pad
-
-    tokens, valid = left_pad(prompts)
-    kwargs = dict(max_new_tokens=gens["max_new_tokens"], min_new_tokens=gens["max_new_tokens"], pad_token_id=0,
-                  **sampler.to_hf())
-    if assistant is not None:
-        config = assistant.generation_config
-        config.num_assistant_tokens = gamma or 20  # 20, constant and 0.4: transformers' defaults
-        config.num_assistant_tokens_schedule = "constant"
-        config.assistant_confidence_threshold = 0.0 if gamma else 0.4
-        kwargs["assistant_model"] = assistant
-    torch.manual_seed(gens["generator"][0].initial_seed())
-    out = model.generate(input_ids=tokens, attention_mask=valid.long(), **kwargs)
-    return out[:, tokens.shape[1]:].tolist()
-
-
-def _run_config(runner, encoded, batch, max_new_tokens):
-    import torch
-
-    tokens, start, cpu = 0, time.perf_counter(), time.process_time()
-    stats = []
-    for i in range(0, len(encoded), batch):
-        gens = [torch.Generator().manual_seed(i + j) for j in range(batch)]
-        result = runner(encoded[i : i + batch], {"generator": gens, "max_new_tokens": max_new_tokens})
-        rows = result if isinstance(result, list) else result.tokens
-        tokens += sum(map(len, rows))
-        if not isinstance(result, list):
-            stats.append(result.stats)
-    return tokens, time.perf_counter() - start, time.process_time() - cpu, stats
 
 
 def run(args: argparse.Namespace) -> int:
@@ -198,7 +153,7 @@ def _measure(args, sampler):
                 continue
             t0, d0 = target_calls.calls, sum(c.calls for c in draft_counters)
             try:
-                tokens, seconds, cpu, stats = _run_config(runner, encoded if repeat else encoded[:batch], batch,
+                tokens, seconds, cpu, stats = run_timed(runner, encoded if repeat else encoded[:batch], batch,
                                                           args.max_new_tokens if repeat else 8)
             except ValueError as exc:  # transformers refuses (assisted generation at batch size > 1)
                 refused[i] = str(exc).splitlines()[0]
