@@ -101,7 +101,7 @@ OPTIONS = {
               "--reference": ints(0, 50), "--threads": ints(1, 2), "--out": pick("m", "out/m", "adir/m")},
              ["--force"], ["--target"]),
     "distill": ({"--teacher": pick("gauss", "gmm2d", "digits-edm"),
-                 "--method": pick("sfd", "sfd-v", "progressive", "cd", "ct", "reflow"),
+                 "--method": pick("sfd", "sfd-v", "progressive", "cd", "ct", "reflow", "shortcut"),
                  "--nfe": ints(1, 3), "--steps": ints(1, 3), "--batch": ints(1, 8), "--lr": pick("1e-3", "0.01"),
                  "--seed": ints(0, 5), "--out": pick("st.json", "out/st.json"),
                  "--option": pick("substeps=2", "rounds=1"), "--checkpoint-every": ints(1, 5), "--threads": ints(1, 2)},
