@@ -174,3 +174,14 @@ def test_rwm_warmup_reaches_its_acceptance_target():
     result = mcmc.rwm(target, chains=4, draws=1500, warmup=1500, seed=0)
     rate = result.accept_rate
     assert bool(((rate > 0.17) & (rate < 0.30)).all()), rate
+
+
+def test_nuts_with_the_trapezoid_turn_rule_leaves_the_gaussian_invariant():
+    """NumPyro's and BlackJAX's criterion (half of each end's momentum off rho) is as valid a stopping rule."""
+    kw, draws, warmup = RUNS["nuts"]
+    result = mcmc.run_sampler("nuts", TARGET, chains=4, draws=draws, warmup=warmup, seed=11, turn="trapezoid", **kw)
+    assert invariant(result.draws, TARGET.mean, TARGET.cov)
+    stan = _run("nuts")
+    assert not torch.equal(result.draws, stan.draws)  # a different rule, so different trajectories
+    with pytest.raises(ValueError, match="turn must be one of 'sum', 'trapezoid'"):
+        mcmc.run_sampler("nuts", TARGET, chains=1, draws=2, warmup=0, turn="numpyro")
