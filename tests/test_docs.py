@@ -105,7 +105,8 @@ SLOW: dict[str, str] = {
     "python benchmarks/tuned.py": "hours (all methods on all models)",
     # docs/mcmc.md
     ".venv/bin/python benchmarks/mcmc_lmc.py": "ULA at d = 4 ... 256, 1000 chains each (2 minutes)",
-    ".venv/bin/python benchmarks/mcmc_banana_adaptation.py": "NUTS on banana, 4 chains x 600 iterations (2 minutes)",
+    ".venv/bin/python benchmarks/mcmc_banana_adaptation.py":
+        "NUTS on banana: adaptation, then two U-turn rules and BlackJAX at a fixed step (10 minutes)",
     # docs/steering.md and its section of docs/benchmarks.md
     ".venv/bin/python benchmarks/steer.py": "every steering method on three digits models, the exact tilts (6 minutes)",
     ".venv/bin/python benchmarks/steer.py --part minority,compose":
