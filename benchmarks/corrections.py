@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import torch
 
 import fewstep
+from fewstep.bench.report import markers, replace_section
 from fewstep.diffusion import corrections as C
 from fewstep.diffusion.denoiser import CountingDenoiser
 from fewstep.diffusion.guidance import CADS, CFG
@@ -171,14 +171,9 @@ def _weights(names) -> str:
 
 def write_between(path: Path, tag: str, body: str) -> None:
     """Replace the text between ``<!-- tag:begin -->`` and ``<!-- tag:end -->`` (appending them if missing)."""
-    begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{begin}\n{body}\n{end}"
-    if begin in text and end in text:
-        text = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
+    begin, end = markers(tag)
+    text = path.read_text() if path.exists() else None
+    path.write_text(replace_section(text, begin, end, f"{begin}\n{body}\n{end}"))
 
 
 def main(argv: list[str] | None = None) -> int:

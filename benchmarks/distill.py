@@ -42,6 +42,7 @@ import torch
 
 import fewstep
 from fewstep.bench.image import save_grid
+from fewstep.bench.report import replace_section
 from fewstep.evaluation import reference_samples
 from fewstep.metrics.frechet import fd_digits
 from fewstep.metrics.paired import rmse
@@ -170,12 +171,10 @@ def table(rows: list[dict], command: str) -> str:
 
 
 def update_docs(path: Path, text: str) -> None:
-    doc = path.read_text()
-    if START not in doc or END not in doc:
-        raise SystemExit(f"{path} has no {START} ... {END} section")
-    head, rest = doc.split(START, 1)
-    _, tail = rest.split(END, 1)
-    path.write_text(f"{head}{START}\n{text}\n{END}{tail}")
+    try:
+        path.write_text(replace_section(path.read_text(), START, END, f"{START}\n{text}\n{END}", append=False))
+    except ValueError as exc:
+        raise SystemExit(f"{path}: {exc}") from None
 
 
 def grids(args) -> None:

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fewstep.bench.report import markers, replace_section
 from fewstep.lm import arith
 from fewstep.lm.conformal import StoppingRule, build_set, calibrate, covered, nonconformity
 from fewstep.lm.diverse import arithmetic_sample, priority_sample
@@ -47,7 +48,7 @@ from fewstep.lm.scaling import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-BEGIN, END = "<!-- lm_scaling:begin -->", "<!-- lm_scaling:end -->"
+BEGIN, END = markers("lm_scaling")
 KS = (1, 2, 4, 8, 16, 32, 64)
 CONFIGS = ("temperature=0.5", "temperature=0.8", "temperature=1", "temperature=1.3", "temperature=1.3,top_k=3",
            "temperature=2,min_p=0.05")
@@ -351,14 +352,7 @@ def write(res: dict, doc: Path | None) -> None:
     plots(res, ROOT / "docs/img")
     if doc is None:
         return
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    new = section(res)
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + new + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + new + "\n"
-    doc.write_text(text)
+    doc.write_text(replace_section(doc.read_text() if doc.exists() else None, BEGIN, END, section(res)))
     print(f"wrote {doc}")
 
 

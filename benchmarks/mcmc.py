@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import fewstep.mcmc as mcmc  # noqa: E402
+from fewstep.bench.report import replace_section  # noqa: E402
 from fewstep.mcmc import targets as T  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -331,11 +332,10 @@ def markdown(results: dict) -> str:
 
 def update_docs(path: Path, text: str) -> None:
     begin, end = "<!-- mcmc-benchmark:begin -->", "<!-- mcmc-benchmark:end -->"
-    doc = path.read_text()
-    if begin not in doc or end not in doc:
-        raise SystemExit(f"{path} has no {begin} ... {end} section to replace")
-    head, rest = doc.split(begin, 1)
-    path.write_text(head + begin + "\n" + text + "\n" + end + rest.split(end, 1)[1])
+    try:
+        path.write_text(replace_section(path.read_text(), begin, end, f"{begin}\n{text}\n{end}", append=False))
+    except ValueError as exc:
+        raise SystemExit(f"{path}: {exc}") from None
 
 
 def main(argv=None) -> int:

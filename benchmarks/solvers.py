@@ -13,6 +13,8 @@ import json
 import time
 from pathlib import Path
 
+from fewstep.bench.report import markers, replace_section
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
 IMG = ROOT / "docs" / "img"
@@ -26,14 +28,9 @@ UNTUNED = ["ddim", "heun", "dpm_solver_2", "dpm_solver_3", "dpmpp_2s", "dpmpp_2m
 
 def write_section(doc: Path, name: str, body: str) -> None:
     """Replace the text between ``<!-- name:begin -->`` and ``<!-- name:end -->`` (append if absent)."""
-    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    block = f"{begin}\n{body.strip()}\n{end}"
-    if begin in text and end in text:
-        text = text[: text.index(begin)] + block + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    doc.write_text(text)
+    begin, end = markers(name)
+    text = doc.read_text() if doc.exists() else None
+    doc.write_text(replace_section(text, begin, end, f"{begin}\n{body.strip()}\n{end}"))
 
 
 def main() -> None:

@@ -13,6 +13,24 @@ from fewstep.cache import atomic_write_bytes
 PLOT_FORMATS = (".png", ".pdf", ".svg")  # file suffixes plot_quality writes
 
 
+def markers(name: str) -> tuple[str, str]:
+    """The comment lines that enclose a generated section of a markdown page."""
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
+def replace_section(text: str | None, begin: str, end: str, block: str, *, append: bool = True) -> str:
+    """``text`` (a markdown page; ``None`` for a new one) with the part from ``begin`` through the next ``end``
+    replaced by ``block`` (which holds both markers). Without that part, ``block`` is appended, or, with
+    ``append=False``, ``ValueError`` says which markers are missing."""
+    text = "# Benchmarks\n" if text is None else text
+    if begin in text and end in text.split(begin, 1)[1]:
+        head, rest = text.split(begin, 1)
+        return head + block + rest.split(end, 1)[1]
+    if not append:
+        raise ValueError(f"the page has no {begin} ... {end} section to replace")
+    return text.rstrip("\n") + "\n\n" + block + "\n"
+
+
 def check_plot_path(path: str | Path) -> None:
     """Refuse, before any work, a plot that ``plot_quality`` could not write: another suffix, or no matplotlib."""
     suffix = Path(path).suffix.lower()

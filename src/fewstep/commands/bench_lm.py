@@ -17,6 +17,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from fewstep.bench.report import markers, replace_section
 from fewstep.commands import _bench_lm_pairs, _bench_lm_scaling
 from fewstep.commands._lm_timing import Counter, hf_generate, run_timed
 from fewstep.commands.args import MAX_GAMMA, MAX_NEW_TOKENS, MAX_REPEATS, MAX_THREADS, int_in, output_path, subcommand
@@ -24,7 +25,7 @@ from fewstep.commands.args import MAX_GAMMA, MAX_NEW_TOKENS, MAX_REPEATS, MAX_TH
 PROMPTS = ("The for statement", "A class definition defines", "The import statement", "Exceptions can be raised",
            "The while statement is used", "Function definitions", "Augmented assignment", "The del statement",
            "Comparisons", "Boolean operations", "The with statement", "Lambda expressions")
-BEGIN, END = "<!-- lm:begin -->", "<!-- lm:end -->"
+BEGIN, END = markers("lm")
 
 
 def add_parser(subparsers) -> None:
@@ -234,8 +235,4 @@ def _updated_docs(text: str | None, rows, env, args) -> str:
             f"{env['fewstep_vs_assisted'][2]:.2f}x over {args.repeats} repeats (a ratio per repeat; the machine "
             "is shared, so one run's ratio is not the answer)."]),
         END])
-    text = "# Benchmarks\n" if text is None else text
-    if BEGIN in text and END in text.split(BEGIN, 1)[1]:
-        head, rest = text.split(BEGIN, 1)
-        return head + section + rest.split(END, 1)[1]
-    return text.rstrip("\n") + "\n\n" + section + "\n"
+    return replace_section(text, BEGIN, END, section)
