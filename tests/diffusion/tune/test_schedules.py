@@ -135,6 +135,23 @@ def test_s3_lowers_its_predictor_and_the_held_out_error(gmm2d):
     assert r.quality["untuned"]["solver"] == "unipc"
 
 
+def test_s3_at_one_evaluation_toggles_the_mean_start_both_ways(gmm2d):
+    """Regression: at NFE 1 a mutation that switched the data-mean start on (or off) interpolated a grid with one
+    positive sigma and failed inside the search ("loglinear_interp needs at least 2 positive sigmas")."""
+    search = s3.Search.__new__(s3.Search)
+    search.s_min, search.s_max = float(gmm2d.sigma_min), 80.0
+    one = s3.Candidate((80.0, 0.0), (2,), ("data",), (True,), (0.0,), False)
+    two = search.toggle_first(one)
+    assert two.first and two.n == 2 and two.sigmas[0] == 80.0 and two.sigmas[-1] == 0.0 and 0 < two.sigmas[1] < 80
+    back = search.toggle_first(two)
+    assert not back.first and back.sigmas == (80.0, 0.0) and back.orders == (2,)
+    r = s3.tune(gmm2d, solver="unipc", nfe=1, seeds=TUNE, eval_seeds=None, progress=False, population=6,
+                generations=3, children=4, batch=16)
+    counted = CountingDenoiser(gmm2d)
+    fewstep.sample(counted, recipe=r, seeds=range(3))
+    assert r.nfe == 1 and counted.calls == 1
+
+
 GAUSS = Gauss(dim=3, mean=torch.tensor([0.5, -1.0, 2.0]), std=torch.tensor([0.5, 1.0, 0.7]))
 X_T = 80 * torch.randn(8, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 

@@ -120,7 +120,12 @@ class Search:
     def toggle_first(self, c: Candidate) -> Candidate:
         """Switch the data-mean start on (one more step, added at the start) or off (one step fewer)."""
         n = c.n + (-1 if c.first else 1)
-        sig = tuple(float(v) for v in loglinear_interp(c.sigmas, n))
+        if n == 1:  # one step from the start straight to 0
+            sig = (c.sigmas[0], 0.0)
+        elif c.n == 1:  # nothing to interpolate between: a polynomial grid from the start to sigma_min
+            sig = self.grid(n, 7.0, c.sigmas[0], self.s_min)
+        else:
+            sig = tuple(float(v) for v in loglinear_interp(c.sigmas, n))
         cut = (lambda t: t[1:]) if c.first else (lambda t: t[:1] + t)  # noqa: E731
         return Candidate(sig, cut(c.orders), cut(c.predictions), cut(c.correctors), cut(c.relax), not c.first)
 
