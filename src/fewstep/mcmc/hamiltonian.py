@@ -8,10 +8,10 @@ NUTS follows Stan's multinomial variant (Betancourt, arXiv 1701.02434, Sec. A.4-
 1111.4246): the trajectory doubles in a random direction; inside a new subtree a state is drawn with probability
 proportional to ``exp(-H)`` (progressively, leaf by leaf); the subtree's draw replaces the current one with
 probability ``min(1, W_subtree / W_old)`` (biased progressive sampling); the generalised no-U-turn criterion
-``p_sharp(-) . rho > 0 and p_sharp(+) . rho > 0`` (``rho`` the sum of the momenta less half of each end's, by
-default, as NumPyro and BlackJAX; or the plain sum, as Stan, with ``turn="sum"``) is checked on every
-sub-tree, plus Stan's two extra checks across each merge (the left half with the right half's first state, the
-right half with the left half's last state). A subtree that U-turns or diverges (energy error above 1000) is
+``p_sharp(-) . rho > 0 and p_sharp(+) . rho > 0`` is checked on every sub-tree. Two rules: by default
+(``turn="trapezoid"``) NumPyro's and BlackJAX's, ``rho`` the sum of the momenta less half of each end's, on the
+sub-trees only; with ``turn="sum"`` Stan's, ``rho`` the plain sum, plus Stan's two extra checks across each merge
+(the left half with the right half's first state, the right half with the left half's last state). A subtree that U-turns or diverges (energy error above 1000) is
 discarded and the transition ends. The acceptance statistic for adaptation is the mean over every leapfrog state
 of ``min(1, exp(H0 - H))``.
 """
@@ -134,13 +134,15 @@ def _subtree(run: Run, x, p, g, eps, inv_mass, H0, depth: int, idx: list[int], r
             first_p = pa.clone()
         P[t, a], S[t + 1, a] = inv_mass[a] * pa, S[t, a] + pa
         levels = [level for level in range(1, depth + 1) if (t + 1) % 2 ** level == 0]
-        if levels:  # each finished sub-tree [s, t] with halves split at m: whole, left + m, m - 1 + right
+        if levels:  # each finished sub-tree [s, t] with halves split at m: whole, and for Stan's rule also
+            # its extra checks, left + m and m - 1 + right
             s_ = [t + 1 - 2 ** lv for lv in levels]
-            m_ = [t + 1 - 2 ** (lv - 1) for lv in levels]
-            minus = P[s_ + s_ + [m - 1 for m in m_]][:, a]
-            plus = P[[t] * len(levels) + m_ + [t] * len(levels)][:, a]
-            rho = (S[[t + 1] * len(levels) + [m + 1 for m in m_] + [t + 1] * len(levels)]
-                   - S[s_ + s_ + [m - 1 for m in m_]])[:, a]
+            m_ = [t + 1 - 2 ** (lv - 1) for lv in levels] if rule == "sum" else []
+            ends = [t] * len(m_)
+            minus = P[s_ + s_[:len(m_)] + [m - 1 for m in m_]][:, a]
+            plus = P[[t] * len(levels) + m_ + ends][:, a]
+            rho = (S[[t + 1] * len(levels) + [m + 1 for m in m_] + [e + 1 for e in ends]]
+                   - S[s_ + s_[:len(m_)] + [m - 1 for m in m_]])[:, a]
             ok &= _no_u_turn(minus, plus, rho, inv_mass[a], rule).all(dim=0)
         alive[a] = ok
         everyone = everyone and bool(ok.all())
@@ -197,8 +199,9 @@ def _nuts_transition(run: Run, x, lp, g, eps, inv_mass, max_depth: int, rule: st
         fwd_first = torch.where(f, sub["p_first"], old_left_p)
         fwd_last = torch.where(f, sub["p"], old_right_p)
         turn_ok = _no_u_turn(ims * bck_first, ims * fwd_last, bck_rho + fwd_rho, ims, rule)
-        turn_ok &= _no_u_turn(ims * bck_first, ims * fwd_first, bck_rho + fwd_first, ims, rule)
-        turn_ok &= _no_u_turn(ims * bck_last, ims * fwd_last, fwd_rho + bck_last, ims, rule)
+        if rule == "sum":  # Stan's extra checks; NumPyro and BlackJAX check the whole trajectory only
+            turn_ok &= _no_u_turn(ims * bck_first, ims * fwd_first, bck_rho + fwd_first, ims, rule)
+            turn_ok &= _no_u_turn(ims * bck_last, ims * fwd_last, fwd_rho + bck_last, ims, rule)
         active[a] = valid & turn_ok
     accept_stat = acc_sum / steps.clamp(min=1)
     return new_x, new_lp, new_g, accept_stat, depth, steps, divergent
