@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import fewstep
 from fewstep.diffusion.noise import seeded_noise
 from fewstep.distill import distill, student_grid
-from fewstep.distill.sfd import teacher_targets
+from fewstep.distill.sfd import SFD, teacher_targets
 
 
 def _rollout(model, grid, noise, afs):
@@ -36,6 +37,37 @@ def test_sfd_student_reaches_the_teacher_trajectory_on_gaussian_data(gauss_pair)
     trained = distill(teacher, "sfd", nfe=2, iterations=300, batch=32, lr=0.05, student=student)
     after = (fewstep.sample(trained, **trained.sampling, noise=noise) - target).abs().max()
     assert before > 0.05 and after < 5e-3 * before, (before, after)  # Adam on an L1 loss jitters at ~lr
+
+
+def test_sfd_pool_holds_the_teachers_own_trajectories_and_trains_like_fresh_ones(gauss_pair):
+    """A pool is the teacher's states for its starting points, drawn once and reused; training on it reaches the
+    same optimum (the exact answer is in the student family) as fresh trajectories do."""
+    grid = student_grid(gauss_pair([1.0])[0], 3)
+    teacher, student, net = gauss_pair(grid)
+    step = SFD(teacher, student, nfes=(2,), batch=8, pool=64, seed=5)
+    x, targets = step.trajectories(2, torch.Generator().manual_seed(0))
+    again = teacher_targets(teacher, x, grid, 4)
+    assert x.shape == (8, 2) and all(torch.allclose(a, b, atol=1e-6) for a, b in zip(targets, again))
+    pool_x = step._pools[2][0]
+    assert len(pool_x) == 64 and all(any(torch.equal(row, p) for p in pool_x) for row in x)
+    rebuilt = SFD(teacher, student, nfes=(2,), batch=8, pool=64, seed=5)
+    assert torch.equal(rebuilt.trajectories(2, torch.Generator().manual_seed(0))[0], x)  # same seed, same pool
+    noise = seeded_noise(range(256, 512), (2,), dtype=torch.float32)
+    target = teacher_targets(teacher, grid[0] * noise, grid, 4)[-1]
+    before = (_rollout(student, grid, noise, True) - target).abs().max()
+    trained = distill(teacher, "sfd", nfe=2, iterations=300, batch=32, lr=0.05, student=student,
+                      options={"pool": 256})
+    after = (fewstep.sample(trained, **trained.sampling, noise=noise) - target).abs().max()
+    assert before > 0.05 and after < 5e-3 * before, (before, after)
+
+
+@pytest.mark.parametrize("pool, message", [(-1, "pool must be a non-negative integer"),
+                                           (True, "pool must be a non-negative integer"),
+                                           (4, r"pool \(4\) must hold at least one batch \(8\)")])
+def test_a_bad_pool_is_refused(gauss_pair, pool, message):
+    teacher, student, _ = gauss_pair([1.0])
+    with pytest.raises(ValueError, match=message):
+        distill(teacher, "sfd", nfe=2, iterations=1, batch=8, student=student, options={"pool": pool})
 
 
 def test_sfd_training_rollout_is_what_fewstep_sample_runs(gauss_pair):

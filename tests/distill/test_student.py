@@ -55,8 +55,9 @@ def test_a_student_of_other_teacher_weights_is_refused(edm, tmp_path):
         load_student(path)
 
 
-def test_resume_after_an_interruption_gives_the_uninterrupted_weights(edm, tmp_path, monkeypatch):
-    kw = dict(nfe=2, iterations=4, batch=4, seed=3, checkpoint_every=2)
+@pytest.mark.parametrize("pool", [0, 8])
+def test_resume_after_an_interruption_gives_the_uninterrupted_weights(edm, tmp_path, monkeypatch, pool):
+    kw = dict(nfe=2, iterations=4, batch=4, seed=3, checkpoint_every=2, options={"pool": pool})
     whole = _state(distill(edm, "sfd", out=tmp_path / "a.json", **kw))
     call = SFD.__call__
 
