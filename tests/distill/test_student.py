@@ -133,27 +133,35 @@ def test_the_command_line_distils_samples_and_refuses_bad_input(tmp_path, capsys
     assert "no checkpoint" in capsys.readouterr().err
 
 
-def test_the_bundled_students_load_verified_and_sample_at_their_nfe():
+def test_the_bundled_students_load_verified_by_path_and_name_and_sample_at_their_nfe():
     paths = sorted((Path(fewstep.models.student.__file__).parent / "data" / "students").glob("*.json"))
     assert {p.stem for p in paths} >= {"digits-edm-sfd-nfe2", "digits-flow-sfd-nfe2"}
+    listed = fewstep.list_models()
+    assert [n for n, info in listed.items() if info.kind == "student"] == [p.stem for p in paths]
+    assert list(listed)[-len(paths):] == [p.stem for p in paths]  # after the exact and trained models
     for path in paths:
         student = load_student(path)
+        by_name = fewstep.load_model(path.stem)
+        assert by_name.record == student.record and by_name.sampling == student.sampling
+        assert listed[path.stem].description.startswith(f"{student.record.method} student of {student.record.teacher}")
         counter = fewstep.diffusion.denoiser.CountingDenoiser(student)
         x = fewstep.sample(counter, **student.sampling, batch=2)
         assert counter.calls == student.nfe and torch.isfinite(x).all()
 
 
-@pytest.mark.parametrize("nfe", [1, 2])
-def test_the_command_line_samples_a_student_with_its_own_solver_options(tmp_path, nfe):
+@pytest.mark.parametrize("nfe, by_name", [(1, False), (2, False), (2, True)])
+def test_the_command_line_samples_a_student_with_its_own_solver_options(tmp_path, nfe, by_name):
     """A consistency student's multistep sampler is euler_ancestral with eta = inf (its record's solver options):
-    ``fewstep sample --model CD.json`` draws what ``fewstep.sample(student, **student.sampling)`` draws."""
+    ``fewstep sample --model CD.json`` (or the bundled student's name) draws what
+    ``fewstep.sample(student, **student.sampling)`` draws."""
     import numpy as np
 
     path = Path(fewstep.models.student.__file__).parent / "data" / "students" / "digits-flow-cd-nfe2.json"
     student = load_student(path, nfe=nfe)
     assert student.sampling["solver_options"] or nfe == 1
     out = tmp_path / "cd"
-    assert main(["sample", "--model", str(path), "--nfe", str(nfe), "--seeds", "0-3", "--out", str(out),
+    model = path.stem if by_name else str(path)
+    assert main(["sample", "--model", model, "--nfe", str(nfe), "--seeds", "0-3", "--out", str(out),
                  "--no-progress"]) == 0
     expected = fewstep.sample(student, **student.sampling, seeds=[0, 1, 2, 3])
     np.testing.assert_allclose(np.load(out.with_suffix(".npz"))["samples"], expected.numpy(), rtol=0, atol=1e-6)

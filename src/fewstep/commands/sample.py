@@ -86,7 +86,7 @@ def run(args) -> int:
     from fewstep.models import load_model
 
     steering = sample_steer.check(args, DEFAULT_SOLVER)  # --steer: its checks and default solver, before the others
-    student, student_kw = _student(args)  # --model PATH.json: a distilled student fixes its sampler, NFE and grid
+    student, student_kw = _student(args)  # a distilled student fixes its sampler, NFE and grid
     recipe = _resolve_recipe(args, recipe_file)
     model = CountingDenoiser(student or load_model(args.model))
     if steering is not None:
@@ -148,18 +148,24 @@ def run(args) -> int:
 
 
 def _student(args):
-    """For ``--model PATH.json``: the distilled student at ``--nfe`` (default: its own) and the ``sample`` keywords
-    of its grid; ``(None, {})`` for a bundled model's name."""
-    if args.model is None or not args.model.endswith(".json"):
+    """For ``--model PATH.json`` or a bundled student's name: the distilled student at ``--nfe`` (default: its own)
+    and the ``sample`` keywords of its grid; ``(None, {})`` for another bundled model's name."""
+    from fewstep.models import list_models
+    from fewstep.models.student import BUNDLED, load_student
+
+    if args.model is None:
         return None, {}
-    path = input_file(args.model, "--model")
+    if args.model.endswith(".json"):
+        path = input_file(args.model, "--model")
+    elif getattr(list_models().get(args.model), "kind", None) == "student":
+        path = BUNDLED / f"{args.model}.json"
+    else:
+        return None, {}
     clash = [flag for flag, value in (("--solver", args.solver), ("--schedule", args.schedule),
                                       ("--recipe", args.recipe)) if value is not None]
     if clash:
         raise ValueError(f"{', '.join(clash)} cannot be combined with a distilled student (--model {args.model}): "
                          "it samples with the sampler and grid it was trained for; leave them out")
-    from fewstep.models.student import load_student
-
     student = load_student(path, nfe=args.nfe)
     plan = student.sampling
     args.solver, args.nfe, args.schedule = plan["solver"], plan["nfe"], plan["schedule"]

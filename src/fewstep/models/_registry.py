@@ -12,7 +12,7 @@ __all__ = ["ModelInfo", "register_model", "list_models", "load_model"]
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
-    kind: str  # "exact" or "trained"
+    kind: str  # "exact", "trained" or "student"
     description: str
     loader: Callable[..., Any]
 
@@ -25,8 +25,10 @@ def register_model(name: str, kind: str, description: str, loader: Callable[...,
 
 
 def list_models() -> dict[str, ModelInfo]:
-    """Every bundled model by name: the exact models first, then the trained ones, each in registration order."""
-    return dict(sorted(_REGISTRY.items(), key=lambda item: item[1].kind != "exact"))
+    """Every bundled model by name: the exact models first, then the trained ones, then the distilled students,
+    each in registration order."""
+    order = {"exact": 0, "trained": 1}
+    return dict(sorted(_REGISTRY.items(), key=lambda item: order.get(item[1].kind, 2)))
 
 
 def load_model(name: str, **options: Any):

@@ -36,6 +36,7 @@ from fewstep.cache import atomic_write_bytes
 from fewstep.diffusion.denoiser import Denoiser, bcast
 from fewstep.diffusion.from_diffusers import from_diffusers
 from fewstep.models import trained
+from fewstep.models._registry import register_model
 from fewstep.models.nets import DigitsUNet, SinusoidalEmbedding, UNetConfig
 
 __all__ = ["STUDENT_FORMAT", "METHODS", "StudentRecord", "Student", "StepDigitsUNet", "weights_digest",
@@ -339,4 +340,21 @@ def load_student(path: str | Path, nfe: int | None = None, device: str | torch.d
     return Student(inner, net, record, nfe)
 
 
-__all__ += ["ChecksumError", "read_record"]
+BUNDLED = Path(__file__).resolve().parent / "data" / "students"
+
+
+def _register_bundled() -> None:
+    """Each bundled student (``models/data/students/NAME.json``) loads by ``NAME`` too, e.g.
+    ``load_model("digits-edm-sfd-nfe2")``; only the small records are read here, the weights when it loads."""
+    for path in sorted(BUNDLED.glob("*.json")):
+        info = json.loads(path.read_text())
+        nfes = ", ".join(sorted(info["grids"], key=int))
+        register_model(path.stem, "student",
+                       f"{info['method']} student of {info['teacher']} (fewstep.distill); samples at NFE {nfes}, "
+                       f"default {info['nfe']}",
+                       lambda nfe=None, device="cpu", _path=path: load_student(_path, nfe=nfe, device=device))
+
+
+_register_bundled()
+
+__all__ += ["BUNDLED", "ChecksumError", "read_record"]
