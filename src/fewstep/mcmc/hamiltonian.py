@@ -11,9 +11,9 @@ probability ``min(1, W_subtree / W_old)`` (biased progressive sampling); the gen
 ``p_sharp(-) . rho > 0 and p_sharp(+) . rho > 0`` is checked on every sub-tree. Two rules: by default
 (``turn="trapezoid"``) NumPyro's and BlackJAX's, ``rho`` the sum of the momenta less half of each end's, on the
 sub-trees only; with ``turn="sum"`` Stan's, ``rho`` the plain sum, plus Stan's two extra checks across each merge
-(the left half with the right half's first state, the right half with the left half's last state). A subtree that U-turns or diverges (energy error above 1000) is
-discarded and the transition ends. The acceptance statistic for adaptation is the mean over every leapfrog state
-of ``min(1, exp(H0 - H))``.
+(the left half with the right half's first state, the right half with the left half's last state). A subtree
+that U-turns or diverges (energy error above 1000) is discarded and the transition ends. The acceptance
+statistic for adaptation is the mean over every leapfrog state of ``min(1, exp(H0 - H))``.
 """
 
 from __future__ import annotations
