@@ -55,9 +55,9 @@ def test_a_student_of_other_teacher_weights_is_refused(edm, tmp_path):
         load_student(path)
 
 
-@pytest.mark.parametrize("pool", [0, 8])
+@pytest.mark.parametrize("pool", [{}, {"pool": 8}, {"pool": 8, "refresh": 3}])
 def test_resume_after_an_interruption_gives_the_uninterrupted_weights(edm, tmp_path, monkeypatch, pool):
-    kw = dict(nfe=2, iterations=4, batch=4, seed=3, checkpoint_every=2, options={"pool": pool})
+    kw = dict(nfe=2, iterations=4, batch=4, seed=3, checkpoint_every=2, options=pool)
     whole = _state(distill(edm, "sfd", out=tmp_path / "a.json", **kw))
     call = SFD.__call__
 

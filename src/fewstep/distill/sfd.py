@@ -3,9 +3,11 @@
 The student is fine-tuned only at the sigmas its sampler visits, against whole teacher trajectories:
 
 - Teacher trajectories (Sec. 4.1): from ``x_0 = sigma_0 eps`` a training-free solver (DPM-Solver++(3M) by default)
-  takes ``K`` steps inside each student step (``K = M + 1 = 4`` in the paper's settings), on the polynomial grid that
-  contains the student's (``fewstep.distill.grids``); its states at the student's sigmas are the targets
-  ``x^tea_{i+1}``, and at the end ``D(x, sigma_min)`` is the target for sigma = 0.
+  takes ``K`` steps inside each student step, on the polynomial grid that contains the student's
+  (``fewstep.distill.grids``); its states at the student's sigmas are the targets ``x^tea_{i+1}``, and at the end
+  ``D(x, sigma_min)`` is the target for sigma = 0. The paper's settings give ``K = M + 1 = 4``; our default is 8,
+  because the targets bound the student: at NFE 2 on the digits models the teacher's own rmse to the exact ODE
+  solution is 0.07-0.09 at ``K = 4`` and 0.010-0.015 at ``K = 8`` (``benchmarks/distill_sfd_targets.py``).
 - Global trajectory loss (Sec. 4.2): the student runs its own sampler, Euler in sigma (= DDIM),
   ``x_{i+1} = (s_{i+1}/s_i) x_i + (1 - s_{i+1}/s_i) D_student(x_i, s_i)``, starting each step from its *own* previous
   state (detached), so it learns to repair the error it accumulated; each step's loss is the L1 distance
@@ -15,11 +17,14 @@ The student is fine-tuned only at the sigmas its sampler visits, against whole t
   steps.
 - SFD-v (Sec. 4.3): the network also takes the step count (``StepDigitsUNet``), and each iteration trains on the
   grid of an NFE drawn uniformly from the trained range; one student then samples at any of them.
-- Trajectory pool (ours, for CPU budgets): with ``pool = P > 0`` the teacher draws ``P`` trajectories once (per
-  NFE, from a generator seeded by the training seed, so a resumed run rebuilds the same pool) and each iteration
-  trains on ``batch`` of them drawn at random; ``pool = 0`` draws fresh trajectories every iteration, as the
-  paper. The teacher's ``K`` steps per student step cost far more than the student's few (at ``K = 8`` on the
-  digits models about 80 % of an iteration), so a pool buys several times the iterations for the same CPU time.
+- Trajectory pool (ours, for CPU budgets): with ``pool = P > 0`` the teacher draws ``P`` trajectories once per
+  NFE (from a generator seeded by the training seed) and each iteration trains on ``batch`` of them drawn at
+  random; with ``refresh = R > 0`` each iteration first replaces the ``R`` oldest with fresh ones (a replay buffer:
+  a trajectory serves about ``batch / R`` times, and ``P / R`` iterations later it is gone, so the student sees
+  new trajectories all along instead of memorising a fixed set). The pool is part of the checkpoint, so a resumed
+  run continues exactly. ``pool = 0`` draws fresh trajectories every iteration, as the paper. The teacher's ``K``
+  steps per student step cost far more than the student's few (at ``K = 8`` on the digits models about 80 % of an
+  iteration), so a pool buys several times the iterations for the same CPU time.
 """
 
 from __future__ import annotations
@@ -68,16 +73,17 @@ class SFD:
         nfes: the NFEs to train (one for SFD; SFD-v draws one per iteration).
         batch: trajectories per iteration.
         afs: take the analytical first step (it saves one evaluation).
-        substeps: teacher steps per student step (the paper's ``K = M + 1``).
+        substeps: teacher steps per student step (the paper's ``K = M + 1``, 4 there; 8 here by default).
         teacher_solver: the training-free solver that draws the teacher trajectories.
         step_condition: pass ``steps = NFE`` to the student's network (SFD-v).
-        pool: teacher trajectories drawn once per NFE and reused (0: fresh ones every iteration, as the paper).
-        seed: the seed of the pool's noise.
+        pool: teacher trajectories kept per NFE and reused (0: fresh ones every iteration, as the paper).
+        refresh: trajectories of the pool replaced by fresh ones each iteration, oldest first (0: a fixed pool).
+        seed: the seed of the pool's first noise.
     """
 
     def __init__(self, teacher: Denoiser, student: Denoiser, *, nfes: Sequence[int], batch: int, afs: bool = True,
-                 substeps: int = 4, teacher_solver: str = "dpmpp_3m", step_condition: bool = False,
-                 pool: int = 0, seed: int = 0):
+                 substeps: int = 8, teacher_solver: str = "dpmpp_3m", step_condition: bool = False,
+                 pool: int = 0, refresh: int = 0, seed: int = 0):
         if get_solver(teacher_solver).stochastic:
             raise ValueError(f"the teacher solver must be deterministic (an ODE solver); {teacher_solver!r} is not")
         self.teacher, self.student, self.batch, self.afs = teacher, student, batch, afs
@@ -91,8 +97,10 @@ class SFD:
                              f"got {pool!r}")
         if 0 < pool < batch:
             raise ValueError(f"pool ({pool}) must hold at least one batch ({batch}) of trajectories, or be 0")
-        self.pool, self.seed = pool, seed
-        self._pools: dict[int, tuple[Tensor, list[Tensor]]] = {}
+        if isinstance(refresh, bool) or not isinstance(refresh, int) or not 0 <= refresh <= pool:
+            raise ValueError(f"refresh must be an integer from 0 to the pool's size ({pool}); got {refresh!r}")
+        self.pool, self.refresh, self.seed = pool, refresh, seed
+        self._pools: dict[int, dict] = {}  # NFE -> {"x", "targets", "next"}: the slot the next refresh starts at
 
     def trajectories(self, n: int, gen: torch.Generator) -> tuple[Tensor, list[Tensor]]:
         """A batch of starting points and the teacher's states at the student's sigmas, for NFE ``n``."""
@@ -105,10 +113,25 @@ class SFD:
             x = grid[0] * torch.randn(self.pool, *shape, generator=pool_gen)
             chunks = [teacher_targets(self.teacher, part, grid, self.substeps, self.teacher_solver)
                       for part in x.split(max(self.batch, 256))]
-            self._pools[n] = (x, [torch.cat(states) for states in zip(*chunks)])
-        x, targets = self._pools[n]
+            self._pools[n] = {"x": x, "targets": [torch.cat(states) for states in zip(*chunks)], "next": 0}
+        pool = self._pools[n]
+        if self.refresh:
+            slots = (pool["next"] + torch.arange(self.refresh)) % self.pool
+            fresh = grid[0] * torch.randn(self.refresh, *shape, generator=gen)
+            pool["x"][slots] = fresh
+            for old, new in zip(pool["targets"], teacher_targets(self.teacher, fresh, grid, self.substeps,
+                                                                 self.teacher_solver)):
+                old[slots] = new
+            pool["next"] = int(slots[-1] + 1) % self.pool
         pick = torch.randint(self.pool, (self.batch,), generator=gen)
-        return x[pick], [t[pick] for t in targets]
+        return pool["x"][pick], [t[pick] for t in pool["targets"]]
+
+    def extra_state(self) -> dict:
+        """The pools, for the checkpoint (so that a resumed run trains on the same trajectories)."""
+        return {"pools": {str(n): pool for n, pool in self._pools.items()}}
+
+    def load_extra(self, state: dict) -> None:
+        self._pools = {int(n): pool for n, pool in state.get("pools", {}).items()}
 
     def __call__(self, iteration: int, gen: torch.Generator) -> float:
         """Train on one batch; returns the last step's loss (the L1 distance of the final samples)."""
