@@ -58,6 +58,7 @@ TUNE_OPTIONS = {"ld3": {"steps": 20, "patience": 3, "precondition": 8},
                 "gits": {},
                 "s3": {"batch": 32, "population": 6, "generations": 3, "children": 4}}
 START, END = "<!-- distill:start -->", "<!-- distill:end -->"
+KIND_ORDER = {"teacher": 0, "untuned": 1, "tuned": 2, "student": 3}  # the rows of one NFE, in this order
 
 
 def _sample(model, seeds, **kw):
@@ -68,13 +69,36 @@ def _students(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.json"))
 
 
+def tune_rows(teacher, name, n, methods, ref, fd_pair, add, tune_seeds, ref_seeds, fd_seeds) -> None:
+    """Fit each tuning method at NFE ``n`` and add its row (or the error it gave)."""
+    for method in methods:
+        tuner = importlib.import_module(f"fewstep.diffusion.tune.{method}")
+        t0 = time.perf_counter()
+        try:
+            recipe = tuner.tune(teacher, solver=TUNERS[method], nfe=n, seeds=tune_seeds, eval_seeds=None,
+                                progress=False, **TUNE_OPTIONS[method])
+        except ValueError as exc:
+            add(model=name, nfe=n, kind="tuned", label=method, error=str(exc).splitlines()[0][:160])
+            continue
+        seconds = time.perf_counter() - t0
+        add(model=name, nfe=n, kind="tuned", label=f"{method} ({recipe.solver})",
+            rmse_ref=rmse(_sample(teacher, ref_seeds, recipe=recipe), ref),
+            fd=fd_pair(_sample(teacher, fd_seeds, recipe=recipe)), tune_seconds=round(seconds, 1))
+
+
 def measure(args) -> list[dict]:
     ref_seeds, fd_seeds, tune_seeds = (parse_seeds(s) for s in (args.ref_seeds, args.fd_seeds, args.tune_seeds))
     held = digits_data("heldout")[0].reshape(-1, 1, 8, 8).double()
     half = len(fd_seeds) // 2
     rows = json.loads(args.json.read_text()) if args.resume and args.json.is_file() else []
-    redo = {int(v) for v in args.redo.split(",")} if args.redo else set()
-    rows = [r for r in rows if r["nfe"] not in redo]  # the teacher row (NFE 32) stays
+    redo, redo_tuned = set(), set()  # NFEs measured again whole; (NFE, method) of one tuned recipe measured again
+    for item in filter(None, args.redo.split(",")):
+        nfe, _, method = item.partition("/")
+        if method and method not in TUNERS:
+            raise SystemExit(f"distill.py: --redo {item!r}: the method must be one of {', '.join(TUNERS)}")
+        (redo_tuned.add((int(nfe), method)) if method else redo.add(int(nfe)))
+    rows = [r for r in rows if r["nfe"] not in redo and not (r["kind"] == "tuned" and any(
+        r["nfe"] == n and r["label"].split(" ")[0] == m for n, m in redo_tuned))]  # the teacher row (NFE 32) stays
     done = {(r["model"], r["nfe"]) for r in rows}
 
     def fd_pair(x):
@@ -91,11 +115,17 @@ def measure(args) -> list[dict]:
         teacher = fewstep.load_model(name)
         ref, tol = None, None
         for n in (int(v) for v in args.nfes.split(",")):
+            methods = args.tuned.split(",") if args.tuned else []
             if (name, n) in done:
-                continue
+                methods = [m for m in methods if (n, m) in redo_tuned]
+                if not methods:
+                    continue
             if ref is None and any(r["model"] == name and r["kind"] == "teacher" for r in rows):
                 ref, tol = reference_samples(teacher, ref_seeds, sigma_max=TOP, rtol=args.rtol)
                 ref = ref.double()
+            if (name, n) in done:
+                tune_rows(teacher, name, n, methods, ref, fd_pair, add, tune_seeds, ref_seeds, fd_seeds)
+                continue
             if ref is None:
                 ref, tol = reference_samples(teacher, ref_seeds, sigma_max=TOP, rtol=args.rtol)
                 ref = ref.double()
@@ -117,19 +147,7 @@ def measure(args) -> list[dict]:
             label = f"{kw['solver']}, {kw['schedule']}{', AFS' if kw['afs'] else ''}"
             add(model=name, nfe=n, kind="untuned", label=label, rmse_ref=best[0],
                 fd=fd_pair(_sample(teacher, fd_seeds, **kw)))
-            for method in args.tuned.split(",") if args.tuned else []:
-                tuner = importlib.import_module(f"fewstep.diffusion.tune.{method}")
-                t0 = time.perf_counter()
-                try:
-                    recipe = tuner.tune(teacher, solver=TUNERS[method], nfe=n, seeds=tune_seeds, eval_seeds=None,
-                                        progress=False, **TUNE_OPTIONS[method])
-                except ValueError as exc:
-                    add(model=name, nfe=n, kind="tuned", label=method, error=str(exc).splitlines()[0][:160])
-                    continue
-                seconds = time.perf_counter() - t0
-                add(model=name, nfe=n, kind="tuned", label=f"{method} ({recipe.solver})",
-                    rmse_ref=rmse(_sample(teacher, ref_seeds, recipe=recipe), ref),
-                    fd=fd_pair(_sample(teacher, fd_seeds, recipe=recipe)), tune_seconds=round(seconds, 1))
+            tune_rows(teacher, name, n, methods, ref, fd_pair, add, tune_seeds, ref_seeds, fd_seeds)
             for path in _students(args.students):
                 student = fewstep.load_model(str(path))
                 if student.record.teacher != name or n not in student.record.grids:
@@ -155,7 +173,7 @@ def table(rows: list[dict], command: str) -> str:
     for model in dict.fromkeys(r["model"] for r in rows):
         lines += [f"**{model}**", "",
                   "| NFE | sampler | kind | rmse_ref | fd (halves differ by) | cost |", "|---:|---|---|---:|---:|---:|"]
-        for r in sorted((r for r in rows if r["model"] == model), key=lambda r: (r["nfe"], r["kind"] != "teacher")):
+        for r in sorted((r for r in rows if r["model"] == model), key=lambda r: (r["nfe"], KIND_ORDER[r["kind"]])):
             if "error" in r:
                 lines.append(f"| {r['nfe']} | {r['label']} | {r['kind']} | n/a: {r['error']} | | |")
                 continue
@@ -212,7 +230,8 @@ def main() -> None:
     p.add_argument("--rtol", type=float, default=1e-5)
     p.add_argument("--json", type=Path, default=None, help="write the rows here (and read them with --resume)")
     p.add_argument("--resume", action="store_true")
-    p.add_argument("--redo", default="", help="with --resume: measure the cells of these NFEs again (e.g. 2)")
+    p.add_argument("--redo", default="", help="with --resume: measure the cells of these NFEs again (e.g. 2), or "
+                   "one tuned recipe's (e.g. 1/s3)")
     p.add_argument("--from-json", default=None, help="print the table of the rows in these files (comma-separated), "
                    "measure nothing")
     p.add_argument("--update-docs", type=Path, default=None, help="with --from-json: write the section here")
