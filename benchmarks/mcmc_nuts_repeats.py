@@ -27,7 +27,7 @@ import torch
 
 import fewstep.mcmc as mcmc
 from fewstep.bench.report import markers, replace_section
-from fewstep.seeds import parse_seeds
+from fewstep.seeds import parse_seeds, seed_text
 
 _spec = importlib.util.spec_from_file_location("mcmc_bench", Path(__file__).with_name("mcmc.py"))
 B = importlib.util.module_from_spec(_spec)
@@ -72,7 +72,7 @@ def markdown(rows: list[dict], command: str) -> str:
              "warm-up, mean over seeds +- its standard error; the ratio's interval is +- two standard errors "
              "(delta method).", "",
              "| target | seeds | sampler | ESS/grad | leapfrog steps per draw | ratio to BlackJAX |",
-             "|---|---:|---|---:|---:|---|"]
+             "|---|---|---|---:|---:|---|"]
     for name in dict.fromkeys(r["target"] for r in rows):
         mine = [r for r in rows if r["target"] == name]
         seeds = sorted({r["seed"] for r in mine})
@@ -86,7 +86,7 @@ def markdown(rows: list[dict], command: str) -> str:
                 q = m / ref_m
                 dq = q * math.sqrt((se / m) ** 2 + (ref_se / ref_m) ** 2)
                 ratio = f"{q:.2f} ({q - 2 * dq:.2f}-{q + 2 * dq:.2f})"
-            lines.append(f"| {name} | {len(seeds)} | {sampler} | {m:.2e} +- {se:.1e} | {steps:.0f} | {ratio} |")
+            lines.append(f"| {name} | {seed_text(seeds)} | {sampler} | {m:.2e} +- {se:.1e} | {steps:.0f} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -101,7 +101,8 @@ def main() -> None:
     torch.set_num_threads(1)
     if args.from_json:
         rows = [r for f in args.from_json.split(",") for r in json.loads(Path(f).read_text())]
-        command = ".venv/bin/python benchmarks/mcmc_nuts_repeats.py --targets T --seeds S --json T.json"
+        command = (".venv/bin/python benchmarks/mcmc_nuts_repeats.py --targets T --seeds S --json "
+                   "fewstep-out/nuts-T.json` per target, then `--from-json` of those files")
     else:
         names = args.targets.split(",")
         unknown = [n for n in names if n not in dict(B.TARGETS)]

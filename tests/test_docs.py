@@ -125,6 +125,21 @@ SLOW: dict[str, str] = {
     "fewstep-out/distill-digits-edm.json,fewstep-out/distill-digits-flow.json --update-docs docs/benchmarks.md":
         "needs the two JSON files of the slow lines above it",
     ".venv/bin/python benchmarks/distill.py --grids docs/img": "samples every bundled student (30 s)",
+    ".venv/bin/python benchmarks/distill.py --models digits-edm --json fewstep-out/distill-digits-edm.json --resume "
+    "--redo 2,1/s3": "measures the NFE-2 cells and S3 at NFE 1 again (5 CPU-min)",
+    ".venv/bin/python benchmarks/distill.py --models digits-flow --json fewstep-out/distill-digits-flow.json --resume "
+    "--redo 2,1/s3": "measures the NFE-2 cells and S3 at NFE 1 again (5 CPU-min)",
+    ".venv/bin/python benchmarks/distill_sfd_targets.py": "the teacher's targets at K = 2 ... 16 (1 CPU-min)",
+    ".venv/bin/python benchmarks/distill_sfd_curve.py --model digits-flow --iterations 3000 --pool 8192 --every 250":
+        "an SFD training curve (12 CPU-min)",
+    # docs/mcmc.md, NUTS over repeated seeds
+    ".venv/bin/python benchmarks/mcmc_nuts_repeats.py --targets banana --seeds 0-3 --json fewstep-out/nuts-banana.json":
+        "fewstep's NUTS with both U-turn rules and BlackJAX's, 4 seeds (15 minutes)",
+    ".venv/bin/python benchmarks/mcmc_nuts_repeats.py --targets funnel --seeds 0-5 --json fewstep-out/nuts-funnel.json":
+        "fewstep's NUTS with both U-turn rules and BlackJAX's, 6 seeds (12 minutes)",
+    ".venv/bin/python benchmarks/mcmc_nuts_repeats.py --from-json "
+    "fewstep-out/nuts-banana.json,fewstep-out/nuts-funnel.json --update-docs docs/mcmc.md":
+        "needs the two JSON files of the slow lines above it",
 }
 
 # Commands that are not run at all, with the reason.

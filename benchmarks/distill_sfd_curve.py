@@ -1,0 +1,68 @@
+"""An SFD training curve (issue 19; docs/distill.md): rmse_ref of the NFE-2 student on seeds 0-63, which training
+never sees, every ``--every`` iterations, with the CPU minutes spent so far (one thread).
+
+Trains as ``fewstep.distill.distill(teacher, "sfd", nfe=2, ...)`` does (Adam, the learning rate divided by 10 after
+half the iterations, the iteration's noise from ``(seed, iteration)``), with the teacher's steps per student step,
+the pool and its refresh as options. The fixed-pool curve in docs/distill.md:
+
+    .venv/bin/python benchmarks/distill_sfd_curve.py --model digits-flow --iterations 3000 --pool 8192 --every 250
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+import fewstep
+from fewstep.distill._loop import iteration_generator, student_copy
+from fewstep.distill.sfd import SFD
+from fewstep.evaluation import reference_samples
+from fewstep.metrics.paired import rmse
+
+SEEDS, TOP = list(range(64)), 80.0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="digits-flow", choices=("digits-edm", "digits-flow"))
+    p.add_argument("--substeps", type=int, default=8)
+    p.add_argument("--iterations", type=int, default=1000)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--pool", type=int, default=0)
+    p.add_argument("--refresh", type=int, default=0)
+    p.add_argument("--every", type=int, default=100)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    teacher = fewstep.load_model(args.model)
+    ref, _ = reference_samples(teacher, SEEDS, sigma_max=TOP, rtol=1e-5)
+    student, net = student_copy(teacher)
+    step = SFD(teacher, student, nfes=(2,), batch=args.batch, substeps=args.substeps, pool=args.pool,
+               refresh=args.refresh)
+    step.optimizer = optimizer = torch.optim.Adam(net.parameters(), lr=args.lr)
+    sampling = dict(solver="euler", nfe=2, schedule="explicit", schedule_options={"sigmas": list(step.grids[2])},
+                    afs=True)
+
+    def evaluate() -> float:
+        net.eval()
+        with torch.no_grad():
+            x = fewstep.sample(student, seeds=SEEDS, **sampling)
+        net.train()
+        return rmse(x.double(), ref.double())
+
+    print(f"{args}\n| iterations | rmse_ref | CPU-min |\n|---:|---:|---:|\n| 0 | {evaluate():.4f} | 0 |", flush=True)
+    cpu = 0.0
+    for i in range(args.iterations):
+        for group in optimizer.param_groups:
+            group["lr"] = args.lr if i < args.iterations // 2 else args.lr / 10
+        t0 = time.process_time()
+        step(i, iteration_generator(0, i))
+        cpu += time.process_time() - t0
+        if (i + 1) % args.every == 0:
+            print(f"| {i + 1} | {evaluate():.4f} | {cpu / 60:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
