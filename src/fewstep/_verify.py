@@ -38,13 +38,13 @@ BUNDLED_SHA256 = {
     "lm/data/arith/probes.safetensors": "8030a6ed4473a523b34654af03c4d28887ba9d5afd8a6384e49e5d6500284d14",
     "lm/data/arith/record.json": "0c528bdf58b8b2deb45a0c5005c8ec73b27763ec8a4c38b402e69963e3fca815",
     "models/data/students/digits-edm-sfd-nfe2.json":
-        "4b4d36db665990e46a1ccc31ac91b9e4bd46892b604ffa87b19096c8b53c8ece",
+        "c429b16ea46385f6018e61ad372b260a6a18bff6566ec099ad89513144e102ee",
     "models/data/students/digits-edm-sfd-nfe2.safetensors":
-        "b5c2694569863c1f1351cd54e6f2f748aba9bc8a4a3a990994065c071a81dc48",
+        "6a433ff74799e81ff9ab9f9b8c1e5878b6471950494a7117efd8eb306f636049",
     "models/data/students/digits-flow-sfd-nfe2.json":
-        "94fe921d84d6ae85d60b80d5efd4f9c829fbc948db165dcf2b7af570afff50cb",
+        "1f5da558c19ce36abc7ffd429d5ad9a8f3d3273d33966789b3fa440dc9a43ff5",
     "models/data/students/digits-flow-sfd-nfe2.safetensors":
-        "dad1f47649b029b70dcf451147c43f6544058cb66a55b436e17222ce357481ef",
+        "c931cf0d4e39f2e8ddb5e48f896732c68ad249f23a5ffc7be8ddcf7c6eae37d8",
     "models/data/students/digits-edm-progressive-nfe2.json":
         "3fb23a64db0b65472ece8e80bbb9910add8368db975c2b4b1ba66158fdac7e68",
     "models/data/students/digits-edm-progressive-nfe2.safetensors":
