@@ -35,12 +35,27 @@ def test_mcmc_writes_draws_and_a_summary(tmp_path, capsys):
     (["--target", "gaussian", "--sampler", "elliptical_slice"], "needs a Gaussian prior"),
     (["--target", "gaussian", "--chains", "0"], "must be an integer in 1..4,096"),
     (["--target", "mixture:modes=9"], "modes must be in 2..2*dim"),
+    (["--target", "gaussian", "--sampler", "nuts:turn=numpyro"], "turn must be one of 'sum', 'trapezoid'"),
+    (["--target", "gaussian", "--sampler", "nuts:adapt_mass=maybe"], "option adapt_mass must be true or false"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     assert main(["mcmc", *argv, "--draws", "10", "--warmup", "0", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not list(tmp_path.iterdir())
+
+
+def test_string_and_boolean_sampler_options_reach_the_sampler(tmp_path):
+    """Regression: ``nuts:turn=sum`` was parsed as a number ("option turn must be a number")."""
+    import fewstep.mcmc as mcmc
+
+    out = tmp_path / "n"
+    assert main(["mcmc", "--target", "gaussian:dim=2", "--sampler", "nuts:turn=sum,adapt_mass=false", "--chains", "2",
+                 "--draws", "20", "--warmup", "10", "--seed", "4", "--out", str(out)]) == 0
+    direct = mcmc.run_sampler("nuts", mcmc.make_target("gaussian", dim=2), chains=2, draws=20, warmup=10, seed=4,
+                              turn="sum", adapt_mass=False)
+    with np.load(out.with_suffix(".npz")) as z:
+        np.testing.assert_allclose(z["draws"], direct.draws.numpy(), rtol=0, atol=1e-12)
 
 
 def test_help_imports_nothing_heavy():

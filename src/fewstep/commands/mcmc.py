@@ -57,6 +57,14 @@ def _spec(text: str, flag: str, known: dict, options_of) -> tuple[str, dict]:
             raise ValueError(f"{flag}: bad option {part!r} for {head}; write key=value with key one of "
                              f"{', '.join(allowed) or '(none)'}")
         default = allowed[key]
+        if isinstance(default, str):  # a choice, e.g. nuts:turn=sum; the sampler checks it
+            options[key] = value
+            continue
+        if isinstance(default, bool):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(f"{flag}: option {key} must be true or false; got {value!r}")
+            options[key] = value.lower() in ("true", "1")
+            continue
         try:
             options[key] = (int(value) if isinstance(default, int) and not isinstance(default, bool)
                             else float(value))
