@@ -34,6 +34,8 @@ def main() -> None:
     p.add_argument("--pool", type=int, default=0)
     p.add_argument("--refresh", type=int, default=0)
     p.add_argument("--every", type=int, default=100)
+    p.add_argument("--ema", type=float, default=0.0, help="also evaluate an exponential moving average of the weights "
+                   "with this decay per iteration (0: none)")
     args = p.parse_args()
     torch.set_num_threads(1)
     teacher = fewstep.load_model(args.model)
@@ -45,23 +47,35 @@ def main() -> None:
     sampling = dict(solver="euler", nfe=2, schedule="explicit", schedule_options={"sigmas": list(step.grids[2])},
                     afs=True)
 
-    def evaluate() -> float:
+    ema = {k: v.detach().clone() for k, v in net.state_dict().items()} if args.ema else None
+
+    def evaluate(weights=None) -> float:
+        live = {k: v.clone() for k, v in net.state_dict().items()}
+        if weights is not None:
+            net.load_state_dict(weights)
         net.eval()
         with torch.no_grad():
             x = fewstep.sample(student, seeds=SEEDS, **sampling)
         net.train()
+        net.load_state_dict(live)
         return rmse(x.double(), ref.double())
 
-    print(f"{args}\n| iterations | rmse_ref | CPU-min |\n|---:|---:|---:|\n| 0 | {evaluate():.4f} | 0 |", flush=True)
+    print(f"{args}\n| iterations | rmse_ref | rmse_ref of the average | CPU-min |\n|---:|---:|---:|---:|\n"
+          f"| 0 | {evaluate():.4f} | | 0 |", flush=True)
     cpu = 0.0
     for i in range(args.iterations):
         for group in optimizer.param_groups:
             group["lr"] = args.lr if i < args.iterations // 2 else args.lr / 10
         t0 = time.process_time()
         step(i, iteration_generator(0, i))
+        if ema is not None:
+            with torch.no_grad():
+                for k, v in net.state_dict().items():
+                    ema[k].lerp_(v, 1 - args.ema) if v.is_floating_point() else ema[k].copy_(v)
         cpu += time.process_time() - t0
         if (i + 1) % args.every == 0:
-            print(f"| {i + 1} | {evaluate():.4f} | {cpu / 60:.2f} |", flush=True)
+            averaged = f"{evaluate(ema):.4f}" if ema is not None else ""
+            print(f"| {i + 1} | {evaluate():.4f} | {averaged} | {cpu / 60:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

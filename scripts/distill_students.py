@@ -25,8 +25,8 @@ import fewstep
 from fewstep.distill import distill
 
 OUT = Path(fewstep.__file__).resolve().parent / "models" / "data" / "students"
-# The committed settings per method: the iterations fit the time box of the session that made them (SFD 7.8-7.9,
-# progressive 3.4-3.9, CD 2.1-2.2 CPU-minutes per model here); more iterations help, see docs/distill.md.
+# The committed settings per method: the iterations fit the time box of the session that made them (SFD 15.0-15.1,
+# the budget; progressive 3.4-3.9, CD 2.1-2.2 CPU-minutes per model here); see docs/distill.md.
 SETTINGS = {
     "sfd": {"iterations": 1800, "batch": 64, "lr": 2e-4, "options": {"substeps": 8, "pool": 4096, "refresh": 16}},
     "progressive": {"iterations": 600, "batch": 64, "lr": 1e-4, "options": {"rounds": 3}},

@@ -113,7 +113,7 @@ SLOW: dict[str, str] = {
         "90 s; the same claims run on every test run in tests/steer/test_minority.py and tests/steer/test_compose.py",
     ".venv/bin/python benchmarks/steer.py --part plots --img docs/img": "the steer_*.png pictures (4 minutes)",
     # docs/distill.md
-    ".venv/bin/python scripts/distill_students.py digits-edm:sfd digits-flow:sfd": "trains two students (5 CPU-min)",
+    ".venv/bin/python scripts/distill_students.py digits-edm:sfd digits-flow:sfd": "trains two students (30 CPU-min)",
     ".venv/bin/python scripts/distill_students.py digits-edm:progressive digits-flow:progressive":
         "trains two students (7 CPU-min)",
     ".venv/bin/python scripts/distill_students.py digits-edm:cd digits-flow:cd": "trains two students (4 CPU-min)",
