@@ -55,9 +55,9 @@ def test_a_student_of_other_teacher_weights_is_refused(edm, tmp_path):
         load_student(path)
 
 
-@pytest.mark.parametrize("pool", [{}, {"pool": 8}, {"pool": 8, "refresh": 3}])
-def test_resume_after_an_interruption_gives_the_uninterrupted_weights(edm, tmp_path, monkeypatch, pool):
-    kw = dict(nfe=2, iterations=4, batch=4, seed=3, checkpoint_every=2, options=pool)
+@pytest.mark.parametrize("pool, ema", [({}, 0.0), ({"pool": 8}, 0.0), ({"pool": 8, "refresh": 3}, 0.5)])
+def test_resume_after_an_interruption_gives_the_uninterrupted_weights(edm, tmp_path, monkeypatch, pool, ema):
+    kw = dict(nfe=2, iterations=4, batch=4, seed=3, checkpoint_every=2, options=pool, ema=ema)
     whole = _state(distill(edm, "sfd", out=tmp_path / "a.json", **kw))
     call = SFD.__call__
 
@@ -104,11 +104,34 @@ def test_a_tiny_diffusers_unet_distils_saves_and_loads(tmp_path):
                              "reflow, shortcut"),
     (dict(options={"subteps": 3}), r"unknown option\(s\) \['subteps'\] for method 'sfd'"),
     (dict(iterations=0), "iterations must be a positive integer"),
+    (dict(ema=-0.1), r"ema must be a decay in \[0, 1\)"),
 ])
 def test_bad_arguments_get_one_clear_error(edm, kw, message):
     kw = {"method": "sfd", **kw}
     with pytest.raises(ValueError, match=message):
         distill(edm, kw.pop("method"), **kw)
+
+
+def test_ema_leaves_the_average_of_the_iterates():
+    """With ema = d the saved weights are avg_k = d avg_{k-1} + (1 - d) w_k over the iterates w_1..w_K, from w_0."""
+    from fewstep.distill._loop import train
+
+    net = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+
+    def step(i, gen):  # the iterate after step i is i + 1
+        with torch.no_grad():
+            net.weight.fill_(float(i + 1))
+        return 0.0
+
+    train(net, step, iterations=3, seed=0, lr=1e-3, identity={}, ema=0.5)
+    avg = 0.0
+    for w in (1.0, 2.0, 3.0):
+        avg = 0.5 * avg + 0.5 * w
+    assert float(net.weight.detach()) == pytest.approx(avg)  # 2.125, not the last iterate 3
+    with pytest.raises(ValueError, match=r"ema must be a decay in \[0, 1\)"):
+        train(net, step, iterations=1, seed=0, lr=1e-3, identity={}, ema=1.0)
 
 
 def test_a_teacher_without_parameters_is_refused():

@@ -35,6 +35,8 @@ def add_parser(sub) -> None:
     p.add_argument("--checkpoint-every", type=int_in(1, MAX_STEPS), default=50, help="steps between checkpoints")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint of --out")
     p.add_argument("--force", action="store_true", help="overwrite --out")
+    p.add_argument("--ema", type=float_in(0.0, 0.9999), default=0.0,
+                   help="save an exponential moving average of the weights with this decay per step (0: the last)")
     p.add_argument("--threads", type=int_in(1, 256), default=1, help="torch threads")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -78,7 +80,7 @@ def run(args) -> int:
     teacher = load_model(args.teacher)
     student = distill(teacher, args.method, nfe=args.nfe, iterations=args.steps, batch=args.batch, lr=args.lr,
                       seed=args.seed, options=options, out=out, checkpoint_every=args.checkpoint_every,
-                      resume=args.resume, progress=not args.no_progress)
+                      resume=args.resume, progress=not args.no_progress, ema=args.ema)
     checkpoint.unlink(missing_ok=True)
     t = student.record.training
     print(f"distilled {args.teacher} with {args.method} for NFE {', '.join(map(str, student.record.grids))} in "

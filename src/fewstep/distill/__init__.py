@@ -30,7 +30,7 @@ import torch
 from fewstep.diffusion.denoiser import Denoiser, model_hash
 from fewstep.diffusion.from_diffusers import DiffusersDenoiser
 from fewstep.diffusion.schedules import start_sigma
-from fewstep.distill._loop import student_copy, train, trainable_net
+from fewstep.distill._loop import check_ema, student_copy, train, trainable_net
 from fewstep.distill.consistency import Consistency
 from fewstep.distill.grids import student_grid, teacher_grid
 from fewstep.distill.progressive import Progressive
@@ -136,7 +136,7 @@ def _diffusers_configs(teacher: Denoiser, net: torch.nn.Module) -> dict[str, Any
 def distill(teacher: Denoiser, method: str = "sfd", *, nfe: int = 2, iterations: int = 300, batch: int = 64,
             lr: float | None = None, seed: int = 0, options: Mapping[str, Any] | None = None,
             student: Denoiser | None = None, data: torch.Tensor | None = None, out: str | Path | None = None,
-            checkpoint_every: int = 50, resume: bool = False, progress: bool = False) -> Student:
+            checkpoint_every: int = 50, resume: bool = False, progress: bool = False, ema: float = 0.0) -> Student:
     """Distill ``teacher`` into a student that samples in ``nfe`` evaluations.
 
     Args:
@@ -158,6 +158,8 @@ def distill(teacher: Denoiser, method: str = "sfd", *, nfe: int = 2, iterations:
         out: save the student as ``out`` (``.json``) and its weights beside it; checkpoints go to ``out`` with the
             suffix ``.ckpt`` every ``checkpoint_every`` iterations, and ``resume`` continues from there.
         progress: show a progress bar with the time left.
+        ema: keep an exponential moving average of the student's weights with this decay per iteration and save
+            it instead of the last iterate (0: the last iterate); it averages about ``1 / (1 - ema)`` iterations.
     """
     if method not in METHODS:
         raise ValueError(f"unknown distillation method {method!r}; choose one of {', '.join(METHODS)}")
@@ -165,6 +167,7 @@ def distill(teacher: Denoiser, method: str = "sfd", *, nfe: int = 2, iterations:
     check_count("iterations", iterations, 1, MAX_ITERATIONS)
     check_count("batch", batch, 1, MAX_BATCH)
     check_count("checkpoint_every", checkpoint_every, 1, MAX_ITERATIONS)
+    check_ema(ema)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer; got {seed!r}")
     info = METHODS[method]
@@ -220,7 +223,7 @@ def distill(teacher: Denoiser, method: str = "sfd", *, nfe: int = 2, iterations:
               else teacher.weights_sha256 or f"identity:{model_hash(teacher)}")
     identity = {"teacher": name, "teacher_sha256": digest, "method": method,
                 "nfes": list(nfes), "iterations": iterations, "batch": batch, "lr": lr, "seed": seed,
-                "options": {k: v for k, v in opts.items()}}
+                "options": {k: v for k, v in opts.items()}, "ema": ema}
     if method in ("progressive", "shortcut", *CONSISTENCY) and data is None and name in trained.SPECS:
         data = digits_data("train")[0].reshape(-1, *teacher.shape)
     lr_at = None
@@ -250,7 +253,7 @@ def distill(teacher: Denoiser, method: str = "sfd", *, nfe: int = 2, iterations:
             return lr if i < iterations // 2 else lr / 10
     result = train(net, step, iterations=iterations, seed=seed, lr=lr, identity=identity, checkpoint=checkpoint,
                    checkpoint_every=checkpoint_every, resume=resume, progress=progress, extra_state=extra,
-                   load_extra=load_extra, lr_at=lr_at, desc=f"distill {method}")
+                   load_extra=load_extra, lr_at=lr_at, desc=f"distill {method}", ema=ema)
     net.eval().requires_grad_(False)
     grids = {n: (flow_time_grid(n, start_sigma(teacher)) if method in ("reflow", "shortcut")
                  else student_grid(teacher, n + int(afs))) for n in nfes}

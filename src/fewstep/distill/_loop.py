@@ -23,7 +23,7 @@ from tqdm import tqdm
 from fewstep.cache import atomic_write_bytes
 from fewstep.diffusion.denoiser import Denoiser
 
-__all__ = ["trainable_net", "student_copy", "iteration_generator", "train"]
+__all__ = ["trainable_net", "student_copy", "iteration_generator", "check_ema", "train"]
 
 CHECKPOINT_VERSION = 1
 
@@ -86,11 +86,16 @@ def _load_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
     return blob
 
 
+def check_ema(ema) -> None:
+    if isinstance(ema, bool) or not isinstance(ema, (int, float)) or not 0 <= ema < 1:
+        raise ValueError(f"ema must be a decay in [0, 1) (0: no averaging); got {ema!r}")
+
+
 def train(net: nn.Module, step: Callable[[int, torch.Generator], float], *, iterations: int, seed: int, lr: float,
           identity: dict[str, Any], checkpoint: Path | None = None, checkpoint_every: int = 50,
           resume: bool = False, progress: bool = False, extra_state: Callable[[], dict] | None = None,
           load_extra: Callable[[dict], None] | None = None, lr_at: Callable[[int], float] | None = None,
-          desc: str = "distill") -> dict[str, Any]:
+          desc: str = "distill", ema: float = 0.0) -> dict[str, Any]:
     """Run ``iterations`` of ``step(i, generator) -> loss``, which updates ``net`` through ``step.optimizer`` (Adam,
     set here before the first call); returns ``{"loss": mean of the last tenth, "cpu_seconds", "resumed_at"}``.
 
@@ -99,8 +104,14 @@ def train(net: nn.Module, step: Callable[[int, torch.Generator], float], *, iter
     iterations (a temporary file and a rename, so a killed run leaves the last complete checkpoint); with
     ``resume`` the run continues from it, after checking that it was made with the same ``identity`` (teacher,
     method, options, seed).
+
+    ``ema`` in (0, 1): keep an exponential moving average of the weights, ``avg <- ema avg + (1 - ema) w`` after
+    every iteration (in the checkpoints too), and leave ``net`` holding the average at the end; 0 keeps the last
+    iterate.
     """
+    check_ema(ema)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    average = {k: v.detach().clone() for k, v in net.state_dict().items()} if ema else None
     step.optimizer = optimizer  # type: ignore[attr-defined]
     start, cpu_before, losses = 0, 0.0, []
     identity_json = json.dumps(identity, sort_keys=True, default=str)
@@ -111,6 +122,8 @@ def train(net: nn.Module, step: Callable[[int, torch.Generator], float], *, iter
         net.load_state_dict(blob["net"])
         optimizer.load_state_dict(blob["optimizer"])
         start, cpu_before, losses = int(blob["iteration"]), float(blob["cpu_seconds"]), list(blob["losses"])
+        if average is not None:
+            average = blob["average"]
         if load_extra is not None:
             load_extra(blob["extra"])
     cpu0 = time.process_time()
@@ -121,6 +134,10 @@ def train(net: nn.Module, step: Callable[[int, torch.Generator], float], *, iter
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(i)
         loss = float(step(i, iteration_generator(seed, i)))
+        if average is not None:
+            with torch.no_grad():
+                for k, v in net.state_dict().items():
+                    average[k].lerp_(v, 1 - ema) if v.is_floating_point() else average[k].copy_(v)
         losses.append(loss)
         bar.update(1)
         bar.set_postfix_str(f"loss {loss:.4g}", refresh=False)
@@ -129,9 +146,12 @@ def train(net: nn.Module, step: Callable[[int, torch.Generator], float], *, iter
             _save_checkpoint(checkpoint, {"version": CHECKPOINT_VERSION, "identity": identity_json,
                                           "iteration": done, "net": net.state_dict(),
                                           "optimizer": optimizer.state_dict(), "losses": losses,
+                                          "average": average,
                                           "cpu_seconds": cpu_before + time.process_time() - cpu0,
                                           "extra": extra_state() if extra_state is not None else {}})
     bar.close()
+    if average is not None:
+        net.load_state_dict(average)
     tail = losses[-max(1, len(losses) // 10):] if losses else [float("nan")]
     return {"loss": sum(tail) / len(tail), "cpu_seconds": cpu_before + time.process_time() - cpu0,
             "resumed_at": start}
