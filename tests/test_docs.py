@@ -105,8 +105,6 @@ SLOW: dict[str, str] = {
     "python benchmarks/tuned.py": "hours (all methods on all models)",
     # docs/mcmc.md
     ".venv/bin/python benchmarks/mcmc_lmc.py": "ULA at d = 4 ... 256, 1000 chains each (2 minutes)",
-    ".venv/bin/python benchmarks/mcmc_banana_adaptation.py":
-        "NUTS on banana: adaptation, then two U-turn rules and BlackJAX at a fixed step (10 minutes)",
     # docs/steering.md and its section of docs/benchmarks.md
     ".venv/bin/python benchmarks/steer.py": "every steering method on three digits models, the exact tilts (6 minutes)",
     ".venv/bin/python benchmarks/steer.py --part minority,compose":
@@ -137,9 +135,15 @@ SLOW: dict[str, str] = {
         "fewstep's NUTS with both U-turn rules and BlackJAX's, 4 seeds (15 minutes)",
     ".venv/bin/python benchmarks/mcmc_nuts_repeats.py --targets funnel --seeds 0-5 --json fewstep-out/nuts-funnel.json":
         "fewstep's NUTS with both U-turn rules and BlackJAX's, 6 seeds (12 minutes)",
-    ".venv/bin/python benchmarks/mcmc_nuts_repeats.py --from-json "
-    "fewstep-out/nuts-banana.json,fewstep-out/nuts-funnel.json --update-docs docs/mcmc.md":
-        "needs the two JSON files of the slow lines above it",
+    ".venv/bin/python benchmarks/mcmc_nuts_repeats.py --targets gaussian --seeds 0-5 --json "
+    "fewstep-out/nuts-gaussian.json": "both U-turn rules and BlackJAX, 6 seeds (5 minutes)",
+    ".venv/bin/python benchmarks/mcmc_nuts_repeats.py --targets banana --seeds 4-7 --json "
+    "fewstep-out/nuts-banana-4-7.json": "both U-turn rules and BlackJAX, 4 more seeds (15 minutes)",
+    ".venv/bin/python benchmarks/mcmc_nuts_repeats.py --targets mixture,student_t,logistic --seeds 0-5 --json "
+    "fewstep-out/nuts-others.json": "both U-turn rules and BlackJAX, 6 seeds (12 minutes)",
+    ".venv/bin/python benchmarks/mcmc_nuts_repeats.py --from-json fewstep-out/nuts-gaussian.json,"
+    "fewstep-out/nuts-others.json,fewstep-out/nuts-funnel.json,fewstep-out/nuts-banana.json,"
+    "fewstep-out/nuts-banana-4-7.json --update-docs docs/mcmc.md": "needs the JSON files of the slow lines above it",
 }
 
 # Commands that are not run at all, with the reason.

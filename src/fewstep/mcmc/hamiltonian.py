@@ -214,8 +214,8 @@ def nuts(target, chains: int = 4, draws: int = 1000, warmup: int = 1000, seed=0,
     Betancourt, arXiv 1701.02434): see the module docstring. At most ``2^max_depth - 1`` leapfrog steps (density
     and gradient evaluations) per iteration; ``stats`` holds ``tree_depth``, ``n_leapfrog`` and ``divergent``
     per draw. ``turn`` picks the criterion's ``rho``: ``"trapezoid"`` (the default, NumPyro's and BlackJAX's:
-    half of each end's momentum off) or ``"sum"`` of every state's momentum (Stan's; on ``banana`` it gives about
-    0.4x the trapezoid rule's ESS per gradient, ``benchmarks/mcmc_banana_adaptation.py``).
+    half of each end's momentum off, sub-trees only) or ``"sum"`` of every state's momentum with Stan's extra
+    checks (both compared with BlackJAX over seeds in ``benchmarks/mcmc_nuts_repeats.py``).
     """
     if isinstance(max_depth, bool) or not isinstance(max_depth, int) or not 1 <= max_depth <= 15:
         raise ValueError(f"max_depth must be an integer in 1..15; got {max_depth!r}")
