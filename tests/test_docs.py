@@ -130,6 +130,8 @@ SLOW: dict[str, str] = {
     ".venv/bin/python benchmarks/distill_sfd_targets.py": "the teacher's targets at K = 2 ... 16 (1 CPU-min)",
     ".venv/bin/python benchmarks/distill_sfd_curve.py --model digits-flow --iterations 3000 --pool 8192 --every 250":
         "an SFD training curve (12 CPU-min)",
+    ".venv/bin/python benchmarks/distill_sfd_curve.py --model digits-flow --iterations 1800 --pool 4096 --refresh 16 "
+    "--every 200 --ema 0.995": "an SFD training curve with a weight average (17 CPU-min)",
     # docs/mcmc.md, NUTS over repeated seeds
     ".venv/bin/python benchmarks/mcmc_nuts_repeats.py --targets banana --seeds 0-3 --json fewstep-out/nuts-banana.json":
         "fewstep's NUTS with both U-turn rules and BlackJAX's, 4 seeds (15 minutes)",
