@@ -110,7 +110,9 @@ SLOW: dict[str, str] = {
     ".venv/bin/python benchmarks/steer.py --part minority,compose":
         "90 s; the same claims run on every test run in tests/steer/test_minority.py and tests/steer/test_compose.py",
     ".venv/bin/python benchmarks/steer.py --part plots --img docs/img": "the steer_*.png pictures (4 minutes)",
-    # docs/distill.md
+    # docs/distill.md (and the README's line on distillation)
+    "fewstep distill --teacher digits-flow --method sfd --nfe 2 --out sfd-flow.json":
+        "300 SFD iterations (5 CPU-min); tests/distill/test_student.py runs the command for 2",
     ".venv/bin/python scripts/distill_students.py digits-edm:sfd digits-flow:sfd": "trains two students (30 CPU-min)",
     ".venv/bin/python scripts/distill_students.py digits-edm:progressive digits-flow:progressive":
         "trains two students (7 CPU-min)",
