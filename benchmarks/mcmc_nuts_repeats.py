@@ -38,13 +38,13 @@ RULES = ("trapezoid", "sum")
 SECTION = "mcmc-nuts-repeats"
 
 
-def measure(name: str, seeds: list[int], out: Path | None, rows: list[dict]) -> list[dict]:
+def measure(name: str, seeds: list[int], out: Path | None, rows: list[dict], rules=RULES) -> list[dict]:
     """Append this target's rows to ``rows`` (written to ``out`` after every seed) and return them."""
     spec = dict(B.TARGETS)[name]
     target = mcmc.make_target(name, **spec)
     for seed in seeds:
         x0 = torch.from_numpy(B._init(target, seed, B.CHAINS))
-        for rule in RULES:
+        for rule in rules:
             t0 = time.perf_counter()
             r = mcmc.run_sampler("nuts", target, chains=B.CHAINS, draws=B.DRAWS, warmup=B.WARMUP, seed=seed,
                                  init=x0, turn=rule)
@@ -99,6 +99,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--targets", default="banana,funnel", help=f"comma-separated, of {', '.join(dict(B.TARGETS))}")
     p.add_argument("--seeds", default="0-5")
+    p.add_argument("--rules", default=",".join(RULES), help="fewstep's U-turn rules to run, comma-separated")
     p.add_argument("--json", type=Path, default=None, help="write the rows here as they come")
     p.add_argument("--from-json", default=None, help="print the table of these files' rows, measure nothing")
     p.add_argument("--update-docs", type=Path, default=None, help="write the table into this file's section")
@@ -114,9 +115,12 @@ def main() -> None:
         if unknown:
             raise SystemExit(f"mcmc_nuts_repeats.py: unknown target(s) {unknown}; choose from "
                              f"{', '.join(dict(B.TARGETS))}")
+        rules = args.rules.split(",")
+        if not rules or set(rules) - set(RULES):
+            raise SystemExit(f"mcmc_nuts_repeats.py: --rules takes {', '.join(RULES)}; got {args.rules!r}")
         rows = []
         for n in names:
-            measure(n, parse_seeds(args.seeds), args.json, rows)
+            measure(n, parse_seeds(args.seeds), args.json, rows, rules)
         command = f".venv/bin/python benchmarks/mcmc_nuts_repeats.py --targets {args.targets} --seeds {args.seeds}"
     text = markdown(rows, command)
     print(text)
