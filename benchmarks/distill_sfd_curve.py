@@ -16,7 +16,7 @@ import time
 import torch
 
 import fewstep
-from fewstep.distill._loop import iteration_generator, student_copy
+from fewstep.distill import iteration_generator, student_copy
 from fewstep.distill.sfd import SFD
 from fewstep.evaluation import reference_samples
 from fewstep.metrics.paired import rmse

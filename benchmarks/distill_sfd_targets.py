@@ -19,7 +19,7 @@ import torch
 
 import fewstep
 from fewstep.diffusion.noise import seeded_noise
-from fewstep.distill._loop import iteration_generator, student_copy
+from fewstep.distill import iteration_generator, student_copy
 from fewstep.distill.grids import student_grid
 from fewstep.distill.sfd import SFD, teacher_targets
 from fewstep.evaluation import reference_samples

@@ -107,8 +107,7 @@ def main() -> None:
     torch.set_num_threads(1)
     if args.from_json:
         rows = [r for f in args.from_json.split(",") for r in json.loads(Path(f).read_text())]
-        command = (".venv/bin/python benchmarks/mcmc_nuts_repeats.py --targets T --seeds S --json "
-                   "fewstep-out/nuts-T.json` per target, then `--from-json` of those files")
+        command = "benchmarks/mcmc_nuts_repeats.py`, one run per target and seed range, then `--from-json"
     else:
         names = args.targets.split(",")
         unknown = [n for n in names if n not in dict(B.TARGETS)]
@@ -121,7 +120,7 @@ def main() -> None:
         rows = []
         for n in names:
             measure(n, parse_seeds(args.seeds), args.json, rows, rules)
-        command = f".venv/bin/python benchmarks/mcmc_nuts_repeats.py --targets {args.targets} --seeds {args.seeds}"
+        command = f"benchmarks/mcmc_nuts_repeats.py --targets {args.targets} --seeds {args.seeds}"
     text = markdown(rows, command)
     print(text)
     if args.update_docs is not None:

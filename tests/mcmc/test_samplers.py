@@ -177,11 +177,12 @@ def test_rwm_warmup_reaches_its_acceptance_target():
 
 
 def test_nuts_with_stans_turn_rule_leaves_the_gaussian_invariant():
-    """Stan's criterion (rho the plain sum of the momenta) is as valid a stopping rule as the default trapezoid."""
-    kw, draws, warmup = RUNS["nuts"]
-    result = mcmc.run_sampler("nuts", TARGET, chains=4, draws=draws, warmup=warmup, seed=11, turn="sum", **kw)
+    """Stan's criterion (rho the plain sum of the momenta) is as valid a stopping rule as the default trapezoid.
+    400 draws: at 150 its z-scores reach 4.7 on one seed of three, from the noise of short-chain ESS estimates."""
+    kw, _, warmup = RUNS["nuts"]
+    result = mcmc.run_sampler("nuts", TARGET, chains=4, draws=400, warmup=warmup, seed=11, turn="sum", **kw)
     assert invariant(result.draws, TARGET.mean, TARGET.cov)
-    default = _run("nuts")
+    default = mcmc.run_sampler("nuts", TARGET, chains=4, draws=400, warmup=warmup, seed=11, **kw)
     assert not torch.equal(result.draws, default.draws)  # a different rule, so different trajectories
     with pytest.raises(ValueError, match="turn must be one of 'sum', 'trapezoid'"):
         mcmc.run_sampler("nuts", TARGET, chains=1, draws=2, warmup=0, turn="numpyro")
