@@ -135,19 +135,12 @@ SLOW: dict[str, str] = {
     ".venv/bin/python benchmarks/distill_sfd_curve.py --model digits-flow --iterations 1800 --pool 4096 --refresh 16 "
     "--every 200 --ema 0.995": "an SFD training curve with a weight average (17 CPU-min)",
     # docs/mcmc.md, NUTS over repeated seeds
-    ".venv/bin/python benchmarks/mcmc_nuts_repeats.py --targets banana --seeds 0-3 --json fewstep-out/nuts-banana.json":
-        "fewstep's NUTS with both U-turn rules and BlackJAX's, 4 seeds (15 minutes)",
-    ".venv/bin/python benchmarks/mcmc_nuts_repeats.py --targets funnel --seeds 0-5 --json fewstep-out/nuts-funnel.json":
-        "fewstep's NUTS with both U-turn rules and BlackJAX's, 6 seeds (12 minutes)",
-    ".venv/bin/python benchmarks/mcmc_nuts_repeats.py --targets gaussian --seeds 0-5 --json "
-    "fewstep-out/nuts-gaussian.json": "both U-turn rules and BlackJAX, 6 seeds (5 minutes)",
-    ".venv/bin/python benchmarks/mcmc_nuts_repeats.py --targets banana --seeds 4-7 --json "
-    "fewstep-out/nuts-banana-4-7.json": "both U-turn rules and BlackJAX, 4 more seeds (15 minutes)",
-    ".venv/bin/python benchmarks/mcmc_nuts_repeats.py --targets mixture,student_t,logistic --seeds 0-5 --json "
-    "fewstep-out/nuts-others.json": "both U-turn rules and BlackJAX, 6 seeds (12 minutes)",
-    ".venv/bin/python benchmarks/mcmc_nuts_repeats.py --from-json fewstep-out/nuts-gaussian.json,"
-    "fewstep-out/nuts-others.json,fewstep-out/nuts-funnel.json,fewstep-out/nuts-banana.json,"
-    "fewstep-out/nuts-banana-4-7.json --update-docs docs/mcmc.md": "needs the JSON files of the slow lines above it",
+    ".venv/bin/python benchmarks/mcmc_nuts_repeats.py --targets gaussian,mixture,student_t,logistic,funnel --seeds 0-5 "
+    "--rules trapezoid --json fewstep-out/nuts-others.json": "fewstep's NUTS and BlackJAX's, 6 seeds (15 minutes)",
+    ".venv/bin/python benchmarks/mcmc_nuts_repeats.py --targets banana --seeds 0-7 --rules trapezoid --json "
+    "fewstep-out/nuts-banana.json": "fewstep's NUTS and BlackJAX's, 8 seeds (15 minutes)",
+    ".venv/bin/python benchmarks/mcmc_nuts_repeats.py --from-json fewstep-out/nuts-others.json,"
+    "fewstep-out/nuts-banana.json --update-docs docs/mcmc.md": "needs the JSON files of the slow lines above it",
 }
 
 # Commands that are not run at all, with the reason.
