@@ -21,8 +21,11 @@ def _interrupt(argv, tmp_path, sig=signal.SIGINT, timeout=120):
     work = tmp_path / "work"
     work.mkdir()
     env = {**ENV, "FEWSTEP_CACHE": str(tmp_path / "cache")}
+    # A shell's background job (``make test &`` without job control) starts with SIGINT ignored, and a child
+    # inherits that, so Python would never raise KeyboardInterrupt; give the command the default a terminal gives.
     proc = subprocess.Popen([sys.executable, "-m", "fewstep", *argv], cwd=work, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + timeout
         while not list(work.rglob(".fewstep-*.tmp")):
