@@ -47,9 +47,10 @@ from fewstep.evaluation import reference_samples
 from fewstep.metrics.frechet import fd_digits
 from fewstep.metrics.paired import rmse
 from fewstep.models.digits_data import digits_data
+from fewstep.models.student import BUNDLED
 from fewstep.seeds import parse_seeds
 
-STUDENTS = Path(fewstep.__file__).resolve().parent / "models" / "data" / "students"
+STUDENTS = BUNDLED
 TOP = 80.0
 CANDIDATES = list(itertools.product(("euler", "dpmpp_2m", "unipc", "deis", "ipndm"), ("karras", "logsnr"),
                                     (False, True)))

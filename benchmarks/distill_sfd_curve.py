@@ -16,7 +16,7 @@ import time
 import torch
 
 import fewstep
-from fewstep.distill import iteration_generator, student_copy
+from fewstep.distill import WeightAverage, iteration_generator, student_copy
 from fewstep.distill.sfd import SFD
 from fewstep.evaluation import reference_samples
 from fewstep.metrics.paired import rmse
@@ -47,7 +47,7 @@ def main() -> None:
     sampling = dict(solver="euler", nfe=2, schedule="explicit", schedule_options={"sigmas": list(step.grids[2])},
                     afs=True)
 
-    ema = {k: v.detach().clone() for k, v in net.state_dict().items()} if args.ema else None
+    ema = WeightAverage(net, args.ema) if args.ema else None
 
     def evaluate(weights=None) -> float:
         live = {k: v.clone() for k, v in net.state_dict().items()}
@@ -69,12 +69,10 @@ def main() -> None:
         t0 = time.process_time()
         step(i, iteration_generator(0, i))
         if ema is not None:
-            with torch.no_grad():
-                for k, v in net.state_dict().items():
-                    ema[k].lerp_(v, 1 - args.ema) if v.is_floating_point() else ema[k].copy_(v)
+            ema.update(net)
         cpu += time.process_time() - t0
         if (i + 1) % args.every == 0:
-            averaged = f"{evaluate(ema):.4f}" if ema is not None else ""
+            averaged = f"{evaluate(ema.state):.4f}" if ema is not None else ""
             print(f"| {i + 1} | {evaluate():.4f} | {averaged} | {cpu / 60:.2f} |", flush=True)
 
 

@@ -66,8 +66,7 @@ def _spec(text: str, flag: str, known: dict, options_of) -> tuple[str, dict]:
             options[key] = value.lower() in ("true", "1")
             continue
         try:
-            options[key] = (int(value) if isinstance(default, int) and not isinstance(default, bool)
-                            else float(value))
+            options[key] = int(value) if isinstance(default, int) else float(value)
         except ValueError:
             kind = "an integer" if isinstance(default, int) else "a number"
             raise ValueError(f"{flag}: option {key} must be {kind}; got {value!r}") from None

@@ -30,7 +30,7 @@ import torch
 from fewstep.diffusion.denoiser import Denoiser, model_hash
 from fewstep.diffusion.from_diffusers import DiffusersDenoiser
 from fewstep.diffusion.schedules import start_sigma
-from fewstep.distill._loop import check_ema, iteration_generator, student_copy, train, trainable_net
+from fewstep.distill._loop import WeightAverage, check_ema, iteration_generator, student_copy, train, trainable_net
 from fewstep.distill.consistency import Consistency
 from fewstep.distill.grids import student_grid, teacher_grid
 from fewstep.distill.progressive import Progressive
@@ -50,7 +50,7 @@ from fewstep.models.student import (
 )
 
 __all__ = ["METHODS", "MethodInfo", "distill", "list_methods", "student_grid", "teacher_grid", "flow_time_grid",
-           "straightness", "student_copy", "iteration_generator"]
+           "straightness", "student_copy", "iteration_generator", "WeightAverage"]
 
 MAX_NFE = 16  # a distilled student is a few-step sampler
 MAX_ITERATIONS = 1_000_000

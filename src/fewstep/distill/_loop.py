@@ -23,7 +23,7 @@ from tqdm import tqdm
 from fewstep.cache import atomic_write_bytes
 from fewstep.diffusion.denoiser import Denoiser
 
-__all__ = ["trainable_net", "student_copy", "iteration_generator", "check_ema", "train"]
+__all__ = ["trainable_net", "student_copy", "iteration_generator", "check_ema", "WeightAverage", "train"]
 
 CHECKPOINT_VERSION = 1
 
@@ -91,6 +91,21 @@ def check_ema(ema) -> None:
         raise ValueError(f"ema must be a decay in [0, 1) (0: no averaging); got {ema!r}")
 
 
+class WeightAverage:
+    """An exponential moving average of ``net``'s state, ``avg <- decay avg + (1 - decay) w`` per ``update``
+    (integer buffers are copied)."""
+
+    def __init__(self, net: nn.Module, decay: float):
+        check_ema(decay)
+        self.decay = decay
+        self.state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+    def update(self, net: nn.Module) -> None:
+        with torch.no_grad():
+            for k, v in net.state_dict().items():
+                self.state[k].lerp_(v, 1 - self.decay) if v.is_floating_point() else self.state[k].copy_(v)
+
+
 def train(net: nn.Module, step: Callable[[int, torch.Generator], float], *, iterations: int, seed: int, lr: float,
           identity: dict[str, Any], checkpoint: Path | None = None, checkpoint_every: int = 50,
           resume: bool = False, progress: bool = False, extra_state: Callable[[], dict] | None = None,
@@ -111,7 +126,7 @@ def train(net: nn.Module, step: Callable[[int, torch.Generator], float], *, iter
     """
     check_ema(ema)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-    average = {k: v.detach().clone() for k, v in net.state_dict().items()} if ema else None
+    average = WeightAverage(net, ema) if ema else None
     step.optimizer = optimizer  # type: ignore[attr-defined]
     start, cpu_before, losses = 0, 0.0, []
     identity_json = json.dumps(identity, sort_keys=True, default=str)
@@ -123,7 +138,7 @@ def train(net: nn.Module, step: Callable[[int, torch.Generator], float], *, iter
         optimizer.load_state_dict(blob["optimizer"])
         start, cpu_before, losses = int(blob["iteration"]), float(blob["cpu_seconds"]), list(blob["losses"])
         if average is not None:
-            average = blob["average"]
+            average.state = blob["average"]
         if load_extra is not None:
             load_extra(blob["extra"])
     cpu0 = time.process_time()
@@ -135,9 +150,7 @@ def train(net: nn.Module, step: Callable[[int, torch.Generator], float], *, iter
                 group["lr"] = lr_at(i)
         loss = float(step(i, iteration_generator(seed, i)))
         if average is not None:
-            with torch.no_grad():
-                for k, v in net.state_dict().items():
-                    average[k].lerp_(v, 1 - ema) if v.is_floating_point() else average[k].copy_(v)
+            average.update(net)
         losses.append(loss)
         bar.update(1)
         bar.set_postfix_str(f"loss {loss:.4g}", refresh=False)
@@ -146,12 +159,12 @@ def train(net: nn.Module, step: Callable[[int, torch.Generator], float], *, iter
             _save_checkpoint(checkpoint, {"version": CHECKPOINT_VERSION, "identity": identity_json,
                                           "iteration": done, "net": net.state_dict(),
                                           "optimizer": optimizer.state_dict(), "losses": losses,
-                                          "average": average,
+                                          "average": None if average is None else average.state,
                                           "cpu_seconds": cpu_before + time.process_time() - cpu0,
                                           "extra": extra_state() if extra_state is not None else {}})
     bar.close()
     if average is not None:
-        net.load_state_dict(average)
+        net.load_state_dict(average.state)
     tail = losses[-max(1, len(losses) // 10):] if losses else [float("nan")]
     return {"loss": sum(tail) / len(tail), "cpu_seconds": cpu_before + time.process_time() - cpu0,
             "resumed_at": start}
