@@ -5,7 +5,13 @@ milliseconds per round: the target's and the draft's forward calls (inside ``Cau
 fewstep's own work around them (processors, sampling, verification, the cache bookkeeping of
 ``Stream``) with everything else as "other". Numbers are CPU-profile times of one thread.
 
-    .venv/bin/python scripts/profile_speculative.py [--pair small|large] [--batch 1] [--gamma 4]
+``--call-costs`` prints instead what bounds speculation on a CPU: the milliseconds of one target and
+one draft forward call (with a KV cache of a 64-token context) by the number of new tokens it scores,
+1 to ``gamma + 1``, at batch 1 and ``--batch``, median of 30 calls, one thread. Verifying ``gamma``
+drafts costs one call of ``gamma + 1`` tokens; speculation pays only as far as that call costs less
+than ``gamma + 1`` calls of one token.
+
+    .venv/bin/python scripts/profile_speculative.py [--pair small|large] [--batch 1] [--gamma 4] [--call-costs]
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
+import statistics
+import time
 
 import torch
 
@@ -35,10 +43,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--gamma", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--call-costs", action="store_true", help="time forward calls by tokens scored")
     args = parser.parse_args()
     torch.set_num_threads(1)
     suffix = "" if args.pair == "small" else "-large"
     target, draft = load_bundled("target" + suffix), load_bundled("draft" + suffix)
+    if args.call_costs:
+        call_costs(target, draft, args)
+        return
     tok = load_tokenizer()
     prompts = [tok.encode(t).ids for t in PROMPTS[: args.batch]]
 
@@ -77,6 +89,38 @@ def main() -> None:
     print("\n| part | ms per round | share |\n|---|---|---|")
     for name, seconds in parts.items():
         print(f"| {name} | {1000 * seconds / rounds:.2f} | {100 * seconds / total:.0f}% |")
+
+
+@torch.no_grad()
+def call_ms(model, batch: int, tokens: int, context: int = 64, calls: int = 30) -> float:
+    """Median milliseconds of one cached forward call of ``model`` (a transformers LM) scoring ``tokens``."""
+    from transformers import DynamicCache
+
+    gen = torch.Generator().manual_seed(0)
+    vocab = model.config.vocab_size
+    cache = DynamicCache(config=model.config)
+    model(input_ids=torch.randint(0, vocab, (batch, context), generator=gen), cache=cache, use_cache=True)
+    times = []
+    for _ in range(calls + 3):
+        ids = torch.randint(0, vocab, (batch, tokens), generator=gen)
+        start = time.perf_counter()
+        model(input_ids=ids, cache=cache, use_cache=True)
+        times.append(time.perf_counter() - start)
+        cache.crop(-tokens)
+    return 1000 * statistics.median(times[3:])
+
+
+def call_costs(target, draft, args) -> None:
+    batches = sorted({1, args.batch})
+    print(f"{args.pair} pair, forward calls after a 64-token context; median ms of 30 calls; torch "
+          f"{torch.__version__}, 1 thread\n")
+    print("| model | batch | " + " | ".join(f"{k} token{'s' * (k > 1)}" for k in range(1, args.gamma + 2))
+          + f" | {args.gamma + 1} tokens / 1 token |")
+    print("|---|---|" + "---|" * (args.gamma + 2))
+    for name, model in (("target", target.model), ("draft", draft.model)):
+        for b in batches:
+            ms = [call_ms(model, b, k) for k in range(1, args.gamma + 2)]
+            print(f"| {name} | {b} | " + " | ".join(f"{m:.2f}" for m in ms) + f" | {ms[-1] / ms[0]:.2f} |")
 
 
 if __name__ == "__main__":

@@ -1,26 +1,29 @@
 """Train the larger bundled pair of ``fewstep.lm``: a target on which speculative sampling pays, and a
-draft distilled from it. Deterministic (one thread, fixed seeds), CPU only.
+draft distilled from it. Deterministic (a fixed thread count, fixed seeds), CPU only.
 
 Corpus and tokenizer: the same as ``scripts/train_lm.py`` (CPython's ``pydoc_data`` help topics, every
 20th document held out; the bundled 1024-token BPE tokenizer is reused, so both pairs share token ids).
 
-1. ``target-large``: a Llama with 8 layers of width 192 (~3.7M parameters), trained on random
-   128-token windows. An auxiliary loss reads the output of layer ``EXIT`` through the model's own final
-   norm and tied LM head (the LayerSkip recipe, arXiv 2404.16710), so that the first ``EXIT`` layers are a
-   usable early-exit draft (EESD, arXiv 2406.03853); ``config.json`` records the layer as
-   ``fewstep_early_exit``. Its ``generation_config.json`` names ``<|endoftext|>`` (id 0) as EOS.
-2. ``draft-large``: a 1-layer Llama of width 96 (~0.2M parameters), distilled from the target
+1. ``target-large``: a Llama with 8 layers of width 448 (~20M parameters, 7 heads, MLP 1216), trained for
+   500 steps on random 16 x 128-token windows (about 6.5 passes over the 157k training tokens; the
+   validation loss, printed every 100 steps, was still falling). An auxiliary loss reads the output of
+   layer ``EXIT`` through the model's own final norm and tied LM head (the LayerSkip recipe, arXiv
+   2404.16710), so that the first ``EXIT`` layers are a usable early-exit draft (EESD, arXiv 2406.03853);
+   ``config.json`` records the layer as ``fewstep_early_exit``. Its ``generation_config.json`` names
+   ``<|endoftext|>`` (id 0) as EOS. It is rounded to float16, the precision it ships in, before step 2.
+2. ``draft-large``: a 1-layer Llama of width 256 (~1.1M parameters; on this CPU a call of a 1-layer model
+   costs the same at widths 128-256, the framework's per-layer overhead), distilled from the target
    (DistillSpec, arXiv 2310.08461): forward KL ``KL(p_target || q_draft)`` per token, on the target's own
    samples (temperature 1, continuing 16-token prefixes of the training text) and on training windows,
-   with the target's full next-token distributions as soft labels.
+   with the target's full next-token distributions as soft labels. ``--target DIR`` runs this step alone
+   for a trained target (the committed draft was made so, from the committed target).
 
 Writes ``src/fewstep/lm/data/{target-large,draft-large}/`` (float16 safetensors) and prints the
 validation losses, the draft's agreement with the target (``sum min(p, q)``, the acceptance of
-speculative sampling at temperature 1 on the validation text) and the run time. Budget: under 10
-CPU-minutes on one core (the machine was shared by five jobs; the run printed its CPU time, docs/lm.md).
-The issue asked for 20-40M parameters; that would not train on this machine's share within the session.
+speculative sampling at temperature 1 on the validation text) and the run time. Two torch threads
+(a fixed count, so the reductions are the same on every run); the recorded run is in docs/lm.md.
 
-    nice -n 5 .venv/bin/python scripts/train_lm_large.py [--out DIR] [--target-steps N] [--draft-steps N]
+    .venv/bin/python scripts/train_lm_large.py [--out DIR] [--target-steps N] [--draft-steps N] [--target DIR]
 """
 
 from __future__ import annotations
@@ -37,14 +40,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_lm import BATCH, EOS, SEED, WINDOW, corpus, stream  # noqa: E402  (the shared corpus)
 
-THREADS = 1
+THREADS = 2
 EXIT = 2  # early-exit layer
 EXIT_WEIGHT = 0.3
-TARGET = dict(hidden_size=192, intermediate_size=512, num_hidden_layers=8, num_attention_heads=3, lr=3e-3)
-DRAFT = dict(hidden_size=96, intermediate_size=256, num_hidden_layers=1, num_attention_heads=2, lr=6e-3)
+TARGET = dict(hidden_size=448, intermediate_size=1216, num_hidden_layers=8, num_attention_heads=7, lr=2e-3)
+DRAFT = dict(hidden_size=256, intermediate_size=704, num_hidden_layers=1, num_attention_heads=4, lr=4e-3)
 TARGET_BATCH = 16
-SAMPLES, PREFIX = 192, 16  # target samples for distillation, each continuing a PREFIX-token window
-DATA_WINDOWS = 128  # training windows scored by the target, mixed with its samples
+SAMPLES, PREFIX = 768, 16  # target samples for distillation, each continuing a PREFIX-token window
+DATA_WINDOWS = 256  # training windows scored by the target, mixed with its samples
 
 
 def make_model(vocab_size: int, eos: int | None, hidden_size, intermediate_size, num_hidden_layers,
@@ -73,7 +76,7 @@ def schedule(opt, lr: float, step: int, steps: int) -> None:
         group["lr"] = lr * scale
 
 
-def train_target(model, ids: torch.Tensor, steps: int, gen: torch.Generator) -> None:
+def train_target(model, ids: torch.Tensor, steps: int, gen: torch.Generator, val_ids: torch.Tensor) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=TARGET["lr"], betas=(0.9, 0.98), weight_decay=0.05)
     model.train()
     t0 = time.perf_counter()
@@ -89,7 +92,20 @@ def train_target(model, ids: torch.Tensor, steps: int, gen: torch.Generator) -> 
         if step % 25 == 0 or step == steps - 1:
             print(f"  target step {step:4d}  loss {final.item():.3f}  exit-{EXIT} loss {early.item():.3f}  "
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
+        if step % 100 == 99:
+            model.eval()
+            val = validation(model, val_ids)
+            model.train()
+            print(f"  target step {step:4d}  validation loss {val[0]:.3f}  exit-{EXIT} {val[1]:.3f}", flush=True)
     model.eval()
+
+
+@torch.no_grad()
+def validation(model, val_ids: torch.Tensor) -> tuple[float, float]:
+    """Mean (final-layer, early-exit) validation losses over the held-out ``WINDOW``-token windows."""
+    windows = val_ids[: len(val_ids) // WINDOW * WINDOW].view(-1, WINDOW)
+    pairs = [losses(model, w) for w in windows.split(BATCH)]
+    return tuple(float(torch.stack(x).mean()) for x in zip(*pairs))
 
 
 @torch.no_grad()
@@ -158,8 +174,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     data = Path(__file__).resolve().parents[1] / "src/fewstep/lm/data"
     parser.add_argument("--out", type=Path, default=data)
-    parser.add_argument("--target-steps", type=int, default=160)
-    parser.add_argument("--draft-steps", type=int, default=300)
+    parser.add_argument("--target-steps", type=int, default=500)
+    parser.add_argument("--draft-steps", type=int, default=1200)
+    parser.add_argument("--target", type=Path, default=None,
+                        help="a trained target-large folder: distil only the draft for it (step 2)")
     args = parser.parse_args()
 
     from tokenizers import Tokenizer
@@ -172,12 +190,18 @@ def main() -> None:
     train_ids, val_ids = stream(tok, train_docs), stream(tok, val_docs)
     vocab, eos = tok.get_vocab_size(), tok.token_to_id(EOS)
 
-    torch.manual_seed(SEED)
-    target = make_model(vocab, eos, **TARGET)
-    target.config.fewstep_early_exit = EXIT
-    print(f"target: {sum(p.numel() for p in target.parameters())} parameters, {args.target_steps} steps of "
-          f"{TARGET_BATCH}x{WINDOW} tokens", flush=True)
-    train_target(target, train_ids, args.target_steps, torch.Generator().manual_seed(SEED + 1))
+    if args.target is None:
+        torch.manual_seed(SEED)
+        target = make_model(vocab, eos, **TARGET)
+        target.config.fewstep_early_exit = EXIT
+        print(f"target: {sum(p.numel() for p in target.parameters())} parameters, {args.target_steps} steps of "
+              f"{TARGET_BATCH}x{WINDOW} tokens", flush=True)
+        train_target(target, train_ids, args.target_steps, torch.Generator().manual_seed(SEED + 1), val_ids)
+        target = target.half().float()  # the draft learns the weights that ship (float16), as --target loads them
+    else:
+        from transformers import AutoModelForCausalLM
+
+        target = AutoModelForCausalLM.from_pretrained(args.target, local_files_only=True, dtype=torch.float32).eval()
 
     gen = torch.Generator().manual_seed(SEED + 2)
     samples = target_samples(target, train_ids, gen)

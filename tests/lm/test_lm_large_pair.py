@@ -28,7 +28,7 @@ def test_weights_are_checksummed_small_and_offline(pair, tmp_path, monkeypatch):
         files = sorted(p.name for p in (DATA / name).iterdir())
         assert files == ["config.json", "generation_config.json", "model.safetensors"]
         assert all(f"lm/data/{name}/{f}" in BUNDLED_SHA256 for f in files)
-    assert (DATA / "target-large" / "model.safetensors").stat().st_size < 30_000_000
+    assert (DATA / "target-large" / "model.safetensors").stat().st_size < 45_000_000
     sizes = [sum(p.numel() for p in m.model.parameters()) for m in pair]
     assert 3_000_000 <= sizes[0] <= 40_000_000 and sizes[1] * 10 <= sizes[0]
     assert target.model.config.num_hidden_layers == 8 and target.model.config.fewstep_early_exit == 2

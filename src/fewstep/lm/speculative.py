@@ -255,6 +255,8 @@ def speculative_generate(target: CausalLM, draft: CausalLM | NGramDraft, prompts
         if dft is not None:
             tokens_d = torch.stack([drafted_t[:, -1], token], 1)
             valid_d = torch.stack([n == width, torch.ones(b, dtype=torch.bool)], 1)
+            if not bool(valid_d[:, 0].any()):  # no row kept its last draft token: feed no placeholder (no hole)
+                tokens_d, valid_d = tokens_d[:, 1:], valid_d[:, 1:]
         emitted = torch.cat([drafted_t, token[:, None]], 1).tolist()
         new = [seq[:m] + seq[-1:] for seq, m in zip(emitted, n.tolist())]
         finished = append(out, rows, new, max_new_tokens, eos, stop_test)
