@@ -19,12 +19,10 @@ from __future__ import annotations
 import argparse
 import cProfile
 import pstats
-import statistics
-import time
 
 import torch
 
-from fewstep.lm import load_bundled, load_tokenizer, speculative_generate
+from fewstep.lm import call_seconds, load_bundled, load_tokenizer, speculative_generate
 
 PROMPTS = ("The for statement", "A class definition defines", "The import statement", "Exceptions can be raised",
            "The while statement is used", "Function definitions", "Augmented assignment", "The del statement")
@@ -91,25 +89,6 @@ def main() -> None:
         print(f"| {name} | {1000 * seconds / rounds:.2f} | {100 * seconds / total:.0f}% |")
 
 
-@torch.no_grad()
-def call_ms(model, batch: int, tokens: int, context: int = 64, calls: int = 30) -> float:
-    """Median milliseconds of one cached forward call of ``model`` (a transformers LM) scoring ``tokens``."""
-    from transformers import DynamicCache
-
-    gen = torch.Generator().manual_seed(0)
-    vocab = model.config.vocab_size
-    cache = DynamicCache(config=model.config)
-    model(input_ids=torch.randint(0, vocab, (batch, context), generator=gen), cache=cache, use_cache=True)
-    times = []
-    for _ in range(calls + 3):
-        ids = torch.randint(0, vocab, (batch, tokens), generator=gen)
-        start = time.perf_counter()
-        model(input_ids=ids, cache=cache, use_cache=True)
-        times.append(time.perf_counter() - start)
-        cache.crop(-tokens)
-    return 1000 * statistics.median(times[3:])
-
-
 def call_costs(target, draft, args) -> None:
     batches = sorted({1, args.batch})
     print(f"{args.pair} pair, forward calls after a 64-token context; median ms of 30 calls; torch "
@@ -117,9 +96,9 @@ def call_costs(target, draft, args) -> None:
     print("| model | batch | " + " | ".join(f"{k} token{'s' * (k > 1)}" for k in range(1, args.gamma + 2))
           + f" | {args.gamma + 1} tokens / 1 token |")
     print("|---|---|" + "---|" * (args.gamma + 2))
-    for name, model in (("target", target.model), ("draft", draft.model)):
+    for name, model in (("target", target), ("draft", draft)):
         for b in batches:
-            ms = [call_ms(model, b, k) for k in range(1, args.gamma + 2)]
+            ms = [1000 * call_seconds(model, b, k, calls=30) for k in range(1, args.gamma + 2)]
             print(f"| {name} | {b} | " + " | ".join(f"{m:.2f}" for m in ms) + f" | {ms[-1] / ms[0]:.2f} |")
 
 

@@ -90,7 +90,12 @@ SLOW: dict[str, str] = {
     ".venv/bin/python benchmarks/multidraft.py": "36 s of exact acceptance computations",
     ".venv/bin/python scripts/train_lm.py": "trains the bundled LM pair (10 minutes)",
     ".venv/bin/python scripts/train_lm_large.py":
-        "trains the larger LM pair (4-5 CPU-minutes, 15 minutes on a loaded machine)",
+        "trains the larger LM pair (47 CPU-minutes on 2 threads, 24 minutes wall clock)",
+    ".venv/bin/python scripts/train_lm_large.py --target src/fewstep/lm/data/target-large":
+        "distils the larger pair's draft (19 CPU-minutes)",
+    ".venv/bin/python scripts/profile_speculative.py --pair large --batch 4 --call-costs":
+        "times forward calls of the 20M target (a minute)",
+    ".venv/bin/python scripts/profile_speculative.py --pair large --batch 1": "profiles the 20M target (a minute)",
     # docs/lm_scaling.md
     ".venv/bin/python scripts/train_lm_arith.py": "trains the bundled addition model and its probes (3 minutes)",
     ".venv/bin/python benchmarks/lm_scaling.py --write docs/benchmarks.md":

@@ -12,8 +12,11 @@ from fewstep.lm import (
     NGramDraft,
     Sampler,
     TransformersLM,
+    call_seconds,
+    drafts,
     early_exit,
     generate,
+    measure_verify_cost,
     speculative,
     speculative_generate,
 )
@@ -142,6 +145,17 @@ def test_adaptive_gamma_follows_the_acceptance_and_is_reported():
     good, bad = rule.choose(torch.tensor([50.0, 0.0]), torch.tensor([1.0, 30.0]), 0.1).tolist()
     assert good == 8 and bad == 1
     assert rule.choose(torch.tensor([3.0]), torch.tensor([1.0]), 0.0).item() == 8  # free drafts: draft the most
+    # a costly verification shortens the draft: at a = 0.5 (prior 2:1 plus 1:2 evidence) and c = 0, the value
+    # (1 - 0.5^(g + 1)) / (0.5 (1 + v g)) rises with g for v = 0 and peaks at g = 1 for v = 1 (0.75 vs 0.583)
+    half = (torch.tensor([1.0]), torch.tensor([2.0]), 0.0)
+    assert AdaptiveGamma(max_gamma=8).choose(*half).item() == 8
+    assert AdaptiveGamma(max_gamma=8, verify_cost=1.0).choose(*half).item() == 1
+    lengths = [AdaptiveGamma(max_gamma=8, verify_cost=v).choose(torch.tensor([9.0]), torch.tensor([2.0]), 0.1).item()
+               for v in (0.0, 0.1, 0.2, 0.5)]
+    assert lengths == sorted(lengths, reverse=True) and lengths[0] > lengths[-1]
+    for bad in (-0.1, float("nan"), True, "0.2"):
+        with pytest.raises(ValueError, match="verify_cost must be a finite number >= 0"):
+            AdaptiveGamma(verify_cost=bad)
     stats = speculative_generate(TableLM(0), TableLM(1), [[2, 1]] * 8, SAMPLER, gamma=rule, max_new_tokens=40,
                                  generator=torch.Generator().manual_seed(0), eos_token_id=None).stats
     assert 1 <= stats.mean_draft_length <= 8 and stats.drafted_per_position[0] == stats.drafts
@@ -152,6 +166,30 @@ def test_adaptive_gamma_follows_the_acceptance_and_is_reported():
         speculative_generate(TableLM(0), TableLM(1), [[1]], gamma="adaptive", num_drafts=2)
     with pytest.raises(ValueError, match="gamma must be an integer >= 1, 'adaptive' or an AdaptiveGamma"):
         speculative_generate(TableLM(0), TableLM(1), [[1]], gamma="auto")
+
+
+def test_verify_cost_is_measured_from_call_times(monkeypatch):
+    """On a clock that a call of k tokens per row advances by 1 + 0.5 (k - 1) per row, T(5) / T(1) = 3."""
+
+    class Clock:
+        now = 0.0
+
+        @classmethod
+        def perf_counter(cls):
+            return cls.now
+
+    class Costed(TableLM):
+        def logits(self, input_ids, attention_mask, position_ids, cache):
+            if cache is not None:  # the context fill is not timed
+                assert cache.shape[1] == 64 and attention_mask.shape[1] == 64 + input_ids.shape[1]
+                Clock.now += input_ids.shape[0] * (1 + 0.5 * (input_ids.shape[1] - 1))
+            return super().logits(input_ids, attention_mask, position_ids, cache)
+
+    monkeypatch.setattr(drafts, "time", Clock)
+    model = Costed(0)
+    assert call_seconds(model, 1, 1) == 1.0 and call_seconds(model, 3, 5) == 9.0
+    assert measure_verify_cost(model, gamma=4) == pytest.approx(0.5)  # (3 / 1 - 1) / 4
+    assert measure_verify_cost(model, gamma=2, batch=2) == pytest.approx(0.5)  # (4 / 2 - 1) / 2
 
 
 def test_early_exit_is_the_lower_layers_with_shared_weights():

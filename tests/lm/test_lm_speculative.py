@@ -125,6 +125,22 @@ def test_stats_follow_vllm_definitions():
     assert set(stats.to_dict()) >= {"acceptance_rate", "acceptance_per_position", "tokens_per_second"}
 
 
+def test_a_single_row_leaves_no_hole_in_either_cache():
+    """A lone row rolls both caches back by cropping, and its draft is never fed a placeholder slot."""
+
+    class Recording(TableLM):
+        def logits(self, input_ids, attention_mask, position_ids, cache):
+            self.masks.append(attention_mask.clone())
+            return super().logits(input_ids, attention_mask, position_ids, cache)
+
+    target, draft = Recording(0), Recording(1)
+    target.masks, draft.masks = [], []
+    stats = speculative_generate(target, draft, [[2, 1]], SAMPLER, gamma=3, max_new_tokens=60,
+                                 generator=torch.Generator().manual_seed(0)).stats
+    assert 0 < stats.accepted_tokens < stats.draft_tokens  # rounds with rejections and with full acceptance
+    assert all(bool(m.all()) for m in target.masks + draft.masks)
+
+
 def test_eos_and_length_stop_each_row():
     out = speculative_generate(TableLM(0), TableLM(1), [[2, 1]] * 50, SAMPLER, gamma=3, max_new_tokens=7,
                                generator=torch.Generator().manual_seed(0), eos_token_id=3)

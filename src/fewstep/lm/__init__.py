@@ -11,7 +11,7 @@ from fewstep.lm.arith import load_arith
 from fewstep.lm.conformal import StoppingRule, calibrate, conformal_sample
 from fewstep.lm.decoding import Generation, generate
 from fewstep.lm.diverse import arithmetic_sample, priority_sample
-from fewstep.lm.drafts import AdaptiveGamma, NGramDraft, early_exit
+from fewstep.lm.drafts import AdaptiveGamma, NGramDraft, call_seconds, early_exit, measure_verify_cost
 from fewstep.lm.metrics import DecodeStats
 from fewstep.lm.models import (
                                CausalLM,
@@ -47,8 +47,8 @@ __all__ = [
     "bundled_token_counts", "count_tokens", "epsilon", "eta", "frequent_tokens", "generate", "load_bundled",
     "load_tokenizer", "min_p", "selection_law", "speculative_generate", "temperature", "top_k", "top_p",
     "typical", "verify",
-    "AdaptiveGamma", "History", "NGramDraft", "early_exit", "min_new_tokens", "no_repeat_ngram_size",
-    "repetition_penalty",
+    "AdaptiveGamma", "History", "NGramDraft", "call_seconds", "early_exit", "measure_verify_cost", "min_new_tokens",
+    "no_repeat_ngram_size", "repetition_penalty",
     "StoppingRule", "allocate", "arithmetic_sample", "best_of_n_law", "calibrate", "conformal_sample", "load_arith",
     "pass_at_k", "priority_sample", "sample_n", "sample_with_restarts", "vote",
 ]

@@ -16,8 +16,11 @@ target's; that saves memory, not calls).
 ``AdaptiveGamma``: the draft length of each row and round from its running acceptance. A Beta posterior
 over the per-token acceptance ``a`` (accepted tokens as successes, the first rejection as a failure,
 older rounds discounted by ``decay``) gives the estimate ``a_hat`` (its mean), and ``gamma`` maximises the
-expected tokens per unit of cost ``(1 - a^(gamma + 1)) / ((1 - a) (1 + c gamma))`` with ``c`` the cost of
-a draft call relative to a target call (Leviathan et al., arXiv 2211.17192, Sec. 3.4). EESD samples
+expected tokens per unit of cost ``(1 - a^(gamma + 1)) / ((1 - a) (1 + (c + v) gamma))`` with ``c`` the cost
+of a draft call relative to a target call (Leviathan et al., arXiv 2211.17192, Sec. 3.4) and ``v`` what each
+drafted token adds to the target's verification call. Leviathan et al. take ``v = 0`` (scoring ``gamma + 1``
+tokens costs one call, as on a GPU); on a CPU it does not (a 5-token call of the bundled 20M target costs
+1.67 one-token calls, ``v`` about 0.17; ``scripts/profile_speculative.py --call-costs`` measures it). EESD samples
 ``a`` from the posterior instead (Thompson sampling); we use the mean, so a seed's output does not
 depend on a second random stream. Any draft length chosen from past rounds keeps the output exact.
 """
@@ -26,11 +29,13 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
+import time
 from dataclasses import dataclass
 
 import torch
 
-from fewstep.lm.models import TransformersLM
+from fewstep.lm.models import CausalLM, TransformersLM
 
 
 @dataclass(frozen=True)
@@ -109,19 +114,24 @@ class AdaptiveGamma:
         max_gamma: the longest draft. draft_cost: a draft call's cost relative to a target call
             (``None``: the ratio of decoder layers when both are transformers models, else 0.1; 0 for
             ``NGramDraft``). decay: weight of the previous rounds' evidence (1 = never forget).
-        prior: (successes, failures) of the Beta prior.
+        prior: (successes, failures) of the Beta prior. verify_cost: what one drafted token adds to the
+            target's verification call, relative to a one-token target call (0: free, as on a GPU).
     """
 
     max_gamma: int = 8
     draft_cost: float | None = None
     decay: float = 0.9
     prior: tuple[float, float] = (2.0, 1.0)
+    verify_cost: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.max_gamma, bool) or not isinstance(self.max_gamma, int) or self.max_gamma < 1:
             raise ValueError(f"max_gamma must be an integer >= 1, got {self.max_gamma!r}")
         if self.draft_cost is not None and not (math.isfinite(self.draft_cost) and self.draft_cost >= 0):
             raise ValueError(f"draft_cost must be a finite number >= 0 or None, got {self.draft_cost!r}")
+        if isinstance(self.verify_cost, bool) or not isinstance(self.verify_cost, (int, float)) or not (
+                math.isfinite(self.verify_cost) and self.verify_cost >= 0):
+            raise ValueError(f"verify_cost must be a finite number >= 0, got {self.verify_cost!r}")
         if not 0 < self.decay <= 1:
             raise ValueError(f"decay must be in (0, 1], got {self.decay!r}")
         if len(self.prior) != 2 or not all(math.isfinite(v) and v > 0 for v in self.prior):
@@ -139,7 +149,7 @@ class AdaptiveGamma:
         """Draft length [B] maximising expected tokens per cost at the posterior mean acceptance."""
         a = ((successes + self.prior[0]) / (successes + failures + sum(self.prior))).clamp(max=1 - 1e-9)
         g = torch.arange(1, self.max_gamma + 1, dtype=a.dtype)
-        value = (1 - a[:, None] ** (g + 1)) / ((1 - a[:, None]) * (1 + cost * g))
+        value = (1 - a[:, None] ** (g + 1)) / ((1 - a[:, None]) * (1 + (cost + self.verify_cost) * g))
         return value.argmax(1) + 1
 
     def update(self, successes: torch.Tensor, failures: torch.Tensor, accepted: torch.Tensor,
@@ -147,3 +157,36 @@ class AdaptiveGamma:
         """The posterior counts after a round that accepted ``accepted`` of ``proposed`` tokens per row."""
         rejected = (accepted < proposed).to(successes.dtype)
         return self.decay * successes + accepted, self.decay * failures + rejected
+
+
+@torch.inference_mode()
+def call_seconds(model: CausalLM, batch: int, tokens: int, context: int = 64, calls: int = 10) -> float:
+    """Median seconds of one cached forward call of ``model`` scoring ``tokens`` new tokens per row.
+
+    The cache first holds ``context`` random tokens per row; each timed call is cropped back to them, so
+    all calls see the same context. Two untimed calls warm up.
+    """
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.vocab_size, (batch, context + tokens), generator=gen)
+    positions = torch.arange(context + tokens).expand(batch, -1)
+    _, cache = model.logits(ids[:, :context], torch.ones(batch, context, dtype=torch.bool), positions[:, :context],
+                            None)
+    mask = torch.ones(batch, context + tokens, dtype=torch.bool)
+    times = []
+    for _ in range(calls + 2):
+        start = time.perf_counter()
+        _, cache = model.logits(ids[:, context:], mask, positions[:, context:], cache)
+        times.append(time.perf_counter() - start)
+        cache = model.crop(cache, context)
+    return statistics.median(times[2:])
+
+
+def measure_verify_cost(target: CausalLM, gamma: int = 4, batch: int = 1, calls: int = 10) -> float:
+    """``AdaptiveGamma``'s ``verify_cost`` on this machine: ``(T(gamma + 1) / T(1) - 1) / gamma``.
+
+    ``T(k)``: the median time of a target call scoring ``k`` tokens per row (``call_seconds``). Timing
+    varies between runs, and so would the draft lengths chosen with it (the output law stays exact).
+    """
+    one, full = call_seconds(target, batch, 1, calls=calls), call_seconds(target, batch, gamma + 1, calls=calls)
+    return max(0.0, (full / one - 1) / gamma)
+

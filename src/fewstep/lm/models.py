@@ -142,8 +142,8 @@ def load_bundled(name: str = "target", vocab_size: int | None = None) -> Transfo
     """A bundled Llama-architecture model, all on the same tokenizer.
 
     ``"target"`` (~1.1M parameters) and ``"draft"`` (~0.05M), trained by ``scripts/train_lm.py``: the
-    small pair for fast tests. ``"target-large"`` (~3.7M parameters, 8 layers, an early-exit layer for
-    ``fewstep.lm.early_exit``, EOS in its generation_config) and ``"draft-large"`` (~0.2M, 1 layer,
+    small pair for fast tests. ``"target-large"`` (~20M parameters, 8 layers, an early-exit layer for
+    ``fewstep.lm.early_exit``, EOS in its generation_config) and ``"draft-large"`` (~1.1M, 1 layer,
     distilled from it), trained by ``scripts/train_lm_large.py``: the pair meant to make speculation pay.
 
     ``vocab_size`` restricts the LM head to that many most frequent tokens of the training corpus.
