@@ -20,7 +20,7 @@ expected tokens per unit of cost ``(1 - a^(gamma + 1)) / ((1 - a) (1 + (c + v) g
 of a draft call relative to a target call (Leviathan et al., arXiv 2211.17192, Sec. 3.4) and ``v`` what each
 drafted token adds to the target's verification call. Leviathan et al. take ``v = 0`` (scoring ``gamma + 1``
 tokens costs one call, as on a GPU); on a CPU it does not (a 5-token call of the bundled 20M target costs
-1.67 one-token calls, ``v`` about 0.17; ``scripts/profile_speculative.py --call-costs`` measures it). EESD samples
+1.67 one-token calls, ``v`` about 0.17; ``measure_verify_cost`` times it). EESD samples
 ``a`` from the posterior instead (Thompson sampling); we use the mean, so a seed's output does not
 depend on a second random stream. Any draft length chosen from past rounds keeps the output exact.
 """
