@@ -119,7 +119,8 @@ SLOW: dict[str, str] = {
     "fewstep distill --teacher digits-flow --method sfd --nfe 2 --out sfd-flow.json":
         "300 SFD iterations (5 CPU-min); tests/distill/test_student.py runs the command for 2",
     ".venv/bin/python scripts/distill_students.py digits-edm:sfd digits-flow:sfd": "trains two students (30 CPU-min)",
-    ".venv/bin/python scripts/distill_students.py digits-edm:sfd --out /tmp/sfdre": "trains one student (15-19 CPU-min)",
+    ".venv/bin/python scripts/distill_students.py digits-edm:sfd --out /tmp/sfdre":
+        "trains one student (15-19 CPU-min)",
     ".venv/bin/python scripts/distill_students.py digits-edm:progressive digits-flow:progressive":
         "trains two students (7 CPU-min)",
     ".venv/bin/python scripts/distill_students.py digits-edm:cd digits-flow:cd": "trains two students (4 CPU-min)",

@@ -153,8 +153,16 @@ def test_adaptive_gamma_follows_the_acceptance_and_is_reported():
     lengths = [AdaptiveGamma(max_gamma=8, verify_cost=v).choose(torch.tensor([9.0]), torch.tensor([2.0]), 0.1).item()
                for v in (0.0, 0.1, 0.2, 0.5)]
     assert lengths == sorted(lengths, reverse=True) and lengths[0] > lengths[-1]
-    for bad in (-0.1, float("nan"), True, "0.2"):
-        with pytest.raises(ValueError, match="verify_cost must be a finite number >= 0"):
+    # a measured curve: a call costs 1.5 for 2 to 5 tokens and 3 beyond (extra 0.5 for g = 1..4, 2 after); at
+    # a = 0.9 the value (1 - 0.9^(g + 1)) / (0.1 (1.5 + 0.1 g)) peaks at g = 4 (2.16), where the linear rule with
+    # the same cost at g = 4, v = 0.125, peaks at g = 6 (2.22 against 2.21 at g = 5 and 2.19 at g = 8)
+    curve = AdaptiveGamma(max_gamma=8, verify_cost=[0.5] * 4 + [2.0] * 4)
+    assert curve.verify_cost == (0.5,) * 4 + (2.0,) * 4
+    assert curve.choose(torch.tensor([16.0]), torch.tensor([1.0]), 0.1).item() == 4
+    assert AdaptiveGamma(max_gamma=8, verify_cost=0.125).choose(torch.tensor([16.0]), torch.tensor([1.0]),
+                                                                 0.1).item() == 6
+    for bad in (-0.1, float("nan"), True, "0.2", (0.1, 0.2), (0.1,) * 7 + (-1.0,)):
+        with pytest.raises(ValueError, match=r"verify_cost must be a finite number >= 0 or max_gamma \(8\) of them"):
             AdaptiveGamma(verify_cost=bad)
     stats = speculative_generate(TableLM(0), TableLM(1), [[2, 1]] * 8, SAMPLER, gamma=rule, max_new_tokens=40,
                                  generator=torch.Generator().manual_seed(0), eos_token_id=None).stats
@@ -188,8 +196,8 @@ def test_verify_cost_is_measured_from_call_times(monkeypatch):
     monkeypatch.setattr(drafts, "time", Clock)
     model = Costed(0)
     assert call_seconds(model, 1, 1) == 1.0 and call_seconds(model, 3, 5) == 9.0
-    assert measure_verify_cost(model, gamma=4) == pytest.approx(0.5)  # (3 / 1 - 1) / 4
-    assert measure_verify_cost(model, gamma=2, batch=2) == pytest.approx(0.5)  # (4 / 2 - 1) / 2
+    assert measure_verify_cost(model, max_gamma=4) == pytest.approx((0.5, 1.0, 1.5, 2.0))  # T(1 + g) / T(1) - 1
+    assert measure_verify_cost(model, max_gamma=2, batch=2) == pytest.approx((0.5, 1.0))
 
 
 def test_early_exit_is_the_lower_layers_with_shared_weights():

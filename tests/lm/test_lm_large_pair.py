@@ -64,7 +64,7 @@ def test_bench_lm_pair_large_rows_and_docs_section(capsys, tmp_path):
     assert all(r["tokens"] == 2 * 3 and r["speedup_vs_plain"][1] <= r["speedup_vs_plain"][2] for r in ok)
     spec = [r for r in ok if r["engine"] == "fewstep" and r["config"] != "plain"]
     assert len(spec) == 10 and all(len(r["time_split"]) == 3 and r["acceptance_per_position"] for r in spec)
-    assert sum("measured verify cost" in r["config"] for r in spec) == 2
+    assert sum("measured call costs" in r["config"] for r in spec) == 2
     assert all(r["engine"] == "transformers" for r in rows if r["status"] != "ok")
     text = doc.read_text()
     assert "small pair" in text and "| n-gram lookup" in text

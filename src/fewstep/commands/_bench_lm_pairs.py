@@ -1,14 +1,14 @@
 """``fewstep bench-lm --pair large``: speculative sampling on the larger bundled pair (issue 22).
 
 Rows at every batch size of ``--batches``: plain sampling (fewstep, transformers), speculative sampling
-with the distilled draft at a fixed and an adaptive gamma (with ``verify_cost`` 0, and measured on this
-machine by ``measure_verify_cost`` at the start of the run), n-gram lookup, early exit from the target's
-own lower layers, transformers' assisted generation and prompt lookup. Configurations run interleaved
-over ``--repeats``; every speed ratio is taken within one repeat (the same stretch of machine load) and
-reported as its median with the min..max over repeats. fewstep rows also split their wall time into
-the target's forward calls, the draft's (or the n-gram lookup) and the rest (sampling, verification,
-cache bookkeeping). EOS is switched off for every engine, so each row makes exactly the same number of
-tokens.
+with the distilled draft at a fixed and an adaptive gamma (with ``verify_cost`` 0, and with the target's
+call costs measured on this machine by ``measure_verify_cost`` at the start of the run), n-gram lookup,
+early exit from the target's own lower layers, transformers' assisted generation and prompt lookup.
+Configurations run interleaved over ``--repeats``; every speed ratio is taken within one repeat (the
+same stretch of machine load) and reported as its median with the min..max over repeats. fewstep rows
+also split their wall time into the target's forward calls, the draft's (or the n-gram lookup) and the
+rest (sampling, verification, cache bookkeeping). EOS is switched off for every engine, so each row
+makes exactly the same number of tokens.
 """
 
 from __future__ import annotations
@@ -62,8 +62,7 @@ def _configs(args, target, draft, exit_draft, sampler):
     common = dict(eos_token_id=None)
     hf_t, hf_d = target.model, draft.model
     adaptive = AdaptiveGamma(max_gamma=2 * g)
-    v = round(measure_verify_cost(target, g), 2)  # what a drafted token adds to a verification call, here
-    costed = AdaptiveGamma(max_gamma=2 * g, verify_cost=v)
+    costed = AdaptiveGamma(max_gamma=2 * g, verify_cost=measure_verify_cost(target, 2 * g))  # on this machine
 
     def spec(d, gamma):
         return lambda p, gens: speculative_generate(target, d, p, sampler, gamma=gamma, **gens, **common)
@@ -73,7 +72,7 @@ def _configs(args, target, draft, exit_draft, sampler):
         ("transformers", "plain", lambda p, gens: hf_generate(hf_t, p, sampler, gens)),
         ("fewstep", f"speculative gamma={g}, distilled draft", spec(draft, g)),
         ("fewstep", f"speculative adaptive gamma<={2 * g}, distilled draft", spec(draft, adaptive)),
-        ("fewstep", f"speculative adaptive gamma<={2 * g} with measured verify cost {v}, distilled draft",
+        ("fewstep", f"speculative adaptive gamma<={2 * g} with measured call costs, distilled draft",
          spec(draft, costed)),
         ("transformers", f"assisted gamma={g} constant, distilled draft",
          lambda p, gens: hf_generate(hf_t, p, sampler, gens, assistant=hf_d, gamma=g)),

@@ -16,11 +16,12 @@ target's; that saves memory, not calls).
 ``AdaptiveGamma``: the draft length of each row and round from its running acceptance. A Beta posterior
 over the per-token acceptance ``a`` (accepted tokens as successes, the first rejection as a failure,
 older rounds discounted by ``decay``) gives the estimate ``a_hat`` (its mean), and ``gamma`` maximises the
-expected tokens per unit of cost ``(1 - a^(gamma + 1)) / ((1 - a) (1 + (c + v) gamma))`` with ``c`` the cost
-of a draft call relative to a target call (Leviathan et al., arXiv 2211.17192, Sec. 3.4) and ``v`` what each
-drafted token adds to the target's verification call. Leviathan et al. take ``v = 0`` (scoring ``gamma + 1``
-tokens costs one call, as on a GPU); on a CPU it does not (a 5-token call of the bundled 20M target costs
-1.67 one-token calls, ``v`` about 0.17; ``measure_verify_cost`` times it). EESD samples
+expected tokens per unit of cost ``(1 - a^(gamma + 1)) / ((1 - a) (1 + c gamma + v(gamma)))`` with ``c`` the
+cost of a draft call relative to a target call (Leviathan et al., arXiv 2211.17192, Sec. 3.4) and ``v(gamma)``
+what scoring ``gamma`` drafted tokens adds to the target's call. Leviathan et al. take ``v = 0`` (scoring
+``gamma + 1`` tokens costs one call, as on a GPU); on a CPU it does not: a call of the bundled 20M target
+costs about 1.5 one-token calls for 2 to 4 tokens and 1.67 for 5 (``measure_verify_cost`` times the curve).
+EESD samples
 ``a`` from the posterior instead (Thompson sampling); we use the mean, so a seed's output does not
 depend on a second random stream. Any draft length chosen from past rounds keeps the output exact.
 """
@@ -114,24 +115,30 @@ class AdaptiveGamma:
         max_gamma: the longest draft. draft_cost: a draft call's cost relative to a target call
             (``None``: the ratio of decoder layers when both are transformers models, else 0.1; 0 for
             ``NGramDraft``). decay: weight of the previous rounds' evidence (1 = never forget).
-        prior: (successes, failures) of the Beta prior. verify_cost: what one drafted token adds to the
-            target's verification call, relative to a one-token target call (0: free, as on a GPU).
+        prior: (successes, failures) of the Beta prior. verify_cost: what scoring ``g`` drafted tokens adds
+            to the target's call, relative to a one-token call: a number ``v`` (``v g``; 0, the default: free,
+            as on a GPU) or one value per ``g = 1 .. max_gamma`` (``measure_verify_cost`` measures them).
     """
 
     max_gamma: int = 8
     draft_cost: float | None = None
     decay: float = 0.9
     prior: tuple[float, float] = (2.0, 1.0)
-    verify_cost: float = 0.0
+    verify_cost: float | tuple[float, ...] = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.max_gamma, bool) or not isinstance(self.max_gamma, int) or self.max_gamma < 1:
             raise ValueError(f"max_gamma must be an integer >= 1, got {self.max_gamma!r}")
         if self.draft_cost is not None and not (math.isfinite(self.draft_cost) and self.draft_cost >= 0):
             raise ValueError(f"draft_cost must be a finite number >= 0 or None, got {self.draft_cost!r}")
-        if isinstance(self.verify_cost, bool) or not isinstance(self.verify_cost, (int, float)) or not (
-                math.isfinite(self.verify_cost) and self.verify_cost >= 0):
-            raise ValueError(f"verify_cost must be a finite number >= 0, got {self.verify_cost!r}")
+        costs = self.verify_cost if isinstance(self.verify_cost, (tuple, list)) else (self.verify_cost,)
+        if (not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+                    for v in costs) or (isinstance(self.verify_cost, (tuple, list))
+                                        and len(costs) != self.max_gamma)):
+            raise ValueError(f"verify_cost must be a finite number >= 0 or max_gamma ({self.max_gamma}) of them, "
+                             f"got {self.verify_cost!r}")
+        if isinstance(self.verify_cost, list):
+            object.__setattr__(self, "verify_cost", tuple(self.verify_cost))
         if not 0 < self.decay <= 1:
             raise ValueError(f"decay must be in (0, 1], got {self.decay!r}")
         if len(self.prior) != 2 or not all(math.isfinite(v) and v > 0 for v in self.prior):
@@ -149,7 +156,9 @@ class AdaptiveGamma:
         """Draft length [B] maximising expected tokens per cost at the posterior mean acceptance."""
         a = ((successes + self.prior[0]) / (successes + failures + sum(self.prior))).clamp(max=1 - 1e-9)
         g = torch.arange(1, self.max_gamma + 1, dtype=a.dtype)
-        value = (1 - a[:, None] ** (g + 1)) / ((1 - a[:, None]) * (1 + (cost + self.verify_cost) * g))
+        extra = (torch.tensor(self.verify_cost, dtype=a.dtype) if isinstance(self.verify_cost, tuple)
+                 else self.verify_cost * g)
+        value = (1 - a[:, None] ** (g + 1)) / ((1 - a[:, None]) * (1 + cost * g + extra))
         return value.argmax(1) + 1
 
     def update(self, successes: torch.Tensor, failures: torch.Tensor, accepted: torch.Tensor,
@@ -181,12 +190,12 @@ def call_seconds(model: CausalLM, batch: int, tokens: int, context: int = 64, ca
     return statistics.median(times[2:])
 
 
-def measure_verify_cost(target: CausalLM, gamma: int = 4, batch: int = 1, calls: int = 10) -> float:
-    """``AdaptiveGamma``'s ``verify_cost`` on this machine: ``(T(gamma + 1) / T(1) - 1) / gamma``.
+def measure_verify_cost(target: CausalLM, max_gamma: int = 8, batch: int = 1, calls: int = 10) -> tuple[float, ...]:
+    """``AdaptiveGamma``'s ``verify_cost`` on this machine: ``T(1 + g) / T(1) - 1`` for ``g = 1 .. max_gamma``.
 
     ``T(k)``: the median time of a target call scoring ``k`` tokens per row (``call_seconds``). Timing
     varies between runs, and so would the draft lengths chosen with it (the output law stays exact).
     """
-    one, full = call_seconds(target, batch, 1, calls=calls), call_seconds(target, batch, gamma + 1, calls=calls)
-    return max(0.0, (full / one - 1) / gamma)
-
+    one = call_seconds(target, batch, 1, calls=calls)
+    return tuple(round(max(0.0, call_seconds(target, batch, 1 + g, calls=calls) / one - 1), 4)
+                 for g in range(1, max_gamma + 1))
