@@ -203,8 +203,7 @@ def _section(rows, env, args) -> str:
         f"{args.max_new_tokens} new tokens, sampler `{args.sampler}`, EOS off, {args.repeats} interleaved "
         "repeats after a warm-up; tokens/s is the median; the ratio to fewstep plain sampling at the same "
         "batch size is taken within each repeat. Time split: share of wall time in the target's forward "
-        "calls / the draft's (or the n-gram "
-        "lookup) / everything else.", "", _table(rows), "", line, end])
+        "calls / the draft's (or the n-gram lookup) / everything else.", "", _table(rows), "", line, end])
 
 
 def run(args: argparse.Namespace) -> int:

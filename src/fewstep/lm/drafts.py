@@ -131,10 +131,11 @@ class AdaptiveGamma:
             raise ValueError(f"max_gamma must be an integer >= 1, got {self.max_gamma!r}")
         if self.draft_cost is not None and not (math.isfinite(self.draft_cost) and self.draft_cost >= 0):
             raise ValueError(f"draft_cost must be a finite number >= 0 or None, got {self.draft_cost!r}")
-        costs = self.verify_cost if isinstance(self.verify_cost, (tuple, list)) else (self.verify_cost,)
-        if (not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
-                    for v in costs) or (isinstance(self.verify_cost, (tuple, list))
-                                        and len(costs) != self.max_gamma)):
+        curve = isinstance(self.verify_cost, (tuple, list))
+        costs = self.verify_cost if curve else (self.verify_cost,)
+        valid = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+                    for v in costs)
+        if not valid or (curve and len(costs) != self.max_gamma):
             raise ValueError(f"verify_cost must be a finite number >= 0 or max_gamma ({self.max_gamma}) of them, "
                              f"got {self.verify_cost!r}")
         if isinstance(self.verify_cost, list):
