@@ -119,6 +119,10 @@ SLOW: dict[str, str] = {
     "fewstep distill --teacher digits-flow --method sfd --nfe 2 --out sfd-flow.json":
         "300 SFD iterations (5 CPU-min); tests/distill/test_student.py runs the command for 2",
     ".venv/bin/python scripts/distill_students.py digits-edm:sfd digits-flow:sfd": "trains two students (30 CPU-min)",
+    ".venv/bin/python benchmarks/distill_sfd_curve.py --model digits-flow --iterations 1800 --pool 4096 --refresh 16 "
+    "--every 300 --lr 1e-4": "an SFD training curve (17 CPU-min)",
+    ".venv/bin/python benchmarks/distill_sfd_curve.py --model digits-flow --iterations 1800 --pool 8192 --refresh 16 "
+    "--every 300": "an SFD training curve (19 CPU-min)",
     ".venv/bin/python scripts/distill_students.py digits-edm:sfd --out /tmp/sfdre":
         "trains one student (15-19 CPU-min)",
     ".venv/bin/python scripts/distill_students.py digits-edm:progressive digits-flow:progressive":
