@@ -18,10 +18,11 @@ Corpus and tokenizer: the same as ``scripts/train_lm.py`` (CPython's ``pydoc_dat
    with the target's full next-token distributions as soft labels. ``--target DIR`` runs this step alone
    for a trained target (the committed draft was made so, from the committed target).
 
-Writes ``src/fewstep/lm/data/{target-large,draft-large}/`` (float16 safetensors) and prints the
-validation losses, the draft's agreement with the target (``sum min(p, q)``, the acceptance of
-speculative sampling at temperature 1 on the validation text) and the run time. Two torch threads
-(a fixed count, so the reductions are the same on every run); the recorded run is in docs/lm.md.
+Writes ``src/fewstep/lm/data/{target-large,draft-large}/`` (float16 safetensors, the target in
+three shards with their index) and prints the validation losses, the draft's agreement with the
+target (``sum min(p, q)``, the acceptance of speculative sampling at temperature 1 on the validation
+text) and the run time. Two torch threads (a fixed count, so the reductions are the same on every
+run); the recorded run is in docs/lm.md.
 
     .venv/bin/python scripts/train_lm_large.py [--out DIR] [--target-steps N] [--draft-steps N] [--target DIR]
 """
@@ -48,6 +49,7 @@ DRAFT = dict(hidden_size=256, intermediate_size=704, num_hidden_layers=1, num_at
 TARGET_BATCH = 16
 SAMPLES, PREFIX = 768, 16  # target samples for distillation, each continuing a PREFIX-token window
 DATA_WINDOWS = 256  # training windows scored by the target, mixed with its samples
+SHARD = "19MB"  # the 40 MB target is written in shards of at most 19 MB (no committed file over 20 MB)
 
 
 def make_model(vocab_size: int, eos: int | None, hidden_size, intermediate_size, num_hidden_layers,
@@ -218,7 +220,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for name, model in (("target-large", target), ("draft-large", draft)):
         model.generation_config.eos_token_id = eos
-        model.half().save_pretrained(args.out / name, safe_serialization=True)
+        model.half().save_pretrained(args.out / name, safe_serialization=True, max_shard_size=SHARD)
     report.update(wall_seconds=round(time.perf_counter() - start), cpu_seconds=round(time.process_time() - cpu),
                   torch=torch.__version__)
     print(json.dumps(report))

@@ -31,7 +31,14 @@ BUNDLED_SHA256 = {
     "lm/data/draft-large/model.safetensors": "2fd52d8ea22046bf11dc514916963959c07afe4d8886512f69634c4f5c82864d",
     "lm/data/target-large/generation_config.json": "a3a3409b262255c6be98a5c2132767de0e86c6021e703be2c72e419d38776b96",
     "lm/data/target-large/config.json": "64f277511cab8f53db925bfcc7c48335de67a31913014a8c46a5db57af9b65c5",
-    "lm/data/target-large/model.safetensors": "a65bbd786bff795784ef6736b12645613790ac5815c9ac1e138b7c074231a9fa",
+    "lm/data/target-large/model-00001-of-00003.safetensors":
+        "e1902892d2e4acd7fd66a67a19bc09490974cb994edbd19d49d57c15e7509883",
+    "lm/data/target-large/model-00002-of-00003.safetensors":
+        "f67a148620d6150ac0e7cdc737c3ff0231f7ed596540865c5154936043aaf317",
+    "lm/data/target-large/model-00003-of-00003.safetensors":
+        "61fc20521845e7eec70ab7141bdedfdc6d89d50642c19027d0e8f2cc890263de",
+    "lm/data/target-large/model.safetensors.index.json":
+        "a2b6d8c68c05e8cc84016dfc23c9163be3449228ff7f4b84ac0cd518fa709599",
     "lm/data/arith/model/config.json": "7c6c8d48baac684441ab7c1fddf84253de9956a1459a3d813f2035609415918e",
     "lm/data/arith/model/generation_config.json": "038b4132194845a39539953e314896b34db517bc1e71699d98281b36b6fb676d",
     "lm/data/arith/model/model.safetensors": "543716c0d6dbb485157524fc6aacfe82762c5bd532d3a7cfdc35e7cb03eee742",

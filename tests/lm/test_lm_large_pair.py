@@ -24,11 +24,13 @@ def pair():
 
 def test_weights_are_checksummed_small_and_offline(pair, tmp_path, monkeypatch):
     target, draft = pair
-    for name in ("target-large", "draft-large"):
+    shards = [f"model-0000{i}-of-00003.safetensors" for i in (1, 2, 3)] + ["model.safetensors.index.json"]
+    for name, weights in (("target-large", shards), ("draft-large", ["model.safetensors"])):
         files = sorted(p.name for p in (DATA / name).iterdir())
-        assert files == ["config.json", "generation_config.json", "model.safetensors"]
+        assert files == sorted(["config.json", "generation_config.json", *weights])
         assert all(f"lm/data/{name}/{f}" in BUNDLED_SHA256 for f in files)
-    assert (DATA / "target-large" / "model.safetensors").stat().st_size < 45_000_000
+    files = [p for name in ("target-large", "draft-large") for p in (DATA / name).iterdir()]
+    assert all(p.stat().st_size < 20_000_000 for p in files)
     sizes = [sum(p.numel() for p in m.model.parameters()) for m in pair]
     assert 3_000_000 <= sizes[0] <= 40_000_000 and sizes[1] * 10 <= sizes[0]
     assert target.model.config.num_hidden_layers == 8 and target.model.config.fewstep_early_exit == 2
