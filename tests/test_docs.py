@@ -81,6 +81,7 @@ SLOW: dict[str, str] = {
     "fewstep bench-lm --pair large --sampler top_p=0.9 --repeats 3 --update-docs docs/benchmarks.md":
         "the larger LM pair (5-10 minutes)",
     ".venv/bin/python benchmarks/ld3_variants.py digits-flow 8 512 steps=100 threads=2": "about 5 minutes",
+    ".venv/bin/python benchmarks/ld3_precondition_cells.py --models gmm2d,digits-gmm": "36 ld3 fits, about a minute",
     ".venv/bin/python benchmarks/ld3_variants.py digits-vp-eps 8 512 steps=200 optimizer=lbfgs patience=null "
     "precondition=null threads=2": "about 10 minutes",
     "python benchmarks/solvers.py": "10 minutes",

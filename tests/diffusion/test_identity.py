@@ -123,7 +123,9 @@ def test_solver_reproduces_the_saved_output(k):
             run(case)
         return
     got = run(case).numpy()
-    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+    # float64 sums round differently on different CPUs (vector width): the digits-gmm cases moved by up to
+    # 1.2e-11 on a second machine; a change to any solver's update moves them by many orders more
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-9)
 
 
 def test_every_registered_solver_is_in_the_snapshot():

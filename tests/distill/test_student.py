@@ -188,3 +188,25 @@ def test_the_command_line_samples_a_student_with_its_own_solver_options(tmp_path
                  "--no-progress"]) == 0
     expected = fewstep.sample(student, **student.sampling, seeds=[0, 1, 2, 3])
     np.testing.assert_allclose(np.load(out.with_suffix(".npz"))["samples"], expected.numpy(), rtol=0, atol=1e-6)
+
+
+def test_sample_without_sampler_arguments_uses_the_students_own_sampler():
+    """``fewstep.sample(student)`` runs the sampler the student was trained for (its solver, options, grid and
+    AFS), also through a counting wrapper; an NFE other than its own is refused with the ways out, and an
+    explicit solver and schedule still sample it with another sampler."""
+    from fewstep.diffusion.denoiser import CountingDenoiser
+
+    for name, nfe in (("digits-flow-sfd-nfe2", None), ("digits-flow-cd-nfe2", 3)):
+        student = fewstep.load_model(name) if nfe is None else load_student(
+            Path(fewstep.models.student.__file__).parent / "data" / "students" / f"{name}.json", nfe=nfe)
+        expected = fewstep.sample(student, **student.sampling, seeds=[0, 1, 2])
+        counter = CountingDenoiser(student)
+        assert torch.equal(fewstep.sample(counter, seeds=[0, 1, 2]), expected)
+        assert counter.calls == student.nfe
+        assert torch.equal(fewstep.sample(student, nfe=student.nfe, seeds=[0, 1, 2]), expected)
+    with pytest.raises(ValueError, match=r"own sampler at NFE 3; for another NFE load it with fewstep.load_model"):
+        fewstep.sample(student, nfe=4)
+    counter = CountingDenoiser(student)
+    other = fewstep.sample(counter, solver="euler", schedule="karras", schedule_options={"sigma_max": 80.0}, nfe=4,
+                           seeds=[0, 1, 2])
+    assert counter.calls == 4 and not torch.allclose(other, expected)

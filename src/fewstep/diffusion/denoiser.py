@@ -84,6 +84,13 @@ class Denoiser:
             raise TypeError(f"cond must be a mapping of model keywords or None; got {type(cond).__name__}")
         return self.denoise(x, as_sigma(sigma, x), cond)
 
+    @property
+    def sampling(self) -> dict[str, Any] | None:
+        """The ``fewstep.sample`` keywords this model was made to sample with (a distilled student's own solver,
+        NFE and grid), which ``sample`` uses when it is given none of its own; ``None`` for a model that samples
+        with any solver."""
+        return None
+
     def identity(self) -> dict[str, Any]:
         """A JSON-serialisable description, hashed to tie recipes and caches to this model (and to its
         weights, when a loader set ``weights_sha256``)."""
@@ -134,6 +141,10 @@ class CountingDenoiser(Denoiser):
 
     def round_sigma(self, sigma):
         return self.inner.round_sigma(sigma)
+
+    @property
+    def sampling(self) -> dict[str, Any] | None:
+        return self.inner.sampling
 
     def identity(self) -> dict[str, Any]:
         return self.inner.identity()

