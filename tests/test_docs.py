@@ -82,6 +82,8 @@ SLOW: dict[str, str] = {
         "the larger LM pair (5-10 minutes)",
     ".venv/bin/python benchmarks/ld3_variants.py digits-flow 8 512 steps=100 threads=2": "about 5 minutes",
     ".venv/bin/python benchmarks/ld3_precondition_cells.py --models gmm2d,digits-gmm": "36 ld3 fits, about a minute",
+    ".venv/bin/python benchmarks/distill_cd_steps.py --models digits-edm,digits-flow --nfes 1,2,3,4":
+        "the consistency students' steps, about 8 minutes",
     ".venv/bin/python benchmarks/ld3_variants.py digits-vp-eps 8 512 steps=200 optimizer=lbfgs patience=null "
     "precondition=null threads=2": "about 10 minutes",
     "python benchmarks/solvers.py": "10 minutes",
