@@ -101,7 +101,7 @@ def test_a_tiny_diffusers_unet_distils_saves_and_loads(tmp_path):
 @pytest.mark.parametrize("kw, message", [
     (dict(nfe=0), "nfe must be a positive integer"),
     (dict(method="magic"), "unknown distillation method 'magic'; choose one of sfd, sfd-v, progressive, cd, ct, "
-                             "reflow, shortcut"),
+                             "reflow, shortcut, sid"),
     (dict(options={"subteps": 3}), r"unknown option\(s\) \['subteps'\] for method 'sfd'"),
     (dict(iterations=0), "iterations must be a positive integer"),
     (dict(ema=-0.1), r"ema must be a decay in \[0, 1\)"),

@@ -13,6 +13,8 @@ safetensors + JSON, which ``fewstep.load_model(path)`` loads. Methods (``list_me
   2410.07815), ``fewstep.distill.reflow``, with ``straightness`` to measure the result.
 - ``shortcut``: shortcut models (Frans et al., arXiv 2410.12557), step-size conditioning with the self-consistency
   target, ``fewstep.distill.shortcut``.
+- ``sid``: Score identity Distillation (Zhou et al., arXiv 2404.04057), a data-free one-step generator trained
+  against a fake denoiser of its own samples, ``fewstep.distill.sid``.
 
 The teacher is any ``Denoiser`` whose network is a ``torch.nn.Module`` (``EDMPrecond``, ``ModelDenoiser``,
 ``from_diffusers``); a student is saved for a bundled digits teacher or a diffusers ``UNet2DModel``.
@@ -37,6 +39,7 @@ from fewstep.distill.progressive import Progressive
 from fewstep.distill.reflow import ReFlow, flow_time_grid, straightness
 from fewstep.distill.sfd import SFD
 from fewstep.distill.shortcut import Shortcut, levels
+from fewstep.distill.sid import SiD
 from fewstep.limits import check_count
 from fewstep.models import trained
 from fewstep.models.digits_data import digits_data
@@ -91,6 +94,8 @@ METHODS: dict[str, MethodInfo] = {
                    {"pairs": 2048, "teacher_solver": "dpmpp_3m", "teacher_steps": 32, "normalize": False}),
         MethodInfo("shortcut", "Frans et al., One Step Diffusion via Shortcut Models, arXiv 2410.12557", 1e-4, False,
                    {"max_steps": 128}),
+        MethodInfo("sid", "Zhou et al., Score identity Distillation, arXiv 2404.04057", 1e-5, False,
+                   {"sigma_g": 2.5, "alpha": 1.2, "t_max": 0.8, "fake_lr": None}),
     )
 }
 CONSISTENCY = ("cd", "ct")
@@ -203,6 +208,8 @@ def distill(teacher: Denoiser, method: str = "sfd", *, nfe: int = 2, iterations:
     else:
         net = trainable_net(student, "student")
         net.requires_grad_(True)
+    if method == "sid" and nfe != 1:
+        raise ValueError(f"sid trains a one-step generator: nfe must be 1; got {nfe}")
     nfes = (nfe,)
     if method in ANY_NFE:
         nfes = tuple(sorted({1, 2, 3, 4, nfe}))
@@ -239,6 +246,11 @@ def distill(teacher: Denoiser, method: str = "sfd", *, nfe: int = 2, iterations:
     elif method == "shortcut":
         step = Shortcut(teacher, student, data=data, batch=batch, max_steps=int(opts["max_steps"]))
         extra = load_extra = None
+    elif method == "sid":
+        fake, fake_net = student_copy(teacher if teacher_net is not None else student)
+        step = SiD(teacher, student, fake, fake_net, batch=batch, sigma_g=opts["sigma_g"], alpha=float(opts["alpha"]),
+                   t_max=opts["t_max"], lr=lr if opts["fake_lr"] is None else float(opts["fake_lr"]))
+        extra, load_extra = step.extra_state, step.load_extra
     elif method == "progressive":
         step = Progressive(teacher, student, net, nfe=nfe, rounds=int(opts["rounds"]), iterations=iterations,
                            batch=batch, data=data)
@@ -256,6 +268,7 @@ def distill(teacher: Denoiser, method: str = "sfd", *, nfe: int = 2, iterations:
                    load_extra=load_extra, lr_at=lr_at, desc=f"distill {method}", ema=ema)
     net.eval().requires_grad_(False)
     grids = {n: (flow_time_grid(n, start_sigma(teacher)) if method in ("reflow", "shortcut")
+                 else (float(opts["sigma_g"]), 0.0) if method == "sid"
                  else student_grid(teacher, n + int(afs))) for n in nfes}
     consistency = ({"sigma_min": step.sigma_min, "sigma_data": step.sigma_data} if method in CONSISTENCY
                    else None)

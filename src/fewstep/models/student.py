@@ -47,7 +47,7 @@ Tensor = torch.Tensor
 
 STUDENT_FORMAT = "fewstep-student"
 STUDENT_VERSION = 1
-METHODS = ("sfd", "sfd-v", "progressive", "cd", "ct", "reflow", "shortcut")
+METHODS = ("sfd", "sfd-v", "progressive", "cd", "ct", "reflow", "shortcut", "sid")
 # The student's sampler, as the methods train it, and the ``fewstep.sample`` keywords that run it: Euler in sigma
 # (= DDIM); a consistency model's multistep sampler (Song et al., arXiv 2303.01469, Algorithm 1) jumps to the data,
 # x = f(x, s), then noises it afresh to the next sigma, x + s' z: ancestral Euler with all of the step's noise fresh

@@ -1,0 +1,60 @@
+"""Where the SFD students' rmse_ref comes from (issue 19; docs/distill.md): the per-seed error of the NFE-2 SFD
+student against the teacher's reference ODE solution, beside ld3 at NFE 4 (fitted as ``benchmarks/distill.py``
+fits it) and the teacher's own 32-evaluation DPM-Solver++(3M) samples, on the benchmark's seeds 0-63 and on 0-255.
+
+    .venv/bin/python benchmarks/distill_seed_errors.py --models digits-edm,digits-flow
+
+For each sampler: rmse_ref (the root of the mean over seeds of each seed's mean squared error), the median seed's
+rmse, the share of the squared error that the worst 5 % of the seeds carry, and how many seeds are off by more
+than 0.2 rmse (a different digit or stroke: the ODE's map from noise to data has boundaries between digits, and a
+seed near one lands on the other side when the map is off a little). One thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+import fewstep
+from distill import TUNE_OPTIONS, TUNERS
+from fewstep.diffusion.tune import ld3
+from fewstep.evaluation import reference_samples
+
+SEEDS, TOP, FAR = list(range(256)), 80.0, 0.2
+
+
+def per_seed(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    return (x.double() - ref.double()).flatten(1).pow(2).mean(1)
+
+
+def describe(e: torch.Tensor) -> str:
+    worst = e.sort(descending=True).values[:max(1, len(e) // 20)]
+    return (f"{float(e.mean().sqrt()):.4f} | {float(e.median().sqrt()):.4f} | {float(worst.sum() / e.sum()):.2f} | "
+            f"{int((e.sqrt() > FAR).sum())}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default="digits-edm,digits-flow")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    print("| model | sampler | NFE | seeds | rmse_ref | median seed's rmse | share of the squared error in the worst "
+          f"5 % | seeds off by > {FAR} |\n|---|---|---:|---|---:|---:|---:|---:|")
+    for name in args.models.split(","):
+        teacher = fewstep.load_model(name)
+        ref, _ = reference_samples(teacher, SEEDS, sigma_max=TOP, rtol=1e-5)
+        recipe = ld3.tune(teacher, solver=TUNERS["ld3"], nfe=4, seeds=range(100_000, 100_064), eval_seeds=None,
+                          progress=False, **TUNE_OPTIONS["ld3"])
+        rows = [("SFD student", 2, fewstep.sample(fewstep.load_model(f"{name}-sfd-nfe2"), seeds=SEEDS)),
+                ("ld3", 4, fewstep.sample(teacher, recipe=recipe, seeds=SEEDS)),
+                ("teacher, DPM-Solver++(3M)", 32, fewstep.sample(teacher, solver="dpmpp_3m", nfe=32, schedule="karras",
+                                                                 schedule_options={"sigma_max": TOP}, seeds=SEEDS))]
+        for label, nfe, x in rows:
+            e = per_seed(x, ref)
+            for seeds, part in (("0-63", e[:64]), ("0-255", e)):
+                print(f"| {name} | {label} | {nfe} | {seeds} | {describe(part)} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
