@@ -121,3 +121,13 @@ def test_a_sid_student_saves_loads_and_samples_in_one_evaluation_and_resumes_exa
 def test_bad_sid_settings_get_one_clear_error(kw, message):
     with pytest.raises(ValueError, match=message):
         distill(fewstep.load_model("digits-flow"), "sid", iterations=1, batch=2, **kw)
+
+
+def test_the_command_line_trains_a_one_step_sid_student_by_default_and_samples_it(tmp_path):
+    from fewstep.cli import main
+
+    out = tmp_path / "sid.json"
+    assert main(["distill", "--teacher", "digits-flow", "--method", "sid", "--steps", "1", "--batch", "2",
+                 "--out", str(out), "--no-progress"]) == 0
+    assert load_student(out).record.nfe == 1
+    assert main(["sample", "--model", str(out), "--seeds", "0-1", "--out", str(tmp_path / "x"), "--no-progress"]) == 0

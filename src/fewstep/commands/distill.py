@@ -19,12 +19,14 @@ MAX_BATCH = 65_536
 
 def add_parser(sub) -> None:
     p = subcommand(sub, "distill",
-                   "fine-tune a model into a few-step student (SFD, SFD-v, progressive, consistency, ReFlow, shortcut)")
+                   "fine-tune a model into a few-step student (SFD, SFD-v, progressive, consistency, ReFlow, shortcut, "
+                   "SiD)")
     p.add_argument("--teacher", type=name, required=True, help="a trained model from 'fewstep list models'")
     p.add_argument("--method", type=name, default="sfd",
-                   help="sfd, sfd-v, progressive, cd (consistency distillation), ct (consistency training), reflow "
-                        "or shortcut (default: sfd)")
-    p.add_argument("--nfe", type=int_in(1, MAX_NFE), default=2, help=f"the student's evaluations, 1..{MAX_NFE}")
+                   help="sfd, sfd-v, progressive, cd (consistency distillation), ct (consistency training), reflow, "
+                        "shortcut or sid (score identity distillation, one step) (default: sfd)")
+    p.add_argument("--nfe", type=int_in(1, MAX_NFE), default=None,
+                   help=f"the student's evaluations, 1..{MAX_NFE} (default 2; 1 for sid)")
     p.add_argument("--steps", type=int_in(1, MAX_STEPS), default=300, help="training iterations")
     p.add_argument("--batch", type=int_in(1, MAX_BATCH), default=64, help="trajectories or inputs per iteration")
     p.add_argument("--lr", type=float_in(1e-12, 1.0), default=None, help="Adam's learning rate (default: the method's)")

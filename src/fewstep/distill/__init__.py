@@ -138,7 +138,7 @@ def _diffusers_configs(teacher: Denoiser, net: torch.nn.Module) -> dict[str, Any
             "scheduler": dict(teacher.spec.config)}
 
 
-def distill(teacher: Denoiser, method: str = "sfd", *, nfe: int = 2, iterations: int = 300, batch: int = 64,
+def distill(teacher: Denoiser, method: str = "sfd", *, nfe: int | None = None, iterations: int = 300, batch: int = 64,
             lr: float | None = None, seed: int = 0, options: Mapping[str, Any] | None = None,
             student: Denoiser | None = None, data: torch.Tensor | None = None, out: str | Path | None = None,
             checkpoint_every: int = 50, resume: bool = False, progress: bool = False, ema: float = 0.0) -> Student:
@@ -147,9 +147,9 @@ def distill(teacher: Denoiser, method: str = "sfd", *, nfe: int = 2, iterations:
     Args:
         teacher: a ``Denoiser`` around a ``torch.nn.Module`` (left unchanged).
         method: a name from ``list_methods()``.
-        nfe: the student's evaluations per sample (SFD-v: its default one; ``options["nfes"]`` lists all,
-            default ``nfe .. nfe + 3``; a consistency or ReFlow student also samples at NFE 1-4,
-            ``load_model(path, nfe=n)``).
+        nfe: the student's evaluations per sample (default 2; 1 for SiD, whose generator is one-step; SFD-v: its
+            default one, ``options["nfes"]`` lists all, default ``nfe .. nfe + 3``; a consistency or ReFlow student
+            also samples at NFE 1-4, ``load_model(path, nfe=n)``).
         iterations: training iterations (an SFD iteration is one batch of trajectories and one Adam update per
             trained student step).
         batch: trajectories (SFD) or training inputs (progressive) per iteration.
@@ -168,6 +168,8 @@ def distill(teacher: Denoiser, method: str = "sfd", *, nfe: int = 2, iterations:
     """
     if method not in METHODS:
         raise ValueError(f"unknown distillation method {method!r}; choose one of {', '.join(METHODS)}")
+    if nfe is None:
+        nfe = 1 if method == "sid" else 2
     check_count("nfe", nfe, 1, MAX_NFE)
     check_count("iterations", iterations, 1, MAX_ITERATIONS)
     check_count("batch", batch, 1, MAX_BATCH)
