@@ -34,6 +34,7 @@ def main() -> None:
     p.add_argument("--pool", type=int, default=0)
     p.add_argument("--refresh", type=int, default=0)
     p.add_argument("--every", type=int, default=100)
+    p.add_argument("--loss", default="l1", choices=("l1", "l2"))
     p.add_argument("--ema", type=float, default=0.0, help="also evaluate an exponential moving average of the weights "
                    "with this decay per iteration (0: none)")
     args = p.parse_args()
@@ -42,7 +43,7 @@ def main() -> None:
     ref, _ = reference_samples(teacher, SEEDS, sigma_max=TOP, rtol=1e-5)
     student, net = student_copy(teacher)
     step = SFD(teacher, student, nfes=(2,), batch=args.batch, substeps=args.substeps, pool=args.pool,
-               refresh=args.refresh)
+               refresh=args.refresh, loss=args.loss)
     step.optimizer = optimizer = torch.optim.Adam(net.parameters(), lr=args.lr)
     sampling = dict(solver="euler", nfe=2, schedule="explicit", schedule_options={"sigmas": list(step.grids[2])},
                     afs=True)

@@ -27,16 +27,20 @@ def test_a_fresh_student_on_a_one_step_grid_is_ddim_exactly():
     assert torch.equal(ddim, teacher(80.0 * noise, 80.0))  # one DDIM step to 0 is D itself
 
 
-def test_sfd_student_reaches_the_teacher_trajectory_on_gaussian_data(gauss_pair):
+@pytest.mark.parametrize("loss", ["l1", "l2"])
+def test_sfd_student_reaches_the_teacher_trajectory_on_gaussian_data(gauss_pair, loss):
     # every map is linear per coordinate, so the student family holds the exact answer: zero loss
     grid = student_grid(gauss_pair([1.0])[0], 3)  # NFE 2 with AFS: 3 Euler steps
     teacher, student, net = gauss_pair(grid)
     noise = seeded_noise(range(256, 512), (2,), dtype=torch.float32)
     target = teacher_targets(teacher, grid[0] * noise, grid, 8)[-1]
     before = (_rollout(student, grid, noise, True) - target).abs().max()
-    trained = distill(teacher, "sfd", nfe=2, iterations=300, batch=32, lr=0.05, student=student)
+    trained = distill(teacher, "sfd", nfe=2, iterations=300, batch=32, lr=0.05, student=student,
+                      options={"loss": loss})
     after = (fewstep.sample(trained, **trained.sampling, noise=noise) - target).abs().max()
     assert before > 0.05 and after < 5e-3 * before, (before, after)  # Adam on an L1 loss jitters at ~lr
+    with pytest.raises(ValueError, match="option loss must be 'l1' or 'l2'; got 'huber'"):
+        distill(teacher, "sfd", nfe=2, iterations=1, batch=2, student=student, options={"loss": "huber"})
 
 
 def test_sfd_pool_holds_the_teachers_own_trajectories_and_trains_like_fresh_ones(gauss_pair):

@@ -75,10 +75,10 @@ class MethodInfo:
 METHODS: dict[str, MethodInfo] = {
     m.name: m for m in (
         MethodInfo("sfd", "Zhou et al., Simple and Fast Distillation, arXiv 2409.19681", 1e-4, True,
-                   {"substeps": 8, "teacher_solver": "dpmpp_3m", "afs": True, "pool": 0, "refresh": 0}),
+                   {"substeps": 8, "teacher_solver": "dpmpp_3m", "afs": True, "pool": 0, "refresh": 0, "loss": "l1"}),
         MethodInfo("sfd-v", "Zhou et al., arXiv 2409.19681, Sec. 4.3 (variable NFE)", 1e-4, True,
                    {"substeps": 8, "teacher_solver": "dpmpp_3m", "afs": True, "nfes": None, "pool": 0,
-                    "refresh": 0}),
+                    "refresh": 0, "loss": "l1"}),
         MethodInfo("progressive", "Salimans & Ho, Progressive Distillation, arXiv 2202.00512", 1e-4, False,
                    {"rounds": 3}),
         MethodInfo("cd", "Song et al., Consistency Models, arXiv 2303.01469 (CD), with Song & Dhariwal's improved "
@@ -260,7 +260,7 @@ def distill(teacher: Denoiser, method: str = "sfd", *, nfe: int | None = None, i
     else:
         step = SFD(teacher, student, nfes=nfes, batch=batch, afs=afs, substeps=int(opts["substeps"]),
                    teacher_solver=str(opts["teacher_solver"]), step_condition=step_condition,
-                   pool=opts["pool"], refresh=opts["refresh"], seed=seed)
+                   pool=opts["pool"], refresh=opts["refresh"], seed=seed, loss=opts["loss"])
         extra, load_extra = step.extra_state, step.load_extra
     if method != "progressive":
         def lr_at(i: int) -> float:  # SFD's official schedule; ours for the other methods

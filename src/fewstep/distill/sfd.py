@@ -12,6 +12,8 @@ The student is fine-tuned only at the sigmas its sampler visits, against whole t
   ``x_{i+1} = (s_{i+1}/s_i) x_i + (1 - s_{i+1}/s_i) D_student(x_i, s_i)``, starting each step from its *own* previous
   state (detached), so it learns to repair the error it accumulated; each step's loss is the L1 distance
   ``|x_{i+1} - x^tea_{i+1}|`` (mean over the pixels) and is followed by one Adam update, as the official code does.
+  ``loss="l2"`` takes the mean squared distance instead (ours: it weighs the few trajectories the student misses
+  by much more, as rmse_ref does).
 - Analytical first step (Sec. 4.2, AFS of Zhou et al., arXiv 2312.00094): the first step takes
   ``eps_hat = x / sqrt(1 + s_0^2)`` instead of a model evaluation and is not trained, so NFE ``n`` runs ``n + 1``
   steps.
@@ -79,11 +81,12 @@ class SFD:
         pool: teacher trajectories kept per NFE and reused (0: fresh ones every iteration, as the paper).
         refresh: trajectories of the pool replaced by fresh ones each iteration, oldest first (0: a fixed pool).
         seed: the seed of the pool's first noise.
+        loss: ``"l1"`` (the paper's) or ``"l2"``, the distance of each step's states to the teacher's.
     """
 
     def __init__(self, teacher: Denoiser, student: Denoiser, *, nfes: Sequence[int], batch: int, afs: bool = True,
                  substeps: int = 8, teacher_solver: str = "dpmpp_3m", step_condition: bool = False,
-                 pool: int = 0, refresh: int = 0, seed: int = 0):
+                 pool: int = 0, refresh: int = 0, seed: int = 0, loss: str = "l1"):
         if get_solver(teacher_solver).stochastic:
             raise ValueError(f"the teacher solver must be deterministic (an ODE solver); {teacher_solver!r} is not")
         self.teacher, self.student, self.batch, self.afs = teacher, student, batch, afs
@@ -99,7 +102,9 @@ class SFD:
             raise ValueError(f"pool ({pool}) must hold at least one batch ({batch}) of trajectories, or be 0")
         if isinstance(refresh, bool) or not isinstance(refresh, int) or not 0 <= refresh <= pool:
             raise ValueError(f"refresh must be an integer from 0 to the pool's size ({pool}); got {refresh!r}")
-        self.pool, self.refresh, self.seed = pool, refresh, seed
+        if loss not in ("l1", "l2"):
+            raise ValueError(f"option loss must be 'l1' or 'l2'; got {loss!r}")
+        self.pool, self.refresh, self.seed, self.loss = pool, refresh, seed, loss
         self._pools: dict[int, dict] = {}  # NFE -> {"x", "targets", "next"}: the slot the next refresh starts at
 
     def trajectories(self, n: int, gen: torch.Generator) -> tuple[Tensor, list[Tensor]]:
@@ -134,7 +139,7 @@ class SFD:
         self._pools = {int(n): pool for n, pool in state.get("pools", {}).items()}
 
     def __call__(self, iteration: int, gen: torch.Generator) -> float:
-        """Train on one batch; returns the last step's loss (the L1 distance of the final samples)."""
+        """Train on one batch; returns the last step's loss (the distance of the final samples)."""
         optimizer = self.optimizer  # set by the training loop (fewstep.distill._loop.train)
         n = self.nfes[int(torch.randint(len(self.nfes), (1,), generator=gen))] if len(self.nfes) > 1 else self.nfes[0]
         grid = self.grids[n]
@@ -146,7 +151,8 @@ class SFD:
                 x = ddim_step(x, s, s_next, afs_denoised(x, s))
                 continue
             x_next = ddim_step(x, s, s_next, self.student(x, s, cond))
-            loss = (x_next - targets[i]).abs().mean()
+            diff = x_next - targets[i]
+            loss = diff.abs().mean() if self.loss == "l1" else diff.pow(2).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
