@@ -63,19 +63,29 @@ def main() -> None:
 
     print(f"{args}\n| iterations | rmse_ref | rmse_ref of the average | CPU-min |\n|---:|---:|---:|---:|\n"
           f"| 0 | {evaluate():.4f} | | 0 |", flush=True)
+    def report(done: int, minutes: float) -> None:
+        averaged = f"{evaluate(ema.state):.4f}" if ema is not None else ""
+        print(f"| {done} | {evaluate():.4f} | {averaged} | {minutes:.2f} |", flush=True)
+
+    curve(step, optimizer, args.iterations, args.lr, args.every, report,
+          after_step=None if ema is None else lambda: ema.update(net))
+
+
+def curve(step, optimizer, iterations: int, lr: float, every: int, report, after_step=None) -> None:
+    """Train with ``step`` for ``iterations`` as ``fewstep.distill.distill`` does (the learning rate ``lr``, divided
+    by 10 after half of them; iteration ``i``'s noise from ``iteration_generator(0, i)``) and call
+    ``report(iterations done, CPU minutes of training)`` every ``every`` iterations."""
     cpu = 0.0
-    for i in range(args.iterations):
+    for i in range(iterations):
         for group in optimizer.param_groups:
-            group["lr"] = args.lr if i < args.iterations // 2 else args.lr / 10
+            group["lr"] = lr if i < iterations // 2 else lr / 10
         t0 = time.process_time()
         step(i, iteration_generator(0, i))
-        if ema is not None:
-            ema.update(net)
+        if after_step is not None:
+            after_step()
         cpu += time.process_time() - t0
-        if (i + 1) % args.every == 0:
-            averaged = f"{evaluate(ema.state):.4f}" if ema is not None else ""
-            print(f"| {i + 1} | {evaluate():.4f} | {averaged} | {cpu / 60:.2f} |", flush=True)
-
+        if (i + 1) % every == 0:
+            report(i + 1, cpu / 60)
 
 if __name__ == "__main__":
     main()

@@ -9,12 +9,12 @@ iterations); the teacher's own fd (32 evaluations of DPM-Solver++(3M)) is the fl
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from distill_sfd_curve import curve
 
 import fewstep
-from fewstep.distill import iteration_generator, student_copy
+from fewstep.distill import student_copy
 from fewstep.distill.sid import SiD
 from fewstep.metrics.frechet import fd_digits
 from fewstep.models.digits_data import digits_data
@@ -54,16 +54,8 @@ def main() -> None:
 
     print(f"{args}\nthe teacher's fd (32 evaluations): {floor:.2f}\n| iterations | fd | CPU-min |\n|---:|---:|---:|\n"
           f"| 0 | {fd():.2f} | 0 |", flush=True)
-    cpu = 0.0
-    for i in range(args.iterations):
-        for group in optimizer.param_groups:
-            group["lr"] = args.lr if i < args.iterations // 2 else args.lr / 10
-        t0 = time.process_time()
-        step(i, iteration_generator(0, i))
-        cpu += time.process_time() - t0
-        if (i + 1) % args.every == 0:
-            print(f"| {i + 1} | {fd():.2f} | {cpu / 60:.2f} |", flush=True)
-
+    curve(step, optimizer, args.iterations, args.lr, args.every,
+          lambda done, minutes: print(f"| {done} | {fd():.2f} | {minutes:.2f} |", flush=True))
 
 if __name__ == "__main__":
     main()

@@ -37,6 +37,22 @@ def gauss_pair(sigmas, dim: int = 2):
     return teacher, student, net
 
 
+def interrupted(monkeypatch, step_class, at: int, run) -> None:
+    """Run ``run()`` with ``step_class.__call__`` raising ``KeyboardInterrupt`` at iteration ``at`` (a killed
+    training), check that it was interrupted, and restore the step."""
+    call = step_class.__call__
+
+    def killed(self, i, gen):
+        if i == at:
+            raise KeyboardInterrupt
+        return call(self, i, gen)
+
+    monkeypatch.setattr(step_class, "__call__", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(step_class, "__call__", call)
+
+
 @pytest.fixture(name="gauss_pair")
 def gauss_pair_fixture():
     return gauss_pair

@@ -19,6 +19,8 @@ from fewstep.distill.sid import SiD
 from fewstep.models.exact import Gauss
 from fewstep.models.student import load_student
 
+from .conftest import interrupted
+
 STD = torch.tensor([0.5, 2.0])
 
 
@@ -97,17 +99,7 @@ def test_a_sid_student_saves_loads_and_samples_in_one_evaluation_and_resumes_exa
     with torch.no_grad():  # one Euler step from sigma_g to 0 is the generator itself
         expected = made(2.0 * fewstep.diffusion.noise.seeded_noise([0, 1], (1, 8, 8)), 2.0)
     assert torch.allclose(x, expected, atol=1e-6)
-    call = SiD.__call__
-
-    def killed(self, i, gen):
-        if i == 3:
-            raise KeyboardInterrupt
-        return call(self, i, gen)
-
-    monkeypatch.setattr(SiD, "__call__", killed)
-    with pytest.raises(KeyboardInterrupt):
-        distill(teacher, "sid", out=tmp_path / "b.json", **kw)
-    monkeypatch.setattr(SiD, "__call__", call)
+    interrupted(monkeypatch, SiD, 3, lambda: distill(teacher, "sid", out=tmp_path / "b.json", **kw))
     resumed = distill(teacher, "sid", out=tmp_path / "b.json", resume=True, **kw)
     assert all(torch.equal(v, resumed.net.state_dict()[k]) for k, v in made.net.state_dict().items())
 

@@ -17,6 +17,8 @@ from fewstep.distill import distill
 from fewstep.distill.sfd import SFD
 from fewstep.models.student import load_student
 
+from .conftest import interrupted
+
 
 @pytest.fixture(scope="module")
 def edm():
@@ -59,18 +61,8 @@ def test_a_student_of_other_teacher_weights_is_refused(edm, tmp_path):
 def test_resume_after_an_interruption_gives_the_uninterrupted_weights(edm, tmp_path, monkeypatch, pool, ema):
     kw = dict(nfe=2, iterations=4, batch=4, seed=3, checkpoint_every=2, options=pool, ema=ema)
     whole = _state(distill(edm, "sfd", out=tmp_path / "a.json", **kw))
-    call = SFD.__call__
-
-    def killed(self, i, gen):
-        if i == 3:
-            raise KeyboardInterrupt
-        return call(self, i, gen)
-
-    monkeypatch.setattr(SFD, "__call__", killed)
-    with pytest.raises(KeyboardInterrupt):
-        distill(edm, "sfd", out=tmp_path / "b.json", **kw)
+    interrupted(monkeypatch, SFD, 3, lambda: distill(edm, "sfd", out=tmp_path / "b.json", **kw))
     assert (tmp_path / "b.ckpt").is_file() and not (tmp_path / "b.json").exists()
-    monkeypatch.setattr(SFD, "__call__", call)
     resumed = _state(distill(edm, "sfd", out=tmp_path / "b.json", resume=True, **kw))
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
     other = fewstep.load_model("digits-flow")
