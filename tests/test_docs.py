@@ -84,6 +84,20 @@ SLOW: dict[str, str] = {
     ".venv/bin/python benchmarks/ld3_precondition_cells.py --models gmm2d,digits-gmm": "36 ld3 fits, about a minute",
     ".venv/bin/python benchmarks/distill_cd_steps.py --models digits-edm,digits-flow --nfes 1,2,3,4":
         "the consistency students' steps, about 8 minutes",
+    ".venv/bin/python benchmarks/distill_seed_errors.py --models digits-edm,digits-flow":
+        "two ld3 fits and 256 reference solutions per model, about 10 minutes",
+    ".venv/bin/python benchmarks/distill_sfd_curve.py --model digits-flow --iterations 5400 --pool 4096 --refresh 16 "
+    "--every 600": "an SFD training curve, 25-45 CPU-minutes",
+    ".venv/bin/python benchmarks/distill_sfd_curve.py --model digits-flow --iterations 1800 --pool 4096 --refresh 16 "
+    "--every 300 --loss l2": "an SFD training curve, 9-18 CPU-minutes",
+    ".venv/bin/python benchmarks/distill_sid_curve.py --model digits-edm --iterations 3600 --lr 1e-4 --every 600":
+        "a SiD training curve, about 12 CPU-minutes",
+    ".venv/bin/python benchmarks/distill_sid_curve.py --model digits-flow --iterations 3600 --lr 1e-4 --every 600":
+        "a SiD training curve, about 12 CPU-minutes",
+    ".venv/bin/python benchmarks/distill_sid_curve.py --model digits-edm --iterations 1200 --lr 1e-4 --every 200":
+        "a SiD training curve, about 4 CPU-minutes",
+    ".venv/bin/python benchmarks/distill_sid_curve.py --model digits-flow --iterations 1200 --lr 1e-4 --every 200":
+        "a SiD training curve, about 4 CPU-minutes",
     ".venv/bin/python benchmarks/ld3_variants.py digits-vp-eps 8 512 steps=200 optimizer=lbfgs patience=null "
     "precondition=null threads=2": "about 10 minutes",
     "python benchmarks/solvers.py": "10 minutes",
