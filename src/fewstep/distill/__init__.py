@@ -94,7 +94,7 @@ METHODS: dict[str, MethodInfo] = {
                    {"pairs": 2048, "teacher_solver": "dpmpp_3m", "teacher_steps": 32, "normalize": False}),
         MethodInfo("shortcut", "Frans et al., One Step Diffusion via Shortcut Models, arXiv 2410.12557", 1e-4, False,
                    {"max_steps": 128}),
-        MethodInfo("sid", "Zhou et al., Score identity Distillation, arXiv 2404.04057", 1e-5, False,
+        MethodInfo("sid", "Zhou et al., Score identity Distillation, arXiv 2404.04057", 1e-4, False,  # paper: 1e-5
                    {"sigma_g": 2.5, "alpha": 1.2, "t_max": 0.8, "fake_lr": None}),
     )
 }
@@ -152,7 +152,7 @@ def distill(teacher: Denoiser, method: str = "sfd", *, nfe: int | None = None, i
             also samples at NFE 1-4, ``load_model(path, nfe=n)``).
         iterations: training iterations (an SFD iteration is one batch of trajectories and one Adam update per
             trained student step).
-        batch: trajectories (SFD) or training inputs (progressive) per iteration.
+        batch: trajectories (SFD), training inputs (progressive) or generator samples (SiD) per iteration.
         lr: Adam's learning rate (default: the method's); every method but progressive divides it by 10 after half
             the iterations (SFD's official code does; for the others it is our choice).
         seed: every iteration draws its noise from a generator seeded by ``(seed, iteration)``.
