@@ -23,7 +23,8 @@ For each model (``--models``) and NFE (``--nfes``), on the same seeds and from t
   recipe's tuning seconds as measured here (wall time, one thread).
 
 ``--json`` stores every row (``--resume`` keeps the (model, NFE) cells already there, but those of the NFEs in
-``--redo``, e.g. after a student was retrained); ``--from-json`` prints the
+``--redo``, e.g. after a student was retrained); ``--from-docs docs/benchmarks.md --json FILE`` reads the rows of
+``--models`` back from the section (on a machine without the earlier JSON), to resume from; ``--from-json`` prints the
 table, and with ``--update-docs`` writes it into its section of the file. ``--grids DIR`` writes one PNG per
 method and NFE: for each model, a row of the teacher's 32-evaluation samples over a row of the student's, on the
 same 16 seeds (``distill_<method>_nfe<N>.png``).
@@ -189,6 +190,37 @@ def table(rows: list[dict], command: str) -> str:
     return "\n".join(lines)
 
 
+def rows_from_docs(page: str) -> list[dict]:
+    """The rows of the section this script wrote into ``page`` (``table`` prints exactly these fields), so that a
+    later run can ``--resume`` from them and measure again only some cells (``--redo``) on another machine, where
+    ``fewstep-out/`` does not exist."""
+    try:
+        section = page.split(START, 1)[1].split(END, 1)[0]
+    except IndexError:
+        raise SystemExit(f"no {START} ... {END} section to read") from None
+    rows, model = [], None
+    for line in section.splitlines():
+        if line.startswith("**") and line.endswith("**"):
+            model = line.strip("*")
+        elif line.startswith("Reference tolerance check"):
+            teacher = next(r for r in rows if r["model"] == model and r["kind"] == "teacher")
+            teacher["ref_tolerance"] = float(line.rsplit(": ", 1)[1].rstrip("."))
+        elif line.startswith("| ") and not line.startswith("| NFE") and model is not None:
+            nfe, label, kind, rmse_ref, fd, cost = (c.strip() for c in line.strip("|").split("|"))
+            row = {"model": model, "nfe": int(nfe), "kind": kind, "label": label}
+            if rmse_ref.startswith("n/a: "):
+                row["error"] = rmse_ref[len("n/a: "):]
+            else:
+                value, halves = fd.rstrip(")").split(" (")
+                row.update(rmse_ref=float(rmse_ref), fd=[float(value), float(halves)])
+            if cost.endswith(" CPU-min"):
+                row.update(method=label.rsplit("(", 1)[1].rstrip(")"), cpu_minutes=float(cost.split()[0]))
+            elif cost.endswith(" s tuning"):
+                row["tune_seconds"] = float(cost.split()[0])
+            rows.append(row)
+    return rows
+
+
 def update_docs(path: Path, text: str) -> None:
     try:
         path.write_text(replace_section(path.read_text(), START, END, f"{START}\n{text}\n{END}", append=False))
@@ -236,6 +268,8 @@ def main() -> None:
     p.add_argument("--from-json", default=None, help="print the table of the rows in these files (comma-separated), "
                    "measure nothing")
     p.add_argument("--update-docs", type=Path, default=None, help="with --from-json: write the section here")
+    p.add_argument("--from-docs", type=Path, default=None, help="read the rows of --models back from the section of "
+                   "this file (e.g. docs/benchmarks.md), measure nothing; with --json, write them there for --resume")
     p.add_argument("--grids", type=Path, default=None, help="write the PNG grids to this folder, measure nothing")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -245,6 +279,13 @@ def main() -> None:
     command = "`benchmarks/distill.py`, once per model"
     if args.from_json is not None:
         rows = [r for f in args.from_json.split(",") for r in json.loads(Path(f).read_text())]
+    elif args.from_docs is not None:
+        rows = [r for r in rows_from_docs(args.from_docs.read_text()) if r["model"] in args.models.split(",")]
+        if args.json is not None:
+            if args.json.exists():
+                raise SystemExit(f"{args.json} exists; --from-docs writes a new rows file, it does not replace one")
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(rows, indent=1))
     else:
         rows = measure(args)
     text = table(rows, command)

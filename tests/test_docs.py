@@ -84,6 +84,8 @@ SLOW: dict[str, str] = {
     ".venv/bin/python benchmarks/ld3_precondition_cells.py --models gmm2d,digits-gmm": "36 ld3 fits, about a minute",
     ".venv/bin/python benchmarks/distill_cd_steps.py --models digits-edm,digits-flow --nfes 1,2,3,4":
         "the consistency students' steps, about 8 minutes",
+    ".venv/bin/python benchmarks/distill.py --from-docs docs/benchmarks.md --models digits-flow --json "
+    "fewstep-out/distill-digits-flow.json": "reads the repository's docs/benchmarks.md (runs in the repository copy)",
     ".venv/bin/python benchmarks/distill_seed_errors.py --models digits-edm,digits-flow":
         "two ld3 fits and 256 reference solutions per model, about 10 minutes",
     ".venv/bin/python benchmarks/distill_sfd_curve.py --model digits-flow --iterations 5400 --pool 4096 --refresh 16 "
