@@ -94,13 +94,19 @@ def measure(args) -> list[dict]:
     half = len(fd_seeds) // 2
     rows = json.loads(args.json.read_text()) if args.resume and args.json.is_file() else []
     redo, redo_tuned = set(), set()  # NFEs measured again whole; (NFE, method) of one tuned recipe measured again
+    redo_students = set()  # NFEs whose student rows are measured again (students added or retrained)
     for item in filter(None, args.redo.split(",")):
         nfe, _, method = item.partition("/")
-        if method and method not in TUNERS:
-            raise SystemExit(f"distill.py: --redo {item!r}: the method must be one of {', '.join(TUNERS)}")
-        (redo_tuned.add((int(nfe), method)) if method else redo.add(int(nfe)))
+        if method and method not in (*TUNERS, "students"):
+            raise SystemExit(f"distill.py: --redo {item!r}: the method must be one of {', '.join(TUNERS)} or "
+                             "students")
+        if method == "students":
+            redo_students.add(int(nfe))
+        else:
+            (redo_tuned.add((int(nfe), method)) if method else redo.add(int(nfe)))
     rows = [r for r in rows if r["nfe"] not in redo and not (r["kind"] == "tuned" and any(
-        r["nfe"] == n and r["label"].split(" ")[0] == m for n, m in redo_tuned))]  # the teacher row (NFE 32) stays
+        r["nfe"] == n and r["label"].split(" ")[0] == m for n, m in redo_tuned))
+        and not (r["kind"] == "student" and r["nfe"] in redo_students)]  # the teacher row (NFE 32) stays
     done = {(r["model"], r["nfe"]) for r in rows}
 
     def fd_pair(x):
@@ -120,13 +126,15 @@ def measure(args) -> list[dict]:
             methods = args.tuned.split(",") if args.tuned else []
             if (name, n) in done:
                 methods = [m for m in methods if (n, m) in redo_tuned]
-                if not methods:
+                if not methods and n not in redo_students:
                     continue
             if ref is None and any(r["model"] == name and r["kind"] == "teacher" for r in rows):
                 ref, tol = reference_samples(teacher, ref_seeds, sigma_max=TOP, rtol=args.rtol)
                 ref = ref.double()
             if (name, n) in done:
                 tune_rows(teacher, name, n, methods, ref, fd_pair, add, tune_seeds, ref_seeds, fd_seeds)
+                if n in redo_students:
+                    student_rows(args.students, name, n, ref, fd_pair, add, ref_seeds, fd_seeds)
                 continue
             if ref is None:
                 ref, tol = reference_samples(teacher, ref_seeds, sigma_max=TOP, rtol=args.rtol)
@@ -150,18 +158,23 @@ def measure(args) -> list[dict]:
             add(model=name, nfe=n, kind="untuned", label=label, rmse_ref=best[0],
                 fd=fd_pair(_sample(teacher, fd_seeds, **kw)))
             tune_rows(teacher, name, n, methods, ref, fd_pair, add, tune_seeds, ref_seeds, fd_seeds)
-            for path in _students(args.students):
-                student = fewstep.load_model(str(path))
-                if student.record.teacher != name or n not in student.record.grids:
-                    continue
-                student = fewstep.load_model(str(path), nfe=n)
-                training = student.record.training
-                add(model=name, nfe=n, kind="student", label=f"{path.stem} ({student.record.method})",
-                    method=student.record.method, rmse_ref=rmse(_sample(student, ref_seeds, **student.sampling), ref),
-                    fd=fd_pair(_sample(student, fd_seeds, **student.sampling)),
-                    cpu_minutes=round(training.get("cpu_seconds", float("nan")) / 60, 2),
-                    iterations=training.get("iterations"))
+            student_rows(args.students, name, n, ref, fd_pair, add, ref_seeds, fd_seeds)
     return rows
+
+
+def student_rows(folder, name, n, ref, fd_pair, add, ref_seeds, fd_seeds) -> None:
+    """Add a row for each student of teacher ``name`` under ``folder`` that samples at NFE ``n``."""
+    for path in _students(folder):
+        student = fewstep.load_model(str(path))
+        if student.record.teacher != name or n not in student.record.grids:
+            continue
+        student = fewstep.load_model(str(path), nfe=n)
+        training = student.record.training
+        add(model=name, nfe=n, kind="student", label=f"{path.stem} ({student.record.method})",
+            method=student.record.method, rmse_ref=rmse(_sample(student, ref_seeds, **student.sampling), ref),
+            fd=fd_pair(_sample(student, fd_seeds, **student.sampling)),
+            cpu_minutes=round(training.get("cpu_seconds", float("nan")) / 60, 2),
+            iterations=training.get("iterations"))
 
 
 def table(rows: list[dict], command: str) -> str:
@@ -264,7 +277,7 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None, help="write the rows here (and read them with --resume)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--redo", default="", help="with --resume: measure the cells of these NFEs again (e.g. 2), or "
-                   "one tuned recipe's (e.g. 1/s3)")
+                   "one tuned recipe's (e.g. 1/s3), or the students' rows (e.g. 1/students)")
     p.add_argument("--from-json", default=None, help="print the table of the rows in these files (comma-separated), "
                    "measure nothing")
     p.add_argument("--update-docs", type=Path, default=None, help="with --from-json: write the section here")
