@@ -295,8 +295,6 @@ def main() -> None:
     elif args.from_docs is not None:
         rows = [r for r in rows_from_docs(args.from_docs.read_text()) if r["model"] in args.models.split(",")]
         if args.json is not None:
-            if args.json.exists():
-                raise SystemExit(f"{args.json} exists; --from-docs writes a new rows file, it does not replace one")
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(rows, indent=1))
     else:

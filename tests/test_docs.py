@@ -147,6 +147,11 @@ SLOW: dict[str, str] = {
     ".venv/bin/python scripts/distill_students.py digits-edm:progressive digits-flow:progressive":
         "trains two students (7 CPU-min)",
     ".venv/bin/python scripts/distill_students.py digits-edm:cd digits-flow:cd": "trains two students (4 CPU-min)",
+    ".venv/bin/python scripts/distill_students.py digits-edm:sid digits-flow:sid": "trains two students (23 CPU-min)",
+    ".venv/bin/python benchmarks/distill.py --models digits-edm --nfes 1 --json fewstep-out/distill-digits-edm.json "
+    "--resume --redo 1/students": "measures the NFE-1 student rows (needs the rows file of --from-docs)",
+    ".venv/bin/python benchmarks/distill.py --models digits-flow --nfes 1 --json fewstep-out/distill-digits-flow.json "
+    "--resume --redo 1/students": "measures the NFE-1 student rows (needs the rows file of --from-docs)",
     ".venv/bin/python benchmarks/distill.py --models digits-edm --json fewstep-out/distill-digits-edm.json":
         "fits ld3/GITS/S3 at NFE 1-4 and measures every sampler (about 15 CPU-min)",
     ".venv/bin/python benchmarks/distill.py --models digits-flow --json fewstep-out/distill-digits-flow.json":
@@ -187,6 +192,7 @@ SLOW_EXTRA_ARGS: dict[str, list[str]] = {
     ".venv/bin/python scripts/distill_students.py digits-edm:progressive digits-flow:progressive":
         ["--out", "{scratch}/students"],
     ".venv/bin/python scripts/distill_students.py digits-edm:cd digits-flow:cd": ["--out", "{scratch}/students"],
+    ".venv/bin/python scripts/distill_students.py digits-edm:sid digits-flow:sid": ["--out", "{scratch}/students"],
     ".venv/bin/python scripts/train_lm_large.py": ["--out", "{scratch}/lm"],
 }
 

@@ -68,6 +68,14 @@ BUNDLED_SHA256 = {
         "798800a5d7f7dc664c8ffe4c00478f3bac972e29b6bb46777642f1de0cdd426b",
     "models/data/students/digits-flow-cd-nfe2.safetensors":
         "a20cb4c45636887f5d9e62f9eedbb4ad1c06e19e6a47d69271699f63b8c9930c",
+    "models/data/students/digits-edm-sid-nfe1.json":
+        "2bac48cd8d2eff71c23e8e287affb049a2f64ba6f3aecf372e9524528f37fe9b",
+    "models/data/students/digits-edm-sid-nfe1.safetensors":
+        "842f290c93d402ea15b30c1f3f4f8f0b8695ac8c01f9d92ab97bb4fb8755a372",
+    "models/data/students/digits-flow-sid-nfe1.json":
+        "7fe80db964e9f346040e5221d40ed5b184fa6e574f27c876b81c4269460d852f",
+    "models/data/students/digits-flow-sid-nfe1.safetensors":
+        "2e02a12563f28e647b197a601a8d21db3da5f24eca117e81976d1bf7a40bc154",
 }
 _REBUILD = {"models/data/digits.npz": "scripts/export_digits.py",
             "models/data/digits_gmm.safetensors": "scripts/fit_digits_gmm.py",
