@@ -81,6 +81,10 @@ SLOW: dict[str, str] = {
     "fewstep bench-lm --pair large --sampler top_p=0.9 --repeats 3 --update-docs docs/benchmarks.md":
         "the larger LM pair (5-10 minutes)",
     ".venv/bin/python benchmarks/ld3_variants.py digits-flow 8 512 steps=100 threads=2": "about 5 minutes",
+    ".venv/bin/python benchmarks/ld3_variants.py digits-flow 8 512 steps=100 optimizer=lbfgs patience=null "
+    "precondition=null": "about 13 minutes",
+    ".venv/bin/python benchmarks/ld3_variants.py digits-flow 8 512 steps=100 patience=null precondition=32":
+        "about 12 minutes",
     ".venv/bin/python benchmarks/ld3_precondition_cells.py --models gmm2d,digits-gmm": "36 ld3 fits, about a minute",
     ".venv/bin/python benchmarks/distill_cd_steps.py --models digits-edm,digits-flow --nfes 1,2,3,4":
         "the consistency students' steps, about 8 minutes",
