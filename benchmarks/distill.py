@@ -71,14 +71,19 @@ def _students(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.json"))
 
 
+def fit(teacher, method: str, nfe: int, tune_seeds):
+    """A recipe of ``method`` at ``nfe`` with this benchmark's reduced settings (``TUNERS``, ``TUNE_OPTIONS``)."""
+    tuner = importlib.import_module(f"fewstep.diffusion.tune.{method}")
+    return tuner.tune(teacher, solver=TUNERS[method], nfe=nfe, seeds=tune_seeds, eval_seeds=None, progress=False,
+                      **TUNE_OPTIONS[method])
+
+
 def tune_rows(teacher, name, n, methods, ref, fd_pair, add, tune_seeds, ref_seeds, fd_seeds) -> None:
     """Fit each tuning method at NFE ``n`` and add its row (or the error it gave)."""
     for method in methods:
-        tuner = importlib.import_module(f"fewstep.diffusion.tune.{method}")
         t0 = time.perf_counter()
         try:
-            recipe = tuner.tune(teacher, solver=TUNERS[method], nfe=n, seeds=tune_seeds, eval_seeds=None,
-                                progress=False, **TUNE_OPTIONS[method])
+            recipe = fit(teacher, method, n, tune_seeds)
         except ValueError as exc:
             add(model=name, nfe=n, kind="tuned", label=method, error=str(exc).splitlines()[0][:160])
             continue

@@ -17,8 +17,7 @@ import argparse
 import torch
 
 import fewstep
-from distill import TUNE_OPTIONS, TUNERS
-from fewstep.diffusion.tune import ld3
+from distill import fit
 from fewstep.evaluation import reference_samples
 from fewstep.metrics.features import digits_classifier
 
@@ -51,8 +50,7 @@ def main() -> None:
     for name in args.models.split(","):
         teacher = fewstep.load_model(name)
         ref, _ = reference_samples(teacher, SEEDS, sigma_max=TOP, rtol=1e-5)
-        recipe = ld3.tune(teacher, solver=TUNERS["ld3"], nfe=4, seeds=range(100_000, 100_064), eval_seeds=None,
-                          progress=False, **TUNE_OPTIONS["ld3"])
+        recipe = fit(teacher, "ld3", 4, range(100_000, 100_064))
         rows = [("SFD student", 2, fewstep.sample(fewstep.load_model(f"{name}-sfd-nfe2"), seeds=SEEDS)),
                 ("ld3", 4, fewstep.sample(teacher, recipe=recipe, seeds=SEEDS)),
                 ("teacher, DPM-Solver++(3M)", 32, fewstep.sample(teacher, solver="dpmpp_3m", nfe=32, schedule="karras",

@@ -41,7 +41,7 @@ def main() -> None:
     fake, fake_net = student_copy(teacher)
     step = SiD(teacher, student, fake, fake_net, batch=args.batch, sigma_g=args.sigma_g,
                lr=args.lr if args.fake_lr is None else args.fake_lr)
-    step.optimizer = optimizer = torch.optim.Adam(net.parameters(), lr=args.lr)
+    step.optimizer = optimizer = torch.optim.Adam(net.parameters(), lr=args.lr, betas=step.betas)
     sampling = {"solver": "euler", "nfe": 1, "schedule": "explicit",
                 "schedule_options": {"sigmas": [args.sigma_g, 0.0]}}
 

@@ -152,6 +152,8 @@ SLOW: dict[str, str] = {
         "trains two students (7 CPU-min)",
     ".venv/bin/python scripts/distill_students.py digits-edm:cd digits-flow:cd": "trains two students (4 CPU-min)",
     ".venv/bin/python scripts/distill_students.py digits-edm:sid digits-flow:sid": "trains two students (23 CPU-min)",
+    ".venv/bin/python benchmarks/distill.py --models digits-edm --nfes 2 --students /tmp/sfdre --tuned ''":
+        "measures the student that the /tmp/sfdre training wrote",
     ".venv/bin/python benchmarks/distill.py --models digits-edm --nfes 1 --json fewstep-out/distill-digits-edm.json "
     "--resume --redo 1/students": "measures the NFE-1 student rows (needs the rows file of --from-docs)",
     ".venv/bin/python benchmarks/distill.py --models digits-flow --nfes 1 --json fewstep-out/distill-digits-flow.json "

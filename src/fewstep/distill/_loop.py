@@ -111,8 +111,9 @@ def train(net: nn.Module, step: Callable[[int, torch.Generator], float], *, iter
           resume: bool = False, progress: bool = False, extra_state: Callable[[], dict] | None = None,
           load_extra: Callable[[dict], None] | None = None, lr_at: Callable[[int], float] | None = None,
           desc: str = "distill", ema: float = 0.0) -> dict[str, Any]:
-    """Run ``iterations`` of ``step(i, generator) -> loss``, which updates ``net`` through ``step.optimizer`` (Adam,
-    set here before the first call); returns ``{"loss": mean of the last tenth, "cpu_seconds", "resumed_at"}``.
+    """Run ``iterations`` of ``step(i, generator) -> loss``, which updates ``net`` through ``step.optimizer`` (Adam
+    with the step's ``betas`` if it has them, set here before the first call); returns ``{"loss": mean of the last
+    tenth, "cpu_seconds", "resumed_at"}``.
 
     ``lr_at(i)``, when given, sets the learning rate of iteration ``i``. With ``checkpoint``,
     the net, the optimizer, ``extra_state()`` and the CPU time so far are written there every ``checkpoint_every``
@@ -125,7 +126,7 @@ def train(net: nn.Module, step: Callable[[int, torch.Generator], float], *, iter
     iterate.
     """
     check_ema(ema)
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr, betas=getattr(step, "betas", (0.9, 0.999)))
     average = WeightAverage(net, ema) if ema else None
     step.optimizer = optimizer  # type: ignore[attr-defined]
     start, cpu_before, losses = 0, 0.0, []

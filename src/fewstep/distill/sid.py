@@ -30,7 +30,6 @@ from fewstep.diffusion.schedules import start_sigma
 __all__ = ["SiD"]
 
 Tensor = torch.Tensor
-BETAS = (0.0, 0.999)  # Adam's for both networks
 
 
 class SiD:
@@ -50,8 +49,10 @@ class SiD:
         rho: the polynomial's exponent.
     """
 
+    betas = (0.0, 0.999)  # Adam's, for both networks (the training loop reads it for the generator's)
+
     def __init__(self, teacher: Denoiser, student: Denoiser, fake: Denoiser, fake_net: torch.nn.Module, *,
-                 batch: int, sigma_g: float = 2.5, alpha: float = 1.2, t_max: float = 0.8, lr: float = 1e-5,
+                 batch: int, sigma_g: float = 2.5, alpha: float = 1.2, t_max: float = 0.8, lr: float = 1e-4,
                  p_mean: float = -1.2, p_std: float = 1.2, sigma_data: float = 0.5, rho: float = 7.0):
         if not teacher.shape:
             raise ValueError("the teacher does not know its data shape; give it one (shape=...)")
@@ -64,13 +65,14 @@ class SiD:
         self.batch, self.sigma_g, self.alpha, self.t_max = batch, float(sigma_g), float(alpha), float(t_max)
         self.p_mean, self.p_std, self.sigma_data, self.rho = p_mean, p_std, sigma_data, rho
         self.lo, self.hi = lo, hi
-        self.fake_optimizer = torch.optim.Adam(fake_net.parameters(), lr=lr, betas=BETAS)
+        self.fake_optimizer = torch.optim.Adam(fake_net.parameters(), lr=lr, betas=self.betas)
 
     def generate(self, z: Tensor) -> Tensor:
         """The generator's samples for standard-normal ``z``."""
         return self.student(self.sigma_g * z, self.sigma_g)
 
     def loss_sigmas(self, gen: torch.Generator) -> Tensor:
+        """The generator loss's sigmas: EDM's polynomial at ``u`` uniform in ``(0, t_max)``."""
         u = self.t_max * torch.rand(self.batch, generator=gen, dtype=torch.float64)
         a, b = self.hi ** (1 / self.rho), self.lo ** (1 / self.rho)
         return (b + u * (a - b)) ** self.rho
@@ -103,8 +105,6 @@ class SiD:
     def __call__(self, iteration: int, gen: torch.Generator) -> float:
         """Train on one batch; returns the generator loss."""
         optimizer = self.optimizer  # set by the training loop (fewstep.distill._loop.train)
-        for group in optimizer.param_groups:
-            group["betas"] = BETAS
         z = torch.randn(self.batch, *self.teacher.shape, generator=gen)
         x_g = self.generate(z)
         fake_loss = self.fake_loss(x_g.detach(), gen)

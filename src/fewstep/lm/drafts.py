@@ -21,9 +21,8 @@ cost of a draft call relative to a target call (Leviathan et al., arXiv 2211.171
 what scoring ``gamma`` drafted tokens adds to the target's call. Leviathan et al. take ``v = 0`` (scoring
 ``gamma + 1`` tokens costs one call, as on a GPU); on a CPU it does not: a call of the bundled 20M target
 costs about 1.5 one-token calls for 2 to 4 tokens and 1.67 for 5 (``measure_verify_cost`` times the curve).
-EESD samples
-``a`` from the posterior instead (Thompson sampling); we use the mean, so a seed's output does not
-depend on a second random stream. Any draft length chosen from past rounds keeps the output exact.
+EESD samples ``a`` from the posterior instead (Thompson sampling); we use the mean, so a seed's output does
+not depend on a second random stream. Any draft length chosen from past rounds keeps the output exact.
 """
 
 from __future__ import annotations
